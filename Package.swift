@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies point one way:
+//   HarpConfig (config.yml values, directives)   HarpDCS (etcd client and session, knows no proxies)
+//                 \                              /
+//                  HarpCluster (DCS layout, records, leader resolution, effective directives)
+//                                  |
+//                     harp-proxy, harpctl (executables)
+let package = Package(
+    name: "harp-proxy",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "harp-proxy", targets: ["harp-proxy"]),
+        .executable(name: "harpctl", targets: ["harpctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+
+        .target(name: "HarpConfig", dependencies: ["CYAML", "COpenSSL"]),
+        .target(name: "HarpDCS", dependencies: [
+            "CCurl", "HarpConfig",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "HarpCluster", dependencies: [
+            "HarpConfig", "HarpDCS",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "harp-proxy", dependencies: [
+            "HarpConfig", "HarpDCS", "HarpCluster",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "harpctl", dependencies: [
+            "HarpConfig", "HarpDCS", "HarpCluster",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        // Test fixtures: real etcd processes, certificates made by the openssl CLI, free ports.
+        .target(name: "HarpTestFixtures", dependencies: ["HarpDCS", "HarpConfig"], path: "Tests/Fixtures"),
+        .testTarget(name: "HarpConfigTests", dependencies: ["HarpConfig", "HarpCluster", "HarpDCS", "HarpTestFixtures"]),
+        .testTarget(name: "HarpDCSTests", dependencies: [
+            "HarpDCS", "HarpCluster", "HarpConfig", "HarpTestFixtures",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+    ]
+)

@@ -1,0 +1,442 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Reads `config.yml` and the conf.d folder beside it into a checked `HarpConfiguration`.
+/// Every problem found is reported, each as `FILE:LINE:COLUMN: message`.
+public enum ConfigLoader {
+    public static let defaultPath = "/etc/harp/config.yml"
+
+    /// - Parameter includeInstances: harpctl reads only the cluster and DCS stanzas; the daemon
+    ///   also reads the proxy stanza and conf.d, and needs at least one instance.
+    public static func load(file: String, includeInstances: Bool = true) throws(ConfigErrors) -> HarpConfiguration {
+        var errors: [ConfigError] = []
+        var warnings: [ConfigWarning] = []
+        let top = SourceLocation(file: file, line: 1, column: 1)
+
+        let rootNode: YAMLNode
+        do throws(ConfigError) {
+            guard let node = try YAMLReader.parse(try readTextFile(file), file: file) else {
+                throw ConfigError(top, "the file is empty: expected a mapping with 'cluster' and 'dcs' stanzas")
+            }
+            rootNode = node
+        } catch {
+            throw ConfigErrors([error])
+        }
+
+        let directory = parentDirectory(of: file)
+        let root = Section(rootNode, name: "the top level", known: rootKeys, errors: &errors)
+
+        // cluster
+        var clusterName = ""
+        if let cluster = root.section("cluster", known: ["name"], required: true, errors: &errors) {
+            clusterName = cluster.identifier("name", required: true, errors: &errors) ?? ""
+        }
+
+        // dcs
+        var dcs = DCSConfiguration(endpoints: [])
+        if let section = root.section("dcs", known: dcsKeys, required: true, errors: &errors) {
+            dcs = readDCS(section, directory: directory, errors: &errors, warnings: &warnings)
+        }
+
+        // control
+        var control = ControlConfiguration()
+        if let section = root.section("control", known: ["socket", "mode", "group"], required: false, errors: &errors) {
+            if let path = section.string("socket", errors: &errors) { control.socketPath = resolve(path, in: directory) }
+            if let (text, location) = section.scalar("mode", errors: &errors) {
+                if let mode = Int(text, radix: 8), (0...0o777).contains(mode) { control.mode = mode }
+                else { errors.append(ConfigError(location, "invalid value '\(text)' for 'control.mode': expected an octal file mode such as 0660")) }
+            }
+            control.group = section.string("group", errors: &errors)
+        }
+
+        // http
+        var http = HTTPConfiguration()
+        if let section = root.section("http", known: ["enable", "host", "port", "secure", "cert_file", "key_file", "probes"], required: false, errors: &errors) {
+            http.enable = section.boolean("enable", errors: &errors) ?? false
+            http.host = section.string("host", errors: &errors) ?? http.host
+            http.port = section.integer("port", range: 1...65535, errors: &errors) ?? http.port
+            http.secure = section.boolean("secure", errors: &errors) ?? false
+            http.certFile = section.string("cert_file", errors: &errors).map { resolve($0, in: directory) }
+            http.keyFile = section.string("key_file", errors: &errors).map { resolve($0, in: directory) }
+            if let probes = section.section("probes", known: ["timeout"], required: false, errors: &errors) {
+                http.probeTimeout = probes.duration("timeout", unit: .seconds, errors: &errors) ?? http.probeTimeout
+            }
+            if http.secure && (http.certFile == nil || http.keyFile == nil) {
+                errors.append(ConfigError(section.location, "http.secure is on: 'cert_file' and 'key_file' are both required"))
+            }
+        }
+
+        // log_level
+        var logLevel = LogLevel.info
+        if let level = root.logLevel("log_level", errors: &errors) { logLevel = level }
+
+        // include_dir and instances
+        var includeDirectory = resolve("conf.d", in: directory)
+        var includeGiven: SourceLocation?
+        if let path = root.string("include_dir", errors: &errors) {
+            includeDirectory = resolve(path, in: directory)
+            includeGiven = root.entries["include_dir"]?.value.location
+        }
+
+        var instances: [InstanceConfiguration] = []
+        if includeInstances {
+            if let entry = root.entries["proxy"] {
+                if let instance = readInstance(entry.value, errors: &errors) { instances.append(instance) }
+            }
+            for path in instanceFiles(in: includeDirectory, given: includeGiven, errors: &errors) {
+                if let instance = readInstanceFile(path, errors: &errors) { instances.append(instance) }
+            }
+            checkInstances(instances, file: file, errors: &errors)
+        }
+
+        if !errors.isEmpty { throw ConfigErrors(errors) }
+        return HarpConfiguration(file: file, clusterName: clusterName, dcs: dcs, control: control, http: http,
+                                 logLevel: logLevel, includeDirectory: includeDirectory, instances: instances,
+                                 warnings: warnings)
+    }
+
+    // `manager` belongs to harp-manager, which reads the same file in HARP; it is accepted and ignored.
+    static let rootKeys = ["cluster", "dcs", "proxy", "control", "http", "log_level", "include_dir", "manager"]
+    static let dcsKeys = ["driver", "endpoints", "request_timeout", "resync_interval", "ssl", "ssl_ca_file",
+                          "ssl_cert_file", "ssl_key_file", "username", "password"]
+    static let instanceKeys = ["name", "location", "log_level", "pgbouncer_bin_dir"]
+
+    private static func readDCS(_ section: Section, directory: String, errors: inout [ConfigError],
+                                warnings: inout [ConfigWarning]) -> DCSConfiguration {
+        var dcs = DCSConfiguration(endpoints: [])
+        if let (driver, location) = section.scalar("driver", required: true, errors: &errors) {
+            switch driver.lowercased() {
+            case "etcd": break
+            case "bdr": errors.append(ConfigError(location, "dcs.driver 'bdr' is not supported by this build: use 'etcd'"))
+            default: errors.append(ConfigError(location, "invalid value '\(driver)' for 'dcs.driver': expected etcd"))
+            }
+        }
+        let sslEntry = section.entries["ssl"]
+        let ssl = section.boolean("ssl", errors: &errors) ?? false
+        if let entry = section.entries["endpoints"] {
+            let items: [YAMLNode]
+            switch entry.value {
+            case .sequence(let list, _): items = list
+            case .scalar(let s, _, let l) where !entry.value.isNull:
+                // A single endpoint, or a comma-separated list, written as one string.
+                items = s.split(separator: ",").map { .scalar(String($0), plain: true, l) }
+            default:
+                items = []
+                errors.append(ConfigError(entry.value.location, "'dcs.endpoints' must be a list of host:port or http(s)://host:port"))
+            }
+            for item in items {
+                guard case .scalar(let text, _, let location) = item, !item.isNull else {
+                    errors.append(ConfigError(item.location, "each entry of 'dcs.endpoints' must be host:port or http(s)://host:port, not \(item.kindName)"))
+                    continue
+                }
+                guard let endpoint = DCSEndpoint.parse(text, defaultTLS: ssl) else {
+                    errors.append(ConfigError(location, "invalid endpoint '\(text)' in 'dcs.endpoints': expected host:port or http(s)://host:port"))
+                    continue
+                }
+                if ssl && !endpoint.tls, let sslEntry {
+                    errors.append(ConfigError(location, "endpoint '\(text)' uses http:// but dcs.ssl is on (line \(sslEntry.key.location.line)): use https:// or drop the scheme"))
+                    continue
+                }
+                dcs.endpoints.append(endpoint)
+            }
+            if items.isEmpty && entry.value.isNull == false, case .sequence = entry.value {
+                errors.append(ConfigError(entry.value.location, "'dcs.endpoints' is empty: give at least one etcd endpoint"))
+            }
+        } else {
+            errors.append(ConfigError(section.location, "missing required key 'dcs.endpoints': a list of etcd endpoints (host:port)"))
+        }
+        dcs.requestTimeout = section.duration("request_timeout", unit: .milliseconds, errors: &errors) ?? dcs.requestTimeout
+        if dcs.requestTimeout < .milliseconds(10), let e = section.entries["request_timeout"] {
+            errors.append(ConfigError(e.value.location, "'dcs.request_timeout' must be at least 10 ms"))
+        }
+        dcs.resyncInterval = section.duration("resync_interval", unit: .milliseconds, errors: &errors) ?? dcs.resyncInterval
+        if dcs.resyncInterval < .milliseconds(100), let e = section.entries["resync_interval"] {
+            errors.append(ConfigError(e.value.location, "'dcs.resync_interval' must be at least 100 ms"))
+        }
+        dcs.username = section.string("username", errors: &errors)
+        dcs.password = section.string("password", errors: &errors)
+        if dcs.password != nil && dcs.username == nil, let e = section.entries["password"] {
+            errors.append(ConfigError(e.key.location, "'dcs.password' is set but 'dcs.username' is not"))
+        }
+
+        // TLS files: checked now with OpenSSL, so that a bad file is a config error, not a runtime surprise.
+        var files: [String: (path: String, location: SourceLocation)] = [:]
+        for key in ["ssl_ca_file", "ssl_cert_file", "ssl_key_file"] {
+            if let path = section.string(key, errors: &errors), let entry = section.entries[key] {
+                files[key] = (resolve(path, in: directory), entry.value.location)
+            }
+        }
+        dcs.sslCAFile = files["ssl_ca_file"]?.path
+        dcs.sslCertFile = files["ssl_cert_file"]?.path
+        dcs.sslKeyFile = files["ssl_key_file"]?.path
+        if (files["ssl_cert_file"] == nil) != (files["ssl_key_file"] == nil) {
+            let given = files["ssl_cert_file"] ?? files["ssl_key_file"]!
+            errors.append(ConfigError(given.location, "'dcs.ssl_cert_file' and 'dcs.ssl_key_file' go together: give both or neither"))
+        }
+        if !files.isEmpty && !dcs.usesTLS && !dcs.endpoints.isEmpty {
+            let first = files.values.min { $0.location.line < $1.location.line }!
+            errors.append(ConfigError(first.location, "TLS files are set but no endpoint uses TLS: set 'dcs.ssl: on' or use https:// endpoints"))
+        }
+        let check = TLSFileCheck()
+        if let ca = files["ssl_ca_file"] {
+            check.certificateBundle(ca.path, key: "dcs.ssl_ca_file", at: ca.location, errors: &errors, warnings: &warnings)
+        }
+        if let cert = files["ssl_cert_file"], let key = files["ssl_key_file"] {
+            check.certificateAndKey(cert: cert.path, certAt: cert.location, key: key.path, keyAt: key.location,
+                                    errors: &errors, warnings: &warnings)
+        }
+        return dcs
+    }
+
+    private static func readInstanceFile(_ path: String, errors: inout [ConfigError]) -> InstanceConfiguration? {
+        let top = SourceLocation(file: path, line: 1, column: 1)
+        do throws(ConfigError) {
+            guard let node = try YAMLReader.parse(try readTextFile(path), file: path) else {
+                errors.append(ConfigError(top, "the file is empty: expected a 'proxy' stanza with at least 'name' and 'location'"))
+                return nil
+            }
+            let root = Section(node, name: "a conf.d file (only a 'proxy' stanza belongs here)", known: ["proxy"], errors: &errors)
+            guard root.isMapping else { return nil }
+            guard let entry = root.entries["proxy"] else {
+                errors.append(ConfigError(top, "missing required key 'proxy': each conf.d file defines one instance in a 'proxy' stanza"))
+                return nil
+            }
+            return readInstance(entry.value, errors: &errors)
+        } catch {
+            errors.append(error)
+            return nil
+        }
+    }
+
+    private static func readInstance(_ node: YAMLNode, errors: inout [ConfigError]) -> InstanceConfiguration? {
+        let section = Section(node, name: "'proxy'", known: instanceKeys + ProxyDirectives.names, errors: &errors)
+        guard section.isMapping else { return nil }
+        let name = section.identifier("name", required: true, errors: &errors)
+        let location = section.identifier("location", required: true, errors: &errors)
+        var directives = DirectiveSet()
+        for spec in ProxyDirectives.all {
+            guard let entry = section.entries[spec.name], !entry.value.isNull else { continue }
+            guard case .scalar(let text, _, let l) = entry.value else {
+                errors.append(ConfigError(entry.value.location, "'proxy.\(spec.name)' must be a single value (\(spec.kind.expectation)), not \(entry.value.kindName)"))
+                continue
+            }
+            switch spec.parse(.text(text)) {
+            case .success(let value): directives[spec.name] = value
+            case .failure(let e): errors.append(ConfigError(l, e.description))
+            }
+        }
+        var instance = InstanceConfiguration(name: name ?? "", location: location ?? "", directives: directives, source: section.location)
+        instance.logLevel = section.logLevel("log_level", errors: &errors)
+        instance.pgbouncerBinDir = section.string("pgbouncer_bin_dir", errors: &errors)
+        if name == "global" {
+            errors.append(ConfigError(section.entries["name"]!.value.location, "instance name 'global' is reserved for the directives every proxy shares"))
+        }
+        return name == nil || location == nil ? nil : instance
+    }
+
+    private static func instanceFiles(in directory: String, given: SourceLocation?, errors: inout [ConfigError]) -> [String] {
+        guard let dir = opendir(directory) else {
+            let reason = String(cString: strerror(errno))
+            if let given { errors.append(ConfigError(given, "cannot read include_dir '\(directory)': \(reason)")) }
+            else if errno != ENOENT {
+                errors.append(ConfigError(SourceLocation(file: directory, line: 1, column: 1), "cannot read the conf.d folder: \(reason)"))
+            }
+            return []
+        }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+            if !name.hasPrefix("."), name.hasSuffix(".yml") || name.hasSuffix(".yaml") { names.append(name) }
+        }
+        return names.sorted().map { directory + "/" + $0 }
+    }
+
+    private static func checkInstances(_ instances: [InstanceConfiguration], file: String, errors: inout [ConfigError]) {
+        var byName: [String: InstanceConfiguration] = [:]
+        for instance in instances {
+            if let other = byName[instance.name] {
+                errors.append(ConfigError(instance.source, "duplicate instance name '\(instance.name)': already defined at \(other.source)"))
+            } else {
+                byName[instance.name] = instance
+            }
+        }
+        var seen: [InstanceConfiguration] = []
+        for instance in instances {
+            let mine = instance.localListen
+            if let other = seen.first(where: { listenersOverlap($0.localListen, mine) }) {
+                let theirs = other.localListen
+                errors.append(ConfigError(instance.source, "instance '\(instance.name)' listens on \(mine.address):\(mine.port), which instance '\(other.name)' (\(other.source)) already uses with \(theirs.address):\(theirs.port): give each instance its own listen_port"))
+            }
+            seen.append(instance)
+        }
+    }
+
+    static func listenersOverlap(_ a: (address: String, port: Int), _ b: (address: String, port: Int)) -> Bool {
+        guard a.port == b.port else { return false }
+        let wildcard: Set<String> = ["0.0.0.0", "::", "*", ""]
+        return a.address == b.address || wildcard.contains(a.address) || wildcard.contains(b.address)
+    }
+}
+
+// MARK: - Reading one mapping, with its errors
+
+/// One mapping of the file: checks its keys, and reads typed values with their positions.
+struct Section {
+    let name: String
+    let location: SourceLocation
+    let isMapping: Bool
+    var entries: [String: (key: YAMLNode, value: YAMLNode)] = [:]
+
+    init(_ node: YAMLNode, name: String, known: [String], errors: inout [ConfigError]) {
+        self.name = name
+        self.location = node.location
+        guard case .mapping(let pairs, _) = node else {
+            isMapping = false
+            errors.append(ConfigError(node.location, "\(name) must be a mapping of key: value, not \(node.kindName)"))
+            return
+        }
+        isMapping = true
+        for pair in pairs {
+            guard case .scalar(let key, _, let keyLocation) = pair.key else {
+                errors.append(ConfigError(pair.key.location, "a key in \(name) must be a plain name, not \(pair.key.kindName)"))
+                continue
+            }
+            if !known.contains(key) {
+                errors.append(ConfigError(keyLocation, unknownKeyMessage(key, in: name, valid: known)))
+                continue
+            }
+            if let first = entries[key] {
+                errors.append(ConfigError(keyLocation, "duplicate key '\(key)' in \(name): first given at line \(first.key.location.line)"))
+                continue
+            }
+            entries[key] = pair
+        }
+    }
+
+    private func qualified(_ key: String) -> String {
+        name.hasPrefix("'") ? "'\(name.dropFirst().dropLast()).\(key)'" : name == "the top level" ? "'\(key)'" : "'\(name).\(key)'"
+    }
+
+    func section(_ key: String, known: [String], required: Bool, errors: inout [ConfigError]) -> Section? {
+        guard let entry = entries[key] else {
+            if required { errors.append(ConfigError(location, "missing required stanza '\(key)'")) }
+            return nil
+        }
+        if entry.value.isNull && !required { return nil }
+        let sub = Section(entry.value, name: name == "the top level" ? key : "\(name).\(key)", known: known, errors: &errors)
+        return sub.isMapping ? sub : nil
+    }
+
+    /// The text of a scalar value with its position; nil when absent or null.
+    func scalar(_ key: String, required: Bool = false, errors: inout [ConfigError]) -> (String, SourceLocation)? {
+        guard let entry = entries[key], !entry.value.isNull else {
+            if required {
+                let at = entries[key]?.key.location ?? location
+                errors.append(ConfigError(at, "missing required key \(qualified(key))"))
+            }
+            return nil
+        }
+        guard case .scalar(let text, _, let l) = entry.value else {
+            errors.append(ConfigError(entry.value.location, "\(qualified(key)) must be a single value, not \(entry.value.kindName)"))
+            return nil
+        }
+        return (text, l)
+    }
+
+    func string(_ key: String, required: Bool = false, errors: inout [ConfigError]) -> String? {
+        guard let (text, l) = scalar(key, required: required, errors: &errors) else { return nil }
+        if case .failure(let e) = DirectiveSpec.parse(.text(text), as: .string) {
+            errors.append(ConfigError(l, "invalid value for \(qualified(key)): expected \(e.expected)"))
+            return nil
+        }
+        return text
+    }
+
+    /// A name used in DCS keys and file names: letters, digits, `_`, `-` and `.`.
+    func identifier(_ key: String, required: Bool = false, errors: inout [ConfigError]) -> String? {
+        guard let (text, l) = scalar(key, required: required, errors: &errors) else { return nil }
+        let valid = !text.hasPrefix(".") && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "_-.".contains($0)) }
+        guard valid else {
+            errors.append(ConfigError(l, "invalid value '\(text)' for \(qualified(key)): expected letters, digits, '_', '-' and '.' only"))
+            return nil
+        }
+        return text
+    }
+
+    func boolean(_ key: String, errors: inout [ConfigError]) -> Bool? {
+        guard let (text, l) = scalar(key, errors: &errors) else { return nil }
+        guard let b = parseBoolean(.text(text)) else {
+            errors.append(ConfigError(l, "invalid value '\(text)' for \(qualified(key)): expected on/off or true/false"))
+            return nil
+        }
+        return b
+    }
+
+    func integer(_ key: String, range: ClosedRange<Int>, errors: inout [ConfigError]) -> Int? {
+        guard let (text, l) = scalar(key, errors: &errors) else { return nil }
+        guard case .success(.integer(let i)) = DirectiveSpec.parse(.text(text), as: .integer(range)) else {
+            errors.append(ConfigError(l, "invalid value '\(text)' for \(qualified(key)): expected \(DirectiveKind.integer(range).expectation)"))
+            return nil
+        }
+        return i
+    }
+
+    func duration(_ key: String, unit: DurationUnit, errors: inout [ConfigError]) -> Duration? {
+        guard let (text, l) = scalar(key, errors: &errors) else { return nil }
+        guard let d = parseDuration(.text(text), unit: unit) else {
+            errors.append(ConfigError(l, "invalid value '\(text)' for \(qualified(key)): expected \(DirectiveKind.duration(unit).expectation)"))
+            return nil
+        }
+        return d
+    }
+
+    func logLevel(_ key: String, errors: inout [ConfigError]) -> LogLevel? {
+        guard let (text, l) = scalar(key, errors: &errors) else { return nil }
+        guard let level = LogLevel(rawValue: text.uppercased()) else {
+            errors.append(ConfigError(l, "invalid value '\(text)' for \(qualified(key)): expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case)"))
+            return nil
+        }
+        return level
+    }
+}
+
+// MARK: - Files
+
+/// The whole file as text, or a `ConfigError` that says why it cannot be read.
+func readTextFile(_ path: String) throws(ConfigError) -> String {
+    let top = SourceLocation(file: path, line: 1, column: 1)
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw ConfigError(top, "cannot read the file: \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var info = stat()
+    if fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR {
+        throw ConfigError(top, "cannot read the file: it is a directory")
+    }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw ConfigError(top, "cannot read the file: \(String(cString: strerror(errno)))")
+        }
+        if n == 0 { break }
+        bytes.append(contentsOf: buffer[0..<n])
+        if bytes.count > 16 << 20 { throw ConfigError(top, "the file is larger than 16 MiB: not a configuration file") }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+func parentDirectory(of path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    return slash == path.startIndex ? "/" : String(path[..<slash])
+}
+
+/// A relative path in config.yml is relative to config.yml's folder, not to the working directory.
+func resolve(_ path: String, in directory: String) -> String {
+    path.hasPrefix("/") ? path : directory + "/" + path
+}

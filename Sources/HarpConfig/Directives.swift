@@ -1,0 +1,246 @@
+/// A directive's value once parsed and checked against its `DirectiveSpec`.
+public enum DirectiveValue: Sendable, Equatable, CustomStringConvertible {
+    case string(String)
+    case integer(Int)
+    case duration(Duration)
+    case boolean(Bool)
+
+    public var description: String {
+        switch self {
+        case .string(let s): return s
+        case .integer(let i): return String(i)
+        case .duration(let d): return formatDuration(d)
+        case .boolean(let b): return b ? "true" : "false"
+        }
+    }
+
+    /// The value as JSON would hold it: what harpctl writes and the DCS stores.
+    public var jsonValue: any Sendable {
+        switch self {
+        case .string(let s): return s
+        case .integer(let i): return i
+        case .duration(let d): return formatDuration(d)
+        case .boolean(let b): return b
+        }
+    }
+}
+
+/// A value as it arrives, before it is checked: a YAML scalar or a JSON string, number or boolean.
+public enum RawValue: Sendable, Equatable {
+    case text(String)
+    case number(Double)
+    case boolean(Bool)
+
+    public var display: String {
+        switch self {
+        case .text(let s): return "'\(s)'"
+        case .number(let n): return n == n.rounded() && abs(n) < 1e15 ? String(Int(n)) : String(n)
+        case .boolean(let b): return b ? "true" : "false"
+        }
+    }
+}
+
+/// The unit that a bare number means for a duration directive (HARP mixes seconds and milliseconds).
+public enum DurationUnit: Sendable {
+    case milliseconds, seconds
+
+    var name: String { self == .milliseconds ? "milliseconds" : "seconds" }
+}
+
+public enum DirectiveKind: Sendable {
+    case string
+    case integer(ClosedRange<Int>)
+    /// A bare number in `unit`, or a number with a suffix: `250ms`, `5s`, `1m`.
+    case duration(DurationUnit)
+    case choice([String])
+    case boolean
+
+    /// The expected form, for error messages.
+    public var expectation: String {
+        switch self {
+        case .string: return "a string without control characters"
+        case .integer(let r): return "an integer from \(r.lowerBound) to \(r.upperBound)"
+        case .duration(let u): return "a duration: a number of \(u.name), or a number with ms, s or m (e.g. \(u == .milliseconds ? "250ms" : "5s"))"
+        case .choice(let c): return "one of " + c.joined(separator: ", ")
+        case .boolean: return "on/off or true/false"
+        }
+    }
+}
+
+/// What a directive is called, what it takes, and its default: the one place that says so.
+public struct DirectiveSpec: Sendable {
+    public let name: String
+    public let kind: DirectiveKind
+    public let defaultValue: DirectiveValue?
+    public let summary: String
+
+    /// Checks a raw value. The error text names the expected form; the caller adds where it came from.
+    public func parse(_ raw: RawValue) -> Result<DirectiveValue, DirectiveValueError> {
+        Self.parse(raw, as: kind).mapError { DirectiveValueError(directive: name, value: raw, expected: $0) }
+    }
+
+    static func parse(_ raw: RawValue, as kind: DirectiveKind) -> Result<DirectiveValue, ExpectationFailure> {
+        let fail = Result<DirectiveValue, ExpectationFailure>.failure(ExpectationFailure(kind.expectation))
+        switch kind {
+        case .string:
+            guard case .text(let s) = raw else {
+                if case .number = raw { return .success(.string(raw.display)) }
+                return fail
+            }
+            // Values end up in generated files and logs: a control character could forge a line.
+            if s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) { return fail }
+            return .success(.string(s))
+        case .integer(let range):
+            let value: Int?
+            switch raw {
+            case .number(let n): value = n == n.rounded() && abs(n) < 1e15 ? Int(n) : nil
+            case .text(let s): value = Int(s.trimmingSpaces)
+            case .boolean: value = nil
+            }
+            guard let value, range.contains(value) else { return fail }
+            return .success(.integer(value))
+        case .duration(let unit):
+            guard let d = parseDuration(raw, unit: unit), d >= .zero else { return fail }
+            return .success(.duration(d))
+        case .choice(let choices):
+            guard case .text(let s) = raw, let match = choices.first(where: { $0.lowercased() == s.lowercased() }) else { return fail }
+            return .success(.string(match))
+        case .boolean:
+            guard let b = parseBoolean(raw) else { return fail }
+            return .success(.boolean(b))
+        }
+    }
+}
+
+struct ExpectationFailure: Error { let expected: String; init(_ e: String) { expected = e } }
+
+/// A directive value that does not fit: says which directive, what was given, and what it takes.
+public struct DirectiveValueError: Error, Sendable, CustomStringConvertible {
+    public let directive: String
+    public let value: RawValue
+    public let expected: String
+
+    init(directive: String, value: RawValue, expected: ExpectationFailure) {
+        self.directive = directive
+        self.value = value
+        self.expected = expected.expected
+    }
+
+    public var description: String { "invalid value \(value.display) for '\(directive)': expected \(expected)" }
+}
+
+/// HARP's proxy directives: set in the DCS (`proxies/global/config`, `proxies/<name>/config`) or as
+/// local defaults in a `proxy:` stanza. Names and defaults follow HARP 2; `hold_timeout` and
+/// `dcs_failure_policy` are this implementation's additions.
+public enum ProxyDirectives {
+    public static let all: [DirectiveSpec] = [
+        .init(name: "type", kind: .choice(["builtin", "pgbouncer"]), defaultValue: .string("builtin"), summary: "proxy mode"),
+        .init(name: "listen_address", kind: .string, defaultValue: .string("0.0.0.0"), summary: "address the proxy listens on"),
+        .init(name: "listen_port", kind: .integer(1...65535), defaultValue: .integer(6432), summary: "port the proxy listens on"),
+        .init(name: "max_client_conn", kind: .integer(1...1_000_000), defaultValue: .integer(100), summary: "most client connections at once"),
+        .init(name: "keepalive", kind: .duration(.seconds), defaultValue: .duration(.seconds(5)), summary: "builtin: TCP keepalive idle time on leader and client sockets"),
+        .init(name: "timeout", kind: .duration(.seconds), defaultValue: .duration(.seconds(1)), summary: "builtin: connect timeout to the lead master"),
+        .init(name: "hold_timeout", kind: .duration(.milliseconds), defaultValue: .duration(.milliseconds(5000)), summary: "how long a new client waits for a lead master to appear"),
+        .init(name: "dcs_failure_policy", kind: .choice(["fence", "keep"]), defaultValue: .string("fence"), summary: "what to do when the DCS is unreachable past the lease"),
+        .init(name: "leader_lease_duration", kind: .duration(.seconds), defaultValue: .duration(.seconds(6)), summary: "lease TTL assumed when the leader key has no lease"),
+        .init(name: "monitor_interval", kind: .duration(.seconds), defaultValue: .duration(.seconds(5)), summary: "how often the proxy writes its status"),
+        .init(name: "database_name", kind: .string, defaultValue: nil, summary: "pgbouncer: client-facing database name, * for any"),
+        .init(name: "default_pool_size", kind: .integer(1...100_000), defaultValue: .integer(25), summary: "pgbouncer: server connections per pool"),
+        .init(name: "auth_file", kind: .string, defaultValue: .string("/etc/harp/userlist.txt"), summary: "pgbouncer: userlist file"),
+        .init(name: "auth_type", kind: .choice(["md5", "scram-sha-256", "cert", "pam", "plain", "trust", "any", "hba"]), defaultValue: .string("md5"), summary: "pgbouncer: client authentication"),
+        .init(name: "auth_user", kind: .string, defaultValue: nil, summary: "pgbouncer: user that runs auth_query"),
+        .init(name: "auth_query", kind: .string, defaultValue: nil, summary: "pgbouncer: query that looks up a password"),
+        .init(name: "ignore_startup_parameters", kind: .string, defaultValue: .string("extra_float_digits"), summary: "pgbouncer: startup parameters to ignore"),
+        .init(name: "client_tls_sslmode", kind: .choice(tlsModes), defaultValue: .string("disable"), summary: "pgbouncer: TLS towards clients"),
+        .init(name: "client_tls_ca_file", kind: .string, defaultValue: nil, summary: "pgbouncer: client TLS CA"),
+        .init(name: "client_tls_cert_file", kind: .string, defaultValue: nil, summary: "pgbouncer: client TLS certificate"),
+        .init(name: "client_tls_key_file", kind: .string, defaultValue: nil, summary: "pgbouncer: client TLS key"),
+        .init(name: "client_tls_protocols", kind: .string, defaultValue: .string("secure"), summary: "pgbouncer: client TLS protocols"),
+        .init(name: "server_tls_sslmode", kind: .choice(tlsModes), defaultValue: .string("disable"), summary: "pgbouncer: TLS towards PostgreSQL"),
+        .init(name: "server_tls_ca_file", kind: .string, defaultValue: nil, summary: "pgbouncer: server TLS CA"),
+        .init(name: "server_tls_cert_file", kind: .string, defaultValue: nil, summary: "pgbouncer: server TLS certificate"),
+        .init(name: "server_tls_key_file", kind: .string, defaultValue: nil, summary: "pgbouncer: server TLS key"),
+        .init(name: "server_tls_protocols", kind: .string, defaultValue: .string("secure"), summary: "pgbouncer: server TLS protocols"),
+        .init(name: "session_transfer_mode", kind: .choice(["fast", "wait", "reconnect"]), defaultValue: .string("wait"), summary: "pgbouncer: how sessions move on a switchover"),
+        .init(name: "server_transfer_timeout", kind: .duration(.seconds), defaultValue: .duration(.seconds(30)), summary: "pgbouncer: PAUSE wait before KILL"),
+    ]
+
+    static let tlsModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+    public static let byName: [String: DirectiveSpec] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
+    public static var names: [String] { all.map(\.name) }
+
+    public static func spec(_ name: String) -> DirectiveSpec? { byName[name] }
+}
+
+/// A set of checked directive values, keyed by directive name.
+public struct DirectiveSet: Sendable, Equatable {
+    public private(set) var values: [String: DirectiveValue]
+
+    public init(_ values: [String: DirectiveValue] = [:]) { self.values = values }
+
+    public subscript(name: String) -> DirectiveValue? {
+        get { values[name] }
+        set { values[name] = newValue }
+    }
+
+    public var isEmpty: Bool { values.isEmpty }
+}
+
+// MARK: - Scalar helpers shared by the YAML and JSON paths
+
+func parseBoolean(_ raw: RawValue) -> Bool? {
+    switch raw {
+    case .boolean(let b): return b
+    case .number(let n): return n == 1 ? true : n == 0 ? false : nil
+    case .text(let s):
+        switch s.lowercased() {
+        case "on", "true", "yes", "y", "1": return true
+        case "off", "false", "no", "n", "0": return false
+        default: return nil
+        }
+    }
+}
+
+/// `5` (in `unit`), `250ms`, `5s`, `1.5s`, `2m`, `1h`.
+public func parseDuration(_ raw: RawValue, unit: DurationUnit) -> Duration? {
+    func scaled(_ n: Double, _ u: DurationUnit) -> Duration {
+        u == .milliseconds ? .microseconds(Int64((n * 1000).rounded())) : .microseconds(Int64((n * 1_000_000).rounded()))
+    }
+    switch raw {
+    case .boolean: return nil
+    case .number(let n): return n.isFinite && n >= 0 && n < 1e12 ? scaled(n, unit) : nil
+    case .text(let text):
+        let s = text.trimmingSpaces.lowercased()
+        let suffixes: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, seconds) in suffixes where s.hasSuffix(suffix) {
+            guard let n = Double(s.dropLast(suffix.count)), n.isFinite, n >= 0, n < 1e9 else { return nil }
+            return .microseconds(Int64((n * seconds * 1_000_000).rounded()))
+        }
+        guard let n = Double(s), n.isFinite, n >= 0, n < 1e12 else { return nil }
+        return scaled(n, unit)
+    }
+}
+
+/// The shortest exact spelling: `250ms`, `5s`, `1500ms`.
+public func formatDuration(_ d: Duration) -> String {
+    let ms = d.milliseconds
+    if ms % 1000 == 0 { return "\(ms / 1000)s" }
+    return "\(ms)ms"
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded down.
+    public var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+
+    public var seconds: Double { Double(milliseconds) / 1000 }
+}
+
+extension StringProtocol {
+    var trimmingSpaces: String {
+        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+    }
+}
