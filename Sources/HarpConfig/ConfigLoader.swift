@@ -438,5 +438,17 @@ func parentDirectory(of path: String) -> String {
 
 /// A relative path in config.yml is relative to config.yml's folder, not to the working directory.
 func resolve(_ path: String, in directory: String) -> String {
-    path.hasPrefix("/") ? path : directory + "/" + path
+    normalized(path.hasPrefix("/") ? path : directory + "/" + path)
+}
+
+/// Drops `.` and folds `x/..`, so that messages show `/etc/harp/conf.d`, not `/etc/harp/./x/../conf.d`.
+func normalized(_ path: String) -> String {
+    var parts: [Substring] = []
+    for part in path.split(separator: "/", omittingEmptySubsequences: true) {
+        if part == "." { continue }
+        if part == "..", let last = parts.last, last != ".." { parts.removeLast(); continue }
+        parts.append(part)
+    }
+    let joined = parts.joined(separator: "/")
+    return path.hasPrefix("/") ? "/" + joined : (joined.isEmpty ? "." : joined)
 }

@@ -1,0 +1,220 @@
+import Foundation
+import HarpConfig
+import HarpDCS
+
+/// The cluster as one DCS snapshot describes it, decoded and checked. Plain values: each proxy
+/// instance computes what it should do from this and its local configuration.
+public struct ClusterState: Sendable {
+    public let layout: DCSLayout
+    public let revision: Int64
+    public let nodes: [String: NodeRecord]
+    /// The lead master record of each location that has one.
+    public let leaders: [String: LeaderRecord]
+    public let globalDirectives: DirectiveSet
+    /// Each proxy's own directives, by proxy name.
+    public let proxyDirectives: [String: DirectiveSet]
+    /// Proxies whose `managed` key says "false".
+    public let unmanaged: Set<String>
+    /// Values that were not what the layout expects; each is treated as absent.
+    public let problems: [RecordProblem]
+
+    public init(snapshot: DCSSnapshot, layout: DCSLayout) {
+        self.layout = layout
+        revision = snapshot.revision
+        var nodes: [String: NodeRecord] = [:]
+        var leaders: [String: LeaderRecord] = [:]
+        var proxies: [String: DirectiveSet] = [:]
+        var global = DirectiveSet()
+        var unmanaged: Set<String> = []
+        var problems: [RecordProblem] = []
+
+        for kv in snapshot.values.values {
+            guard kv.key.hasPrefix(layout.prefix) else { continue }
+            let path = kv.key.dropFirst(layout.prefix.count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+            switch path.first {
+            case "nodes" where path.count == 2:
+                switch RecordDecoding.node(kv, name: path[1]) {
+                case .success(let node): nodes[node.name] = node
+                case .failure(let p): problems.append(p)
+                }
+            case "locations" where path.count == 3 && path[2] == "leader":
+                switch RecordDecoding.leader(kv) {
+                case .success(let leader): leaders[path[1]] = leader
+                case .failure(let p): problems.append(p)
+                }
+            case "proxies" where path.count == 3 && path[2] == "config":
+                let (set, found) = Self.directives(kv)
+                problems += found
+                if path[1] == "global" { global = set } else { proxies[path[1]] = set }
+            case "proxies" where path.count == 3 && path[2] == "managed":
+                switch Self.managedFlag(kv) {
+                case .success(false): unmanaged.insert(path[1])
+                case .success(true): break
+                case .failure(let p): problems.append(p)
+                }
+            default:
+                continue  // status records, the cluster record and keys of later versions
+            }
+        }
+        self.nodes = nodes
+        self.leaders = leaders
+        globalDirectives = global
+        proxyDirectives = proxies
+        self.unmanaged = unmanaged
+        self.problems = problems.sorted { $0.key < $1.key }
+    }
+
+    // MARK: - Questions an instance asks
+
+    /// The lead master of `location`: the leader key names a node, the node's DSN gives the address.
+    public func leader(of location: String) -> LeaderResolution {
+        guard let record = leaders[location] else { return .none }
+        guard let node = nodes[record.name] else {
+            return .unresolvable(name: record.name, reason: "node '\(record.name)' named by \(layout.leader(location: location)) has no record at \(layout.node(record.name))")
+        }
+        guard node.location == location else {
+            return .unresolvable(name: record.name, reason: "node '\(record.name)' belongs to location '\(node.location)', not '\(location)'")
+        }
+        switch DSN.address(node.dsn) {
+        case .success(let address): return .leader(LeaderTarget(name: node.name, address: address, lease: record.lease))
+        case .failure(let e): return .unresolvable(name: record.name, reason: "bad dsn for node '\(record.name)': \(e.message)")
+        }
+    }
+
+    /// The directives in force for an instance: its DCS config, then global, then the local
+    /// `proxy` stanza, then HARP's defaults.
+    public func effectiveDirectives(for instance: InstanceConfiguration) -> EffectiveDirectives {
+        EffectiveDirectives(instance: proxyDirectives[instance.name] ?? DirectiveSet(), global: globalDirectives, local: instance.directives)
+    }
+
+    public func isManaged(_ instance: String) -> Bool { !unmanaged.contains(instance) }
+
+    // MARK: - Decoding
+
+    static func directives(_ kv: KeyValue) -> (DirectiveSet, [RecordProblem]) {
+        var set = DirectiveSet()
+        var problems: [RecordProblem] = []
+        switch RecordDecoding.object(kv) {
+        case .failure(let p): return (set, [p])
+        case .success(let object):
+            for (name, value) in object.sorted(by: { $0.key < $1.key }) {
+                guard let spec = ProxyDirectives.spec(name) else {
+                    if name == "name" { continue }  // HARP's bootstrap repeats the instance name
+                    let hint = closestName(to: name, among: ProxyDirectives.names).map { "; did you mean '\($0)'?" } ?? ""
+                    problems.append(RecordProblem(key: kv.key, reason: "unknown directive '\(name)'\(hint)"))
+                    continue
+                }
+                guard let raw = rawValue(value) else {
+                    problems.append(RecordProblem(key: kv.key, reason: "'\(name)' must be a string, number or boolean"))
+                    continue
+                }
+                switch spec.parse(raw) {
+                case .success(let v): set[name] = v
+                case .failure(let e): problems.append(RecordProblem(key: kv.key, reason: e.description))
+                }
+            }
+        }
+        return (set, problems)
+    }
+
+    static func managedFlag(_ kv: KeyValue) -> Result<Bool, RecordProblem> {
+        var text = kv.value.trimmingCharacters(in: .whitespacesAndNewlines)
+        if text.hasPrefix("\""), text.hasSuffix("\""), text.count >= 2 { text = String(text.dropFirst().dropLast()) }
+        switch text.lowercased() {
+        case "true": return .success(true)
+        case "false": return .success(false)
+        default: return .failure(RecordProblem(key: kv.key, reason: "expected \"true\" or \"false\", got \(RecordDecoding.preview(kv.value))"))
+        }
+    }
+
+    /// A JSON value as a directive's raw input. JSON booleans arrive as NSNumber; their type
+    /// code is "c", which tells `true` from `1`.
+    static func rawValue(_ value: Any) -> RawValue? {
+        if let s = value as? String { return .text(s) }
+        if let n = value as? NSNumber {
+            return String(cString: n.objCType) == "c" ? .boolean(n.boolValue) : .number(n.doubleValue)
+        }
+        return nil
+    }
+}
+
+/// Where an instance should send its clients, as far as the DCS says.
+public struct LeaderTarget: Sendable, Equatable, CustomStringConvertible {
+    public var name: String
+    public var address: DatabaseAddress
+    /// The etcd lease under the leader key, 0 for none: its TTL bounds how long the proxy may
+    /// trust this leader while the DCS is unreachable.
+    public var lease: Int64
+
+    public var description: String { "\(name) (\(address))" }
+}
+
+public enum LeaderResolution: Sendable, Equatable {
+    case leader(LeaderTarget)
+    /// No leader key: the location has no lead master now.
+    case none
+    /// A leader key that cannot be followed; `reason` says why. Treated as no leader.
+    case unresolvable(name: String?, reason: String)
+
+    public var target: LeaderTarget? {
+        if case .leader(let t) = self { return t }
+        return nil
+    }
+}
+
+/// Where a directive's value came from, highest precedence first.
+public enum DirectiveSource: String, Sendable {
+    case instanceDCS = "dcs:instance", globalDCS = "dcs:global", localFile = "config", defaultValue = "default"
+}
+
+/// Every directive's value for one instance after precedence, with typed accessors.
+public struct EffectiveDirectives: Sendable, Equatable {
+    public let values: [String: DirectiveValue]
+    public let sources: [String: DirectiveSource]
+
+    public init(instance: DirectiveSet, global: DirectiveSet, local: DirectiveSet) {
+        var values: [String: DirectiveValue] = [:]
+        var sources: [String: DirectiveSource] = [:]
+        for spec in ProxyDirectives.all {
+            let layers: [(DirectiveValue?, DirectiveSource)] = [
+                (instance[spec.name], .instanceDCS), (global[spec.name], .globalDCS),
+                (local[spec.name], .localFile), (spec.defaultValue, .defaultValue),
+            ]
+            if let (value, source) = layers.first(where: { $0.0 != nil }) {
+                values[spec.name] = value
+                sources[spec.name] = source
+            }
+        }
+        self.values = values
+        self.sources = sources
+    }
+
+    public subscript(name: String) -> DirectiveValue? { values[name] }
+
+    public func string(_ name: String) -> String? {
+        if case .string(let s) = values[name] { return s }
+        return nil
+    }
+
+    public func integer(_ name: String) -> Int? {
+        if case .integer(let i) = values[name] { return i }
+        return nil
+    }
+
+    public func duration(_ name: String) -> Duration? {
+        if case .duration(let d) = values[name] { return d }
+        return nil
+    }
+
+    // The directives every mode reads; defaults are always present, so these never fail.
+    public var type: String { string("type") ?? "builtin" }
+    public var listenAddress: String { string("listen_address") ?? "0.0.0.0" }
+    public var listenPort: Int { integer("listen_port") ?? 6432 }
+    public var maxClientConn: Int { integer("max_client_conn") ?? 100 }
+    public var keepalive: Duration { duration("keepalive") ?? .seconds(5) }
+    public var connectTimeout: Duration { duration("timeout") ?? .seconds(1) }
+    public var holdTimeout: Duration { duration("hold_timeout") ?? .seconds(5) }
+    public var dcsFailurePolicy: String { string("dcs_failure_policy") ?? "fence" }
+    public var leaderLeaseDuration: Duration { duration("leader_lease_duration") ?? .seconds(6) }
+    public var monitorInterval: Duration { duration("monitor_interval") ?? .seconds(5) }
+}

@@ -1,0 +1,31 @@
+import HarpConfig
+import HarpDCS
+import Logging
+import Synchronization
+
+/// Turns DCS snapshots into `ClusterState`s and logs each malformed value once (per key and
+/// revision), so a bad value is reported where an operator sees it without flooding the log.
+public final class ClusterView: Sendable {
+    public let layout: DCSLayout
+    private let logger: Logger
+    private let reported = Mutex<Set<String>>([])
+
+    public init(layout: DCSLayout, logger: Logger) {
+        self.layout = layout
+        self.logger = logger
+    }
+
+    public func state(of snapshot: DCSSnapshot) -> ClusterState {
+        let state = ClusterState(snapshot: snapshot, layout: layout)
+        let current = Set(state.problems.map { "\($0.key)@\(snapshot[$0.key]?.modRevision ?? 0): \($0.reason)" })
+        let fresh = reported.withLock { seen -> Set<String> in
+            let new = current.subtracting(seen)
+            seen = current  // forget fixed values, so that a value broken again is reported again
+            return new
+        }
+        for problem in state.problems where fresh.contains("\(problem.key)@\(snapshot[problem.key]?.modRevision ?? 0): \(problem.reason)") {
+            logger.warning("ignoring malformed DCS value", metadata: ["key": "\(problem.key)", "reason": "\(problem.reason)"])
+        }
+        return state
+    }
+}
