@@ -46,6 +46,10 @@ let package = Package(
         // Test fixtures: real etcd processes, certificates made by the openssl CLI, free ports.
         .target(name: "HarpTestFixtures", dependencies: ["HarpDCS", "HarpConfig"], path: "Tests/Fixtures"),
         .testTarget(name: "HarpConfigTests", dependencies: ["HarpConfig", "HarpCluster", "HarpDCS", "HarpTestFixtures"]),
+        .testTarget(name: "HarpClusterTests", dependencies: [
+            "HarpCluster", "HarpDCS", "HarpConfig", "HarpTestFixtures",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "HarpDCSTests", dependencies: [
             "HarpDCS", "HarpCluster", "HarpConfig", "HarpTestFixtures",
             .product(name: "Logging", package: "swift-log"),

@@ -146,6 +146,12 @@ public struct LeaderTarget: Sendable, Equatable, CustomStringConvertible {
     /// trust this leader while the DCS is unreachable.
     public var lease: Int64
 
+    public init(name: String, address: DatabaseAddress, lease: Int64 = 0) {
+        self.name = name
+        self.address = address
+        self.lease = lease
+    }
+
     public var description: String { "\(name) (\(address))" }
 }
 

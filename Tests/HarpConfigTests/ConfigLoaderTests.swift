@@ -1,0 +1,256 @@
+import HarpConfig
+import HarpTestFixtures
+import XCTest
+
+/// config.yml and conf.d as a person writes them, and every way they can be wrong.
+final class ConfigLoaderTests: XCTestCase {
+    let minimal = """
+        cluster:
+          name: mycluster
+        dcs:
+          driver: etcd
+          endpoints:
+            - 127.0.0.1:2379
+
+        """
+
+    func load(_ dir: TemporaryDirectory, _ file: String = "config.yml") throws -> HarpConfiguration {
+        try ConfigLoader.load(file: dir.file(file))
+    }
+
+    /// The errors of a file that must not load.
+    func errors(_ dir: TemporaryDirectory, _ file: String = "config.yml", includeInstances: Bool = true) -> [ConfigError] {
+        do {
+            _ = try ConfigLoader.load(file: dir.file(file), includeInstances: includeInstances)
+            XCTFail("expected configuration errors")
+            return []
+        } catch {
+            return error.errors
+        }
+    }
+
+    func assertError(_ errors: [ConfigError], line: Int, column: Int? = nil, file: String? = nil, contains text: String,
+                     _ sourceLine: UInt = #line) {
+        let match = errors.first { $0.location.line == line && $0.message.contains(text) && (column == nil || $0.location.column == column) && (file == nil || $0.location.file.hasSuffix(file!)) }
+        XCTAssertNotNil(match, "no error at line \(line) containing '\(text)' in:\n\(errors.map(\.description).joined(separator: "\n"))", line: sourceLine)
+    }
+
+    // MARK: - What loads
+
+    func testFullConfigWithThreeConfDInstances() throws {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + """
+            dcs_unused: 1
+            """.replacingOccurrences(of: "dcs_unused: 1", with: """
+            control:
+              socket: run/control.sock
+              mode: "0640"
+            log_level: warning
+            proxy:
+              name: main
+              location: dc1
+              listen_address: 127.0.0.1
+              listen_port: 6000
+              hold_timeout: 2s
+              keepalive: 10
+            """))
+        dir.write("conf.d/b.yml", "proxy:\n  name: b\n  location: dc2\n  listen_port: 6002\n  type: pgbouncer\n")
+        dir.write("conf.d/a.yaml", "proxy:\n  name: a\n  location: dc1\n  listen_port: 6001\n  log_level: Debug\n")
+        dir.write("conf.d/c.yml", "proxy:\n  name: c\n  location: dc3\n  listen_address: 127.0.0.2\n  listen_port: 6000\n")
+        dir.write("conf.d/ignored.txt", "not yaml: [")
+        dir.write("conf.d/.hidden.yml", "not yaml: [")
+
+        let c = try load(dir)
+        XCTAssertEqual(c.clusterName, "mycluster")
+        XCTAssertEqual(c.dcs.endpoints, [DCSEndpoint(tls: false, host: "127.0.0.1", port: 2379)])
+        XCTAssertEqual(c.dcs.requestTimeout, .milliseconds(250), "HARP's default")
+        XCTAssertEqual(c.logLevel, .warning)
+        XCTAssertEqual(c.control.socketPath, dir.path + "/run/control.sock", "relative to config.yml's folder")
+        XCTAssertEqual(c.control.mode, 0o640)
+        XCTAssertEqual(c.instances.map(\.name), ["main", "a", "b", "c"], "config.yml first, then conf.d by file name")
+        XCTAssertEqual(c.instances.map(\.location), ["dc1", "dc1", "dc2", "dc3"])
+        XCTAssertEqual(c.instances[0].directives["hold_timeout"], .duration(.seconds(2)))
+        XCTAssertEqual(c.instances[0].directives["keepalive"], .duration(.seconds(10)), "keepalive's bare unit is seconds")
+        XCTAssertEqual(c.instances[1].logLevel, .debug, "log levels in any case")
+        XCTAssertEqual(c.instances[2].directives["type"], .string("pgbouncer"))
+        XCTAssertEqual(c.instances[3].localListen.address, "127.0.0.2", "same port on another address is fine")
+        XCTAssertEqual(c.instances[1].source.line, 2)
+        XCTAssertTrue(c.instances[1].source.file.hasSuffix("conf.d/a.yaml"))
+    }
+
+    func testIncludeDirAndDefaults() throws {
+        let dir = TemporaryDirectory()
+        dir.write("etc/config.yml", minimal + "include_dir: ../instances\n")
+        dir.write("instances/one.yml", "proxy:\n  name: one\n  location: dc1\n")
+        let c = try ConfigLoader.load(file: dir.file("etc/config.yml"))
+        XCTAssertEqual(c.includeDirectory, dir.path + "/instances")
+        XCTAssertEqual(c.instances.map(\.name), ["one"])
+        XCTAssertEqual(c.control.socketPath, "/run/harp-proxy/control.sock")
+        XCTAssertEqual(c.logLevel, .info)
+        XCTAssertEqual(c.dcs.resyncInterval, .seconds(5))
+        XCTAssertTrue(c.instances[0].directives.isEmpty)
+        XCTAssertEqual(c.instances[0].localListen.port, 6432)
+    }
+
+    func testEndpointForms() throws {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", """
+            cluster: {name: c}
+            dcs:
+              driver: ETCD
+              ssl: on
+              endpoints: ["a.example:2379", "https://10.0.0.2:2380", "[::1]:2381", "host-only"]
+              request_timeout: 1s
+            """)
+        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false)
+        XCTAssertEqual(c.dcs.endpoints.map(\.url), ["https://a.example:2379", "https://10.0.0.2:2380", "https://[::1]:2381", "https://host-only:2379"])
+        XCTAssertEqual(c.dcs.requestTimeout, .seconds(1))
+    }
+
+    func testHarpctlReadsOnlyClusterAndDCS() throws {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal)
+        dir.write("conf.d/broken.yml", "proxy: [")
+        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false)
+        XCTAssertTrue(c.instances.isEmpty)
+    }
+
+    // MARK: - What does not load, and where it says so
+
+    func testBadYAMLNamesLineAndColumn() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", "cluster:\n  name: x\ndcs: {driver: etcd\n")
+        assertError(errors(dir), line: 4, contains: "invalid YAML")
+    }
+
+    func testWrongTypesAndValues() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", """
+            cluster:
+              name: [not, a, name]
+            dcs:
+              driver: etcd
+              endpoints: {a: b}
+              request_timeout: soon
+              ssl: maybe
+            log_level: loud
+            proxy:
+              name: p
+              location: dc1
+              listen_port: 70000
+              type: haproxy
+              dcs_failure_policy: panic
+              max_client_conn: lots
+            """)
+        let e = errors(dir)
+        assertError(e, line: 2, column: 9, contains: "must be a single value")
+        assertError(e, line: 5, contains: "'dcs.endpoints' must be a list")
+        assertError(e, line: 6, contains: "expected a duration")
+        assertError(e, line: 7, contains: "expected on/off")
+        assertError(e, line: 8, contains: "DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        assertError(e, line: 12, contains: "expected an integer from 1 to 65535")
+        assertError(e, line: 13, contains: "expected one of builtin, pgbouncer")
+        assertError(e, line: 14, contains: "expected one of fence, keep")
+        assertError(e, line: 15, contains: "invalid value 'lots' for 'max_client_conn'")
+    }
+
+    func testMissingRequiredKeys() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", "cluster:\n  name:\ndcs:\n  endpoints: [x:1]\nproxy:\n  location: dc1\n")
+        let e = errors(dir)
+        assertError(e, line: 2, contains: "missing required key 'cluster.name'")
+        assertError(e, line: 4, contains: "missing required key 'dcs.driver'")
+        assertError(e, line: 6, contains: "missing required key 'proxy.name'")
+
+        let empty = TemporaryDirectory()
+        empty.write("config.yml", "# nothing\n")
+        assertError(errors(empty), line: 1, contains: "the file is empty")
+
+        let noDCS = TemporaryDirectory()
+        noDCS.write("config.yml", "cluster:\n  name: x\n")
+        assertError(errors(noDCS), line: 1, contains: "missing required stanza 'dcs'")
+    }
+
+    func testUnknownKeysSuggestTheClosestName() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + """
+              resync_interal: 1s
+            proxy:
+              name: p
+              location: dc1
+              lsiten_port: 1
+              xyzzy: 1
+            contrl:
+              socket: /x
+            """)
+        let e = errors(dir)
+        assertError(e, line: 7, contains: "did you mean 'resync_interval'?")
+        assertError(e, line: 11, contains: "did you mean 'listen_port'?")
+        assertError(e, line: 12, contains: "unknown key 'xyzzy' in 'proxy'; valid keys:")
+        assertError(e, line: 13, contains: "did you mean 'control'?")
+    }
+
+    func testBDRDriverIsNotSupported() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", "cluster: {name: c}\ndcs:\n  driver: bdr\n  endpoints: [\"host=a dbname=b\"]\n")
+        assertError(errors(dir, includeInstances: false), line: 3, contains: "'bdr' is not supported by this build")
+    }
+
+    func testUnreadableFiles() {
+        let dir = TemporaryDirectory()
+        assertError(errors(dir), line: 1, contains: "cannot read the file: No such file or directory")
+        dir.write("config.yml", minimal + "include_dir: nowhere\n")
+        assertError(errors(dir), line: 7, contains: "cannot read include_dir")
+        let asDir = TemporaryDirectory()
+        asDir.write("config.yml", minimal)
+        asDir.write("conf.d/dir.yml/inner", "")
+        assertError(errors(asDir), line: 1, file: "conf.d/dir.yml", contains: "it is a directory")
+    }
+
+    func testDuplicateInstanceNamesAndReservedGlobal() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "proxy:\n  name: p1\n  location: dc1\n")
+        dir.write("conf.d/a.yml", "proxy:\n  name: p1\n  location: dc2\n  listen_port: 7000\n")
+        dir.write("conf.d/b.yml", "proxy:\n  name: global\n  location: dc2\n  listen_port: 7001\n")
+        let e = errors(dir)
+        assertError(e, line: 2, file: "conf.d/a.yml", contains: "duplicate instance name 'p1': already defined at \(dir.path)/config.yml:8")
+        assertError(e, line: 2, file: "conf.d/b.yml", contains: "'global' is reserved")
+    }
+
+    func testTwoInstancesOnOneListener() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "proxy:\n  name: p1\n  location: dc1\n  listen_port: 7000\n")
+        dir.write("conf.d/a.yml", "proxy:\n  name: p2\n  location: dc2\n  listen_address: 127.0.0.1\n  listen_port: 7000\n")
+        assertError(errors(dir), line: 2, file: "conf.d/a.yml", contains: "listens on 127.0.0.1:7000, which instance 'p1'")
+    }
+
+    func testConfDFileHoldsOnlyAProxyStanza() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal)
+        dir.write("conf.d/a.yml", "cluster:\n  name: other\nproxy:\n  name: a\n  location: dc1\n")
+        dir.write("conf.d/b.yml", "# empty\n")
+        let e = errors(dir)
+        assertError(e, line: 1, file: "conf.d/a.yml", contains: "unknown key 'cluster'")
+        assertError(e, line: 1, file: "conf.d/b.yml", contains: "the file is empty")
+    }
+
+    func testDuplicateKeyInOneMapping() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "log_level: info\nlog_level: debug\n")
+        assertError(errors(dir, includeInstances: false), line: 8, contains: "duplicate key 'log_level'")
+    }
+
+    func testControlCharactersNeverEnterAValue() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "proxy:\n  name: p\n  location: dc1\n  auth_query: \"SELECT 1\\n%include /etc/passwd\"\n")
+        assertError(errors(dir), line: 10, contains: "without control characters")
+    }
+
+    func testPasswordWithoutUsername() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "  password: secret\n")
+        let e = errors(dir, includeInstances: false)
+        assertError(e, line: 7, contains: "'dcs.password' is set but 'dcs.username' is not")
+        XCTAssertFalse(e.description.contains("secret"), "a password never appears in a message")
+    }
+}
