@@ -5,6 +5,28 @@ import HarpConfig
 import HarpDCS
 
 @main
+enum HarpctlMain {
+    static func main() async {
+        await Harpctl.main(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+    }
+}
+
+/// HARP writes global options before the command (`harpctl -f config.yml get leader dc1`);
+/// argument-parser reads them on the subcommand, so leading ones move to the end.
+func hoistingGlobalOptions(_ arguments: [String]) -> [String] {
+    let withValue: Set<String> = ["-f", "--config-file", "--dcs", "-c", "--cluster", "-o", "--output"]
+    var leading: [String] = []
+    var rest = arguments[...]
+    while let first = rest.first, withValue.contains(first) || withValue.contains(where: { first.hasPrefix($0 + "=") && $0.hasPrefix("--") }) {
+        leading.append(rest.removeFirst())
+        if !first.contains("="), let value = rest.first {
+            leading.append(value)
+            rest.removeFirst()
+        }
+    }
+    return Array(rest) + leading
+}
+
 struct Harpctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "harpctl",
@@ -76,9 +98,9 @@ struct GetLeader: AsyncParsableCommand {
         let state = ClusterState(snapshot: snapshot, layout: layout)
         switch state.leader(of: location) {
         case .leader(let target):
-            print("Cluster  Location  Leader  Address")
-            print("-------  --------  ------  -------")
-            print("\(cluster)  \(location)  \(target.name)  \(target.address)")
+            var table = TextTable(headers: ["Cluster", "Location", "Leader", "Address"])
+            table.rows.append([cluster, location, target.name, "\(target.address)"])
+            print(table.render())
         case .none:
             printError("harpctl: location '\(location)' has no lead master")
             throw ExitCode(1)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, builds, and runs every test against real
+# etcd processes that the tests start on loopback ports and stop afterwards.
+#   contrib/test.sh                  all tests
+#   contrib/test.sh HarpDCSTests     one target, suite or test (swift test --filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source contrib/install-deps.sh
+
+swift build --build-tests
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+swift test --skip-build --disable-swift-testing ${1:+--filter "$1"} 2>&1 | tee "$log" || status=$?
+
+passed=$(grep -cE "^Test Case '.*' passed" "$log" || true)
+failed=$(grep -cE "^Test Case '.*' failed" "$log" || true)
+echo
+echo "tests: $passed passed, $failed failed"
+if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then exit 1; fi
