@@ -6,6 +6,9 @@ import PackageDescription
 //                 \                              /
 //                  HarpCluster (DCS layout, records, leader resolution, effective directives)
 //                                  |
+//                                  |
+//                  HarpProxy (the host, its instances and their modes: builtin, ...)
+//                                  |
 //                     harp-proxy, harpctl (executables)
 let package = Package(
     name: "harp-proxy",
@@ -17,6 +20,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
@@ -32,9 +36,17 @@ let package = Package(
             "HarpConfig", "HarpDCS",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .executableTarget(name: "harp-proxy", dependencies: [
+        .target(name: "HarpProxy", dependencies: [
             "HarpConfig", "HarpDCS", "HarpCluster",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "harp-proxy", dependencies: [
+            "HarpConfig", "HarpDCS", "HarpCluster", "HarpProxy",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "harpctl", dependencies: [
@@ -49,6 +61,11 @@ let package = Package(
         .testTarget(name: "HarpClusterTests", dependencies: [
             "HarpCluster", "HarpDCS", "HarpConfig", "HarpTestFixtures",
             .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "HarpProxyTests", dependencies: [
+            "HarpProxy", "HarpCluster", "HarpDCS", "HarpConfig", "HarpTestFixtures",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "HarpDCSTests", dependencies: [
             "HarpDCS", "HarpCluster", "HarpConfig", "HarpTestFixtures",

@@ -3,7 +3,10 @@ import Foundation
 import HarpCluster
 import HarpConfig
 import HarpDCS
+import HarpProxy
 import Logging
+import NIOCore
+import NIOPosix
 
 /// The running process: one DCS session shared by every instance, and the signals that stop it.
 struct Daemon {
@@ -26,32 +29,16 @@ struct Daemon {
         session.start()
 
         let stop = SignalWatch([SIGTERM, SIGINT])
-        let view = ClusterView(layout: layout, logger: logger)
-        let follower = Task {
-            // Until the proxy host lands, each instance's lead master is followed and logged.
-            var known: [String: String] = [:]
-            for await snapshot in session.snapshots() where snapshot.synced {
-                let state = view.state(of: snapshot)
-                for instance in configuration.instances {
-                    let resolution = state.leader(of: instance.location)
-                    let text: String
-                    switch resolution {
-                    case .leader(let target): text = "\(target)"
-                    case .none: text = "none"
-                    case .unresolvable(_, let reason): text = "unresolvable: \(reason)"
-                    }
-                    if known[instance.name] != text {
-                        known[instance.name] = text
-                        logger.info("lead master", metadata: ["instance": "\(instance.name)", "location": "\(instance.location)",
-                                                              "leader": "\(text)", "revision": "\(snapshot.revision)"])
-                    }
-                }
-            }
-        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let host = ProxyHost(instances: configuration.instances, session: session, group: group, layout: layout,
+                             logger: Logger(label: "harp.proxy"))
+        let routing = Task { await host.run() }
         let signal = await stop.next()
-        logger.info("stopping", metadata: ["signal": "\(signal)"])
-        follower.cancel()
+        logger.info("stopping: closing listeners and connections", metadata: ["signal": "\(signal)"])
+        routing.cancel()
+        await host.shutdown()
         session.shutdown()
+        try? await group.shutdownGracefully()
         logger.info("stopped")
     }
 }
@@ -79,14 +66,3 @@ final class SignalWatch: @unchecked Sendable {
     }
 }
 
-extension LogLevel {
-    var swiftLogLevel: Logger.Level {
-        switch self {
-        case .debug: return .debug
-        case .info: return .info
-        case .warning: return .warning
-        case .error: return .error
-        case .critical: return .critical
-        }
-    }
-}

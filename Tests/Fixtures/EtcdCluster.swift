@@ -55,24 +55,26 @@ public final class EtcdCluster: @unchecked Sendable {
         return c
     }
 
-    private func launch(_ index: Int) throws {
+    private func launch(_ index: Int, restart: Bool = false) throws {
         let m = members[index]
-        let initialCluster = members.map { "\($0.name)=http://127.0.0.1:\($0.peerPort)" }.joined(separator: ",")
         var arguments = [
             "--name", m.name, "--data-dir", m.dataDirectory,
             "--listen-client-urls", clientURL(index), "--advertise-client-urls", clientURL(index),
             "--listen-peer-urls", "http://127.0.0.1:\(m.peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(m.peerPort)",
-            "--initial-cluster", initialCluster, "--initial-cluster-token", token, "--initial-cluster-state", "new",
             "--logger", "zap", "--log-level", "warn",
             // Quick elections for quick tests; loopback has no latency to speak of.
             "--heartbeat-interval", "50", "--election-timeout", "500",
         ]
+        if !restart {
+            let initialCluster = members.map { "\($0.name)=http://127.0.0.1:\($0.peerPort)" }.joined(separator: ",")
+            arguments += ["--initial-cluster", initialCluster, "--initial-cluster-token", token, "--initial-cluster-state", "new"]
+        }
         if let c = certificates {
             arguments += ["--cert-file", c.serverCertFile, "--key-file", c.serverKeyFile]
             if clientCertAuth { arguments += ["--client-cert-auth", "--trusted-ca-file", c.caFile] }
         }
-        members[index].process = try TestProcess(name: "etcd-\(m.name)", executable: "/usr/bin/etcd", arguments: arguments,
-                                                 logDirectory: directory.path)
+        members[index].process = try TestProcess(name: "etcd-\(m.name)\(restart ? "-restart" : "")", executable: "/usr/bin/etcd",
+                                                 arguments: arguments, logDirectory: directory.path)
     }
 
     /// Waits until every running member answers a read.
@@ -99,19 +101,7 @@ public final class EtcdCluster: @unchecked Sendable {
     /// Starts a killed member again on the same ports and data.
     public func restart(_ index: Int) throws {
         members[index].process?.killNow()
-        let m = members[index]
-        var arguments = [
-            "--name", m.name, "--data-dir", m.dataDirectory,
-            "--listen-client-urls", clientURL(index), "--advertise-client-urls", clientURL(index),
-            "--listen-peer-urls", "http://127.0.0.1:\(m.peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(m.peerPort)",
-            "--logger", "zap", "--log-level", "warn", "--heartbeat-interval", "50", "--election-timeout", "500",
-        ]
-        if let c = certificates {
-            arguments += ["--cert-file", c.serverCertFile, "--key-file", c.serverKeyFile]
-            if clientCertAuth { arguments += ["--client-cert-auth", "--trusted-ca-file", c.caFile] }
-        }
-        members[index].process = try TestProcess(name: "etcd-\(m.name)-restart", executable: "/usr/bin/etcd", arguments: arguments,
-                                                 logDirectory: directory.path)
+        try launch(index, restart: true)
         try waitUntilReady()
     }
 

@@ -1,0 +1,295 @@
+import Foundation
+import HarpCluster
+import HarpConfig
+import Logging
+import NIOCore
+import NIOPosix
+
+/// HARP's default mode: a layer-4 pass-through. Each client is joined to the lead master known
+/// when it connects; when the lead master changes or goes, every connection to the old one is
+/// closed at once, on both sides, and new clients go to the new one.
+///
+/// All mutable state lives on one event loop (`loop`); connections run on every loop of the group.
+final class BuiltinMode: ProxyMode, @unchecked Sendable {
+    static let typeName = "builtin"
+
+    let instance: InstanceConfiguration
+    let group: any EventLoopGroup
+    let loop: any EventLoop
+    let logger: Logger
+
+    /// What a client gets once admitted: where to connect, and how.
+    struct Admission: Sendable {
+        var target: LeaderTarget
+        var connectTimeout: TimeAmount
+        var keepaliveSeconds: Int
+    }
+
+    private struct ListenAddress: Equatable, CustomStringConvertible {
+        var host: String
+        var port: Int
+        var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    /// Touched only on `loop`; Sendable so that `loop`'s own closures may hold it.
+    private final class ClientEntry: @unchecked Sendable {
+        let channel: any Channel
+        /// nil while the client waits for a lead master.
+        var target: LeaderTarget?
+        var server: (any Channel)?
+        var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?
+
+        init(channel: any Channel) { self.channel = channel }
+    }
+
+    // Confined to `loop`.
+    private var plan: InstancePlan?
+    private var target: LeaderTarget?
+    private var listener: (any Channel)?
+    private var listeningOn: ListenAddress?
+    private var binding: ListenAddress?
+    private var bindFailureLogged: ListenAddress?
+    private var bindRetry: Scheduled<Void>?
+    private var clients: [ObjectIdentifier: ClientEntry] = [:]
+    private var clientCounters = ClientCounters()
+    private var stopped = false
+    private var refusalsNotLogged = 0
+    private var lastRefusalLog: NIODeadline?
+
+    init(instance: InstanceConfiguration, group: any EventLoopGroup, logger: Logger) {
+        self.instance = instance
+        self.group = group
+        self.logger = logger
+        loop = group.next()
+    }
+
+    // MARK: - ProxyMode
+
+    func apply(_ plan: InstancePlan) {
+        loop.execute { self.reconcile(plan) }
+    }
+
+    func listening() async -> String? {
+        try? await loop.submit { self.listeningOn?.description }.get()
+    }
+
+    func counters() async -> ClientCounters {
+        (try? await loop.submit { self.clientCounters }.get()) ?? ClientCounters()
+    }
+
+    func shutdown() async {
+        try? await loop.flatSubmit { self.stop() }.get()
+    }
+
+    // MARK: - Reconcile
+
+    private func reconcile(_ plan: InstancePlan) {
+        guard !stopped else { return }
+        self.plan = plan
+        reconcileListener(plan)
+        // Unmanaged: keep the current target and every connection, whatever the DCS says.
+        guard plan.managed else { return }
+        let next = plan.routing.target
+        if next != target {
+            let previous = target
+            target = next
+            closeConnections(from: previous, to: next, observedAt: plan.observedAt)
+        }
+        if let next { admitWaiters(to: next, plan: plan) }
+    }
+
+    /// Closes every connection of a lead master that is no longer the one, both sides.
+    private func closeConnections(from previous: LeaderTarget?, to next: LeaderTarget?, observedAt: ContinuousClock.Instant) {
+        let victims = clients.values.filter { $0.target != nil }
+        var closed: [EventLoopFuture<Void>] = []
+        for entry in victims {
+            entry.target = nil
+            entry.channel.close(promise: nil)
+            closed.append(entry.channel.closeFuture)
+            if let server = entry.server {
+                server.close(promise: nil)
+                closed.append(server.closeFuture)
+            }
+        }
+        let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
+        guard previous != nil else { return }
+        let count = victims.count
+        EventLoopFuture.andAllComplete(closed, on: loop).whenComplete { [logger] _ in
+            var m = metadata
+            m["closed"] = "\(count)"
+            m["ms_since_dcs_event"] = "\(String(format: "%.2f", (ContinuousClock.now - observedAt).fractionalMilliseconds))"
+            logger.info("lead master changed: connections to the old one closed", metadata: m)
+        }
+    }
+
+    private func admitWaiters(to target: LeaderTarget, plan: InstancePlan) {
+        for entry in clients.values {
+            guard let waiter = entry.waiter else { continue }
+            entry.waiter = nil
+            waiter.timeout.cancel()
+            entry.target = target
+            waiter.promise.succeed(admission(target, plan))
+        }
+    }
+
+    private func admission(_ target: LeaderTarget, _ plan: InstancePlan) -> Admission {
+        Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
+                  keepaliveSeconds: Int(max(1, plan.directives.keepalive.milliseconds / 1000)))
+    }
+
+    // MARK: - Clients (called by ClientHandler)
+
+    /// Decides what a new client gets: a lead master now, one within `hold_timeout`, or a refusal.
+    func admit(_ channel: any Channel) -> EventLoopFuture<Admission> {
+        loop.flatSubmit { self.admitOnLoop(channel) }
+    }
+
+    private func admitOnLoop(_ channel: any Channel) -> EventLoopFuture<Admission> {
+        guard !stopped, let plan else { return loop.makeFailedFuture(Refusal.shuttingDown) }
+        guard clients.count < plan.maxClientConn else {
+            noteRefusal("too many connections", ["max_client_conn": "\(plan.maxClientConn)"])
+            return loop.makeFailedFuture(Refusal.tooMany(instance: instance.name))
+        }
+        let id = ObjectIdentifier(channel)
+        let entry = ClientEntry(channel: channel)
+        clients[id] = entry
+        clientCounters.total += 1
+        clientCounters.current = clients.count
+        channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id) } }
+        if let target {
+            entry.target = target
+            return loop.makeSucceededFuture(admission(target, plan))
+        }
+        // No lead master: wait for one, up to hold_timeout.
+        let promise = loop.makePromise(of: Admission.self)
+        let reason: String
+        switch plan.routing {
+        case .fenced(let r): reason = ": fenced, \(r)"
+        default: reason = ""
+        }
+        let timeout = loop.scheduleTask(in: .milliseconds(plan.directives.holdTimeout.milliseconds)) {
+            guard let waiter = entry.waiter else { return }
+            entry.waiter = nil
+            self.noteRefusal("no lead master within hold_timeout", ["location": "\(self.instance.location)"])
+            var refusal = Refusal.noLeader(location: self.instance.location, instance: self.instance.name)
+            refusal.message += reason
+            waiter.promise.fail(refusal)
+        }
+        entry.waiter = (promise, timeout)
+        return promise.futureResult
+    }
+
+    /// Called once the connection to `target` is up: false if the lead master moved meanwhile,
+    /// and the caller must close both sides rather than pass a byte.
+    func attach(_ client: any Channel, server: any Channel, target: LeaderTarget) -> EventLoopFuture<Bool> {
+        loop.submit {
+            guard !self.stopped, let entry = self.clients[ObjectIdentifier(client)], entry.target == target, self.target == target else {
+                return false
+            }
+            entry.server = server
+            return true
+        }
+    }
+
+    /// A client that was admitted but could not be served (the lead master did not answer).
+    func connectFailed(_ error: String, target: LeaderTarget) {
+        loop.execute { self.noteRefusal("cannot connect to the lead master", ["leader": "\(target)", "error": "\(error)"]) }
+    }
+
+    private func remove(_ id: ObjectIdentifier) {
+        guard let entry = clients.removeValue(forKey: id) else { return }
+        if let waiter = entry.waiter {
+            waiter.timeout.cancel()
+            waiter.promise.fail(Refusal.shuttingDown)
+        }
+        entry.server?.close(promise: nil)
+        clientCounters.current = clients.count
+    }
+
+    /// Counts a refusal and logs at most one line per five seconds, with how many there were.
+    private func noteRefusal(_ what: String, _ metadata: Logger.Metadata) {
+        clientCounters.refused += 1
+        refusalsNotLogged += 1
+        let now = NIODeadline.now()
+        if let last = lastRefusalLog, now - last < .seconds(5) { return }
+        var m = metadata
+        m["refused"] = "\(refusalsNotLogged)"
+        logger.warning("client refused: \(what)", metadata: m)
+        refusalsNotLogged = 0
+        lastRefusalLog = now
+    }
+
+    // MARK: - Listener
+
+    /// Binds the listener the plan asks for. Existing connections stay when it moves; a bind that
+    /// fails is logged and retried every second while the old listener, if any, keeps serving.
+    private func reconcileListener(_ plan: InstancePlan) {
+        let wanted = ListenAddress(host: plan.directives.listenAddress, port: plan.directives.listenPort)
+        guard wanted != listeningOn, wanted != binding else { return }
+        bindRetry?.cancel()
+        bindRetry = nil
+        binding = wanted
+        ServerBootstrap(group: loop, childGroup: group)
+            .serverChannelOption(.backlog, value: 512)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ClientHandler(mode: self))
+                }
+            }
+            .bind(host: wanted.host, port: wanted.port)
+            .hop(to: loop)
+            .whenComplete { result in self.bound(wanted, result) }
+    }
+
+    private func bound(_ wanted: ListenAddress, _ result: Result<any Channel, any Error>) {
+        guard binding == wanted, !stopped else {
+            if case .success(let channel) = result { channel.close(promise: nil) }
+            return
+        }
+        binding = nil
+        switch result {
+        case .success(let channel):
+            let old = listener
+            listener = channel
+            listeningOn = wanted
+            bindFailureLogged = nil
+            old?.close(promise: nil)
+            logger.info("listening", metadata: ["listen": "\(wanted)"])
+        case .failure(let error):
+            if bindFailureLogged != wanted {
+                logger.error("cannot listen; retrying every second", metadata: ["listen": "\(wanted)", "error": "\(error)"])
+                bindFailureLogged = wanted
+            }
+            bindRetry = loop.scheduleTask(in: .seconds(1)) {
+                self.bindRetry = nil
+                if let plan = self.plan { self.reconcileListener(plan) }
+            }
+        }
+    }
+
+    // MARK: - Stop
+
+    private func stop() -> EventLoopFuture<Void> {
+        stopped = true
+        bindRetry?.cancel()
+        var closing: [EventLoopFuture<Void>] = []
+        if let listener {
+            listener.close(promise: nil)
+            closing.append(listener.closeFuture)
+        }
+        for entry in clients.values {
+            if let waiter = entry.waiter {
+                entry.waiter = nil
+                waiter.timeout.cancel()
+                waiter.promise.fail(Refusal.shuttingDown)
+            }
+            entry.channel.close(promise: nil)
+            closing.append(entry.channel.closeFuture)
+            entry.server?.close(promise: nil)
+        }
+        return EventLoopFuture.andAllComplete(closing, on: loop)
+    }
+}

@@ -1,0 +1,164 @@
+import HarpCluster
+import NIOCore
+import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One client's way in: admission, connecting to the lead master, then handing the channel over
+/// to a `GlueHandler` pair. Until then the client's bytes (its startup packet, or an SSLRequest)
+/// are kept and passed on unchanged once the lead master is connected.
+///
+/// A client that cannot be served gets an ErrorResponse that libpq shows: an SSLRequest or
+/// GSSENCRequest is answered 'N' first, then the startup message is read and the error sent.
+final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State { case admitting, connecting, refusing, handedOver }
+
+    /// More than this before the lead master is connected is not a PostgreSQL client.
+    static let maximumBuffered = 64 * 1024
+    /// How long a refused client may take to send its startup message before it is just closed.
+    static let refusalTimeout: TimeAmount = .seconds(10)
+
+    private let mode: BuiltinMode
+    private var state = State.admitting
+    private var buffer: ByteBuffer?
+    private var refusal: Refusal?
+
+    init(mode: BuiltinMode) { self.mode = mode }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        mode.admit(context.channel).hop(to: context.eventLoop).whenComplete { result in
+            let (handler, context) = bound.value
+            switch result {
+            case .success(let admission): handler.connect(context: context, admission)
+            case .failure(let error): handler.refuse(context: context, error as? Refusal ?? .shuttingDown)
+            }
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if buffer == nil { buffer = bytes } else { buffer!.writeBuffer(&bytes) }
+        if state == .refusing {
+            answerRefusedClient(context: context)
+        } else if buffer!.readableBytes > Self.maximumBuffered {
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    /// A client that hangs up before it is joined to the lead master is gone: close it, or it
+    /// would sit half-closed forever (remote half-closure is on for the data path's sake).
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: - Connect
+
+    private func connect(context: ChannelHandlerContext, _ admission: BuiltinMode.Admission) {
+        guard state == .admitting, context.channel.isActive else { return }
+        state = .connecting
+        let keepalive = admission.keepaliveSeconds
+        _ = context.channel.setOption(.socketOption(.so_keepalive), value: 1)
+        _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
+
+        var bootstrap = ClientBootstrap(group: context.eventLoop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .connectTimeout(admission.connectTimeout)
+        let connecting: EventLoopFuture<any Channel>
+        switch admission.target.address {
+        case .tcp(let host, let port):
+            bootstrap = bootstrap
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+                .channelOption(.socketOption(.so_keepalive), value: 1)
+                .channelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
+            connecting = bootstrap.connect(host: host, port: port)
+        case .unixSocket(let directory, let port):
+            connecting = bootstrap.connect(unixDomainSocketPath: "\(directory)/.s.PGSQL.\(port)")
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let mode = self.mode
+        connecting.whenComplete { result in
+            let (handler, context) = bound.value
+            switch result {
+            case .success(let server):
+                mode.attach(context.channel, server: server, target: admission.target).hop(to: context.eventLoop).whenComplete { attached in
+                    let (handler, context) = bound.value
+                    guard case .success(true) = attached, context.channel.isActive else {
+                        server.close(promise: nil)
+                        context.close(promise: nil)
+                        return
+                    }
+                    handler.handOver(context: context, to: server)
+                }
+            case .failure(let error):
+                mode.connectFailed("\(error)", target: admission.target)
+                handler.refuse(context: context, .cannotConnect(leader: "\(admission.target)", error: "\(error)"))
+            }
+        }
+    }
+
+    /// Joins the client to the lead master: the kept bytes go first, then the glue takes over.
+    private func handOver(context: ChannelHandlerContext, to server: any Channel) {
+        let (clientSide, serverSide) = GlueHandler.matchedPair()
+        do {
+            try server.pipeline.syncOperations.addHandler(serverSide)
+            try context.pipeline.syncOperations.addHandler(clientSide)
+        } catch {
+            server.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        state = .handedOver
+        if let kept = buffer, kept.readableBytes > 0 { server.writeAndFlush(kept, promise: nil) }
+        buffer = nil
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    // MARK: - Refuse
+
+    private func refuse(context: ChannelHandlerContext, _ refusal: Refusal) {
+        guard state == .admitting || state == .connecting, context.channel.isActive else { return }
+        state = .refusing
+        self.refusal = refusal
+        context.eventLoop.scheduleTask(in: Self.refusalTimeout) { [channel = context.channel] in channel.close(promise: nil) }
+        answerRefusedClient(context: context)
+    }
+
+    /// Walks the client's startup: 'N' to an encryption request, the error after the startup message.
+    private func answerRefusedClient(context: ChannelHandlerContext) {
+        guard var bytes = buffer, let refusal else { return }
+        while true {
+            switch PostgresWire.nextStartupStep(&bytes) {
+            case .needMore:
+                buffer = bytes
+                return
+            case .encryptionRequest:
+                var no = context.channel.allocator.buffer(capacity: 1)
+                no.writeString("N")
+                context.writeAndFlush(wrapOutboundOut(no), promise: nil)
+            case .startup:
+                buffer = nil
+                let error = PostgresWire.errorResponse(sqlstate: refusal.sqlstate, message: refusal.message, allocator: context.channel.allocator)
+                context.writeAndFlush(wrapOutboundOut(error)).whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+                return
+            case .close:
+                buffer = nil
+                context.close(promise: nil)
+                return
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+import NIOCore
+
+/// The few PostgreSQL protocol messages the proxy speaks itself: it never parses a session, but it
+/// must answer a client it cannot serve in words libpq shows ("no lead master for location dc1"),
+/// never with a bare disconnect.
+enum PostgresWire {
+    static let sslRequestCode: Int32 = 80877103
+    static let gssEncRequestCode: Int32 = 80877104
+    static let cancelRequestCode: Int32 = 80877102
+    /// Startup packets larger than this are not PostgreSQL's (libpq's limit is 10000).
+    static let maximumStartupLength = 10_000
+
+    /// An ErrorResponse with severity FATAL, a SQLSTATE and a message.
+    static func errorResponse(sqlstate: String, message: String, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var fields = allocator.buffer(capacity: 64 + message.utf8.count)
+        for (code, value) in [("S", "FATAL"), ("V", "FATAL"), ("C", sqlstate), ("M", message)] {
+            fields.writeString(code)
+            fields.writeString(value)
+            fields.writeInteger(UInt8(0))
+        }
+        fields.writeInteger(UInt8(0))
+        var message = allocator.buffer(capacity: fields.readableBytes + 5)
+        message.writeString("E")
+        message.writeInteger(Int32(fields.readableBytes + 4))
+        message.writeBuffer(&fields)
+        return message
+    }
+
+    enum StartupStep: Equatable {
+        /// More bytes are needed.
+        case needMore
+        /// An SSLRequest or GSSENCRequest (8 bytes, consumed): answer 'N' and read on.
+        case encryptionRequest
+        /// A complete startup message (consumed): now the error can be sent.
+        case startup
+        /// A CancelRequest, or bytes that are not PostgreSQL: close without a word.
+        case close
+    }
+
+    /// Reads the next step of a client's startup from `buffer`, consuming what it recognises.
+    static func nextStartupStep(_ buffer: inout ByteBuffer) -> StartupStep {
+        guard buffer.readableBytes >= 8,
+              let length = buffer.getInteger(at: buffer.readerIndex, as: Int32.self),
+              let code = buffer.getInteger(at: buffer.readerIndex + 4, as: Int32.self) else { return .needMore }
+        guard length >= 8, Int(length) <= maximumStartupLength else { return .close }
+        if length == 8 && (code == sslRequestCode || code == gssEncRequestCode) {
+            buffer.moveReaderIndex(forwardBy: 8)
+            return .encryptionRequest
+        }
+        if code == cancelRequestCode { return .close }
+        guard buffer.readableBytes >= Int(length) else { return .needMore }
+        buffer.moveReaderIndex(forwardBy: Int(length))
+        return .startup
+    }
+}
+
+/// Why a client is not served, as the ErrorResponse it gets.
+struct Refusal: Error, Sendable {
+    var sqlstate: String
+    var message: String
+
+    static func noLeader(location: String, instance: String) -> Refusal {
+        Refusal(sqlstate: "57P03", message: "no lead master for location \(location) (proxy \(instance))")
+    }
+
+    static func tooMany(instance: String) -> Refusal {
+        Refusal(sqlstate: "53300", message: "too many connections for proxy \(instance)")
+    }
+
+    static func cannotConnect(leader: String, error: String) -> Refusal {
+        Refusal(sqlstate: "08006", message: "cannot connect to the lead master \(leader): \(error)")
+    }
+
+    static let shuttingDown = Refusal(sqlstate: "57P01", message: "harp-proxy is shutting down")
+}

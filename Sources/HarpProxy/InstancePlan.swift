@@ -1,0 +1,56 @@
+import HarpCluster
+import HarpConfig
+
+/// What one instance should be doing now: computed by the host from the DCS snapshot, the local
+/// configuration and the clock, then handed whole to the instance's mode (level-triggered).
+public struct InstancePlan: Sendable, Equatable {
+    public enum Routing: Sendable, Equatable {
+        /// Send clients to this lead master.
+        case leader(LeaderTarget)
+        /// No lead master known: hold new clients up to `hold_timeout`.
+        case noLeader(reason: String)
+        /// The DCS has been unreachable longer than the lease: route nowhere until it is back.
+        case fenced(reason: String)
+
+        public var target: LeaderTarget? {
+            if case .leader(let t) = self { return t }
+            return nil
+        }
+    }
+
+    public var directives: EffectiveDirectives
+    /// False when the DCS's `managed` key says "false": the mode then keeps its current target
+    /// and connections and ignores `routing`.
+    public var managed: Bool
+    public var routing: Routing
+    /// `max_client_conn`, lowered if the process cannot hold that many descriptors.
+    public var maxClientConn: Int
+    /// When the host saw the DCS change behind this plan: the start of reaction-time measurements.
+    public var observedAt: ContinuousClock.Instant
+
+    /// The state name in status records and logs.
+    public var stateName: String {
+        if !managed { return "unmanaged" }
+        switch routing {
+        case .leader: return "routing"
+        case .noLeader: return "no-leader"
+        case .fenced: return "fenced"
+        }
+    }
+
+    public static func == (a: InstancePlan, b: InstancePlan) -> Bool {
+        a.directives == b.directives && a.managed == b.managed && a.routing == b.routing && a.maxClientConn == b.maxClientConn
+    }
+}
+
+/// Client counters of one instance, as status reports them.
+public struct ClientCounters: Sendable, Equatable {
+    /// Connected or waiting for a lead master now.
+    public var current = 0
+    /// Accepted since start.
+    public var total = 0
+    /// Turned away: too many clients, no lead master in time, or the lead master unreachable.
+    public var refused = 0
+
+    public init() {}
+}

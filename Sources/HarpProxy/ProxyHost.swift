@@ -1,0 +1,237 @@
+import Foundation
+import HarpCluster
+import HarpConfig
+import HarpDCS
+import Logging
+import NIOCore
+
+/// Runs every proxy instance of the process on one event loop group, sharing one DCS session.
+///
+/// On each DCS snapshot (and when a fencing deadline passes) it computes each instance's plan
+/// from the snapshot, the local configuration and the clock, and hands it to the instance's mode.
+/// A missed or repeated event cannot leave an instance on a wrong leader: the next plan is
+/// computed from the whole current state, not from the event.
+public actor ProxyHost {
+    private let instances: [InstanceConfiguration]
+    private let session: DCSSession
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let view: ClusterView
+
+    private struct Running {
+        var mode: (any ProxyMode)?
+        var modeName: String?
+        var plan: InstancePlan?
+        var logger: Logger
+        /// The unknown `type` last reported, so that it is logged once.
+        var unavailableMode: String?
+    }
+
+    private var running: [String: Running] = [:]
+    private var caps: [String: Int] = [:]
+    private var descriptorLimit: Int
+    /// Granted TTL of each leader lease seen, looked up once per lease.
+    private var leaseTTLs: [Int64: Duration] = [:]
+    private var fenceTimer: Task<Void, Never>?
+    private var fenceWarned: Set<String> = []
+    private var latest: DCSSnapshot?
+
+    public init(instances: [InstanceConfiguration], session: DCSSession, group: any EventLoopGroup, layout: DCSLayout, logger: Logger) {
+        self.instances = instances
+        self.session = session
+        self.group = group
+        self.logger = logger
+        view = ClusterView(layout: layout, logger: logger)
+        descriptorLimit = DescriptorBudget.raiseLimit()
+        for instance in instances {
+            var instanceLogger = logger
+            instanceLogger[metadataKey: "instance"] = "\(instance.name)"
+            if let level = instance.logLevel { instanceLogger.logLevel = level.swiftLogLevel }
+            running[instance.name] = Running(logger: instanceLogger)
+        }
+    }
+
+    /// Follows the DCS until the task is cancelled, then stops every instance.
+    public func run() async {
+        for await snapshot in session.snapshots() {
+            reconcile(snapshot, observedAt: .now)
+        }
+    }
+
+    public func shutdown() async {
+        fenceTimer?.cancel()
+        for (name, r) in running {
+            await r.mode?.shutdown()
+            running[name]?.mode = nil
+        }
+    }
+
+    /// Each instance's plan and counters, for status output.
+    public func status() async -> [InstanceStatus] {
+        var result: [InstanceStatus] = []
+        for instance in instances {
+            guard let r = running[instance.name] else { continue }
+            let counters = await r.mode?.counters() ?? ClientCounters()
+            result.append(InstanceStatus(name: instance.name, location: instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
+                                         plan: r.plan, listen: await r.mode?.listening(), clients: counters))
+        }
+        return result
+    }
+
+    // MARK: - Reconcile
+
+    private func reconcile(_ snapshot: DCSSnapshot, observedAt: ContinuousClock.Instant) {
+        latest = snapshot
+        let state = view.state(of: snapshot)
+        let wanted = Dictionary(uniqueKeysWithValues: instances.map { ($0.name, state.effectiveDirectives(for: $0).maxClientConn) })
+        let newCaps = DescriptorBudget.caps(for: wanted, limit: descriptorLimit)
+        for (name, cap) in newCaps where cap < wanted[name]! && caps[name] != cap {
+            running[name]?.logger.warning("max_client_conn lowered to what the process can hold",
+                                          metadata: ["max_client_conn": "\(wanted[name]!)", "lowered_to": "\(cap)", "nofile_limit": "\(descriptorLimit)"])
+        }
+        caps = newCaps
+
+        var nextDeadline: ContinuousClock.Instant?
+        for instance in instances {
+            guard var r = running[instance.name] else { continue }
+            let directives = state.effectiveDirectives(for: instance)
+            let (routing, deadline) = routing(for: instance, in: state, snapshot: snapshot, directives: directives, logger: r.logger)
+            if let deadline { nextDeadline = min(nextDeadline ?? deadline, deadline) }
+            let plan = InstancePlan(directives: directives, managed: state.isManaged(instance.name), routing: routing,
+                                    maxClientConn: caps[instance.name] ?? directives.maxClientConn, observedAt: observedAt)
+            ensureMode(named: directives.type, for: instance, &r)
+            if r.plan != plan {
+                logTransition(from: r.plan, to: plan, logger: r.logger)
+                r.plan = plan
+                r.mode?.apply(plan)
+            }
+            running[instance.name] = r
+        }
+        scheduleFenceCheck(at: nextDeadline)
+    }
+
+    /// Where the instance should route, and when that answer changes by itself (a fencing deadline).
+    private func routing(for instance: InstanceConfiguration, in state: ClusterState, snapshot: DCSSnapshot,
+                         directives: EffectiveDirectives, logger: Logger) -> (InstancePlan.Routing, ContinuousClock.Instant?) {
+        guard snapshot.synced else { return (.noLeader(reason: "the DCS has not been read yet"), nil) }
+        let resolution = state.leader(of: instance.location)
+        if !snapshot.reachable {
+            // Measured from the last answer, not from when the session gave up on etcd.
+            let lastContact = session.health.lastContact ?? snapshot.unreachableSince ?? Date()
+            let outage = Duration.milliseconds(Int64(Date().timeIntervalSince(lastContact) * 1000))
+            let lease = resolution.target.flatMap { leaseTTLs[$0.lease] } ?? directives.leaderLeaseDuration
+            if directives.dcsFailurePolicy == "fence" {
+                if outage >= lease {
+                    if fenceWarned.insert(instance.name).inserted {
+                        logger.warning("DCS unreachable longer than the leader lease: fencing, no routing until it is back",
+                                       metadata: ["outage_s": "\(format(outage))", "lease_s": "\(format(lease))"])
+                    }
+                    return (.fenced(reason: "DCS unreachable for \(format(outage)) s, longer than the \(format(lease)) s lease"), nil)
+                }
+                return (routing(resolution), .now + (lease - outage))
+            }
+            if fenceWarned.insert(instance.name).inserted {
+                logger.warning("DCS unreachable; dcs_failure_policy is keep: routing to the last known lead master",
+                               metadata: ["outage_s": "\(format(outage))", "leader": "\(resolution.target.map { "\($0)" } ?? "none")"])
+            }
+            return (routing(resolution), nil)
+        }
+        if fenceWarned.remove(instance.name) != nil {
+            logger.info("DCS reachable again: routing resumes from the current state")
+        }
+        if let target = resolution.target, target.lease != 0, leaseTTLs[target.lease] == nil { lookUpLease(target.lease) }
+        return (routing(resolution), nil)
+    }
+
+    private func routing(_ resolution: LeaderResolution) -> InstancePlan.Routing {
+        switch resolution {
+        case .leader(let target): return .leader(target)
+        case .none: return .noLeader(reason: "no lead master")
+        case .unresolvable(_, let reason): return .noLeader(reason: reason)
+        }
+    }
+
+    private func lookUpLease(_ id: Int64) {
+        leaseTTLs[id] = nil
+        let client = session.client
+        Task {
+            guard let ttl = try? await client.leaseTimeToLive(id), ttl.granted > 0 else { return }
+            self.recordLease(id, ttl: .seconds(ttl.granted))
+        }
+    }
+
+    private func recordLease(_ id: Int64, ttl: Duration) {
+        leaseTTLs[id] = ttl
+        if leaseTTLs.count > 1000 { leaseTTLs = [id: ttl] }
+    }
+
+    /// Re-plans when a fencing deadline passes, since no DCS event will come to say so.
+    private func scheduleFenceCheck(at deadline: ContinuousClock.Instant?) {
+        fenceTimer?.cancel()
+        guard let deadline else { return }
+        fenceTimer = Task {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            guard !Task.isCancelled else { return }
+            self.fenceDeadlinePassed()
+        }
+    }
+
+    private func fenceDeadlinePassed() {
+        if let latest { reconcile(latest, observedAt: .now) }
+    }
+
+    private func ensureMode(named name: String, for instance: InstanceConfiguration, _ r: inout Running) {
+        guard r.modeName != name else { return }
+        if let old = r.mode {
+            r.logger.info("proxy type changed: stopping the old mode", metadata: ["from": "\(r.modeName ?? "")", "to": "\(name)"])
+            Task { await old.shutdown() }
+            r.mode = nil
+            r.plan = nil
+        }
+        r.modeName = name
+        guard let type = ProxyModes.named(name) else {
+            if r.unavailableMode != name {
+                r.logger.error("proxy type is not available in this build; the instance is stopped",
+                               metadata: ["type": "\(name)", "available": "\(ProxyModes.all.map { $0.typeName }.joined(separator: ","))"])
+                r.unavailableMode = name
+            }
+            return
+        }
+        r.unavailableMode = nil
+        r.mode = type.init(instance: instance, group: group, logger: r.logger)
+    }
+
+    private func logTransition(from old: InstancePlan?, to new: InstancePlan, logger: Logger) {
+        guard old?.stateName != new.stateName || old?.routing.target != new.routing.target else { return }
+        var metadata: Logger.Metadata = ["state": "\(new.stateName)"]
+        switch new.routing {
+        case .leader(let t): metadata["leader"] = "\(t)"
+        case .noLeader(let reason), .fenced(let reason): metadata["reason"] = "\(reason)"
+        }
+        logger.info("plan", metadata: metadata)
+    }
+
+    private func format(_ d: Duration) -> String { String(format: "%.1f", d.seconds) }
+}
+
+/// One instance as status output shows it.
+public struct InstanceStatus: Sendable {
+    public var name: String
+    public var location: String
+    public var type: String
+    public var plan: InstancePlan?
+    public var listen: String?
+    public var clients: ClientCounters
+}
+
+extension LogLevel {
+    public var swiftLogLevel: Logger.Level {
+        switch self {
+        case .debug: return .debug
+        case .info: return .info
+        case .warning: return .warning
+        case .error: return .error
+        case .critical: return .critical
+        }
+    }
+}

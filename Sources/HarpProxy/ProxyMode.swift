@@ -1,0 +1,33 @@
+import HarpConfig
+import Logging
+import NIOCore
+
+/// A way of proxying: `builtin` (layer-4 pass-through) and, later, `pgbouncer`. A mode receives
+/// the instance's whole plan each time anything changes and makes the world match it.
+///
+/// Adding a mode: one file with a type that conforms, and one line in `ProxyModes.all`.
+public protocol ProxyMode: AnyObject, Sendable {
+    /// The value of the `type` directive that selects this mode.
+    static var typeName: String { get }
+
+    init(instance: InstanceConfiguration, group: any EventLoopGroup, logger: Logger)
+
+    /// Level-triggered: called with the full desired state on every change. Must return at once.
+    func apply(_ plan: InstancePlan)
+
+    /// Where the instance listens now, if it does.
+    func listening() async -> String?
+
+    func counters() async -> ClientCounters
+
+    /// Stop accepting and close every connection.
+    func shutdown() async
+}
+
+public enum ProxyModes {
+    public static let all: [any ProxyMode.Type] = [BuiltinMode.self]
+
+    public static func named(_ name: String) -> (any ProxyMode.Type)? {
+        all.first { $0.typeName == name }
+    }
+}

@@ -1,0 +1,68 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real PostgreSQL 15 server on a free loopback port, in a temporary folder, run as the
+/// `postgres` user when the tests run as root (PostgreSQL refuses to run as root).
+public final class PostgresServer: @unchecked Sendable {
+    public static let binDirectory = "/usr/lib/postgresql/15/bin"
+    public let directory: TemporaryDirectory
+    public let port: Int
+    /// The folder of its Unix socket.
+    public let socketDirectory: String
+    private var process: TestProcess?
+
+    public init(port: Int = freePort()) throws {
+        self.port = port
+        directory = TemporaryDirectory("harp-pg")
+        socketDirectory = directory.path + "/sock"
+        let data = directory.path + "/data"
+        try FileManager.default.createDirectory(atPath: socketDirectory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        Self.giveToPostgres([directory.path, socketDirectory, data])
+        let initdb = try runCommand(Self.runner, Self.asPostgres(["\(Self.binDirectory)/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"]))
+        guard initdb.status == 0 else { throw FixtureError("initdb failed: \(initdb.output)") }
+        try start()
+    }
+
+    public func start() throws {
+        process = try TestProcess(name: "postgres-\(port)", executable: Self.runner, arguments: Self.asPostgres([
+            "\(Self.binDirectory)/postgres", "-D", directory.path + "/data", "-p", "\(port)", "-k", socketDirectory,
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200",
+            "-c", "logging_collector=off", "-c", "shared_buffers=16MB",
+            // Notice a closed client even in the middle of a long query, as the tests check.
+            "-c", "client_connection_check_interval=100ms",
+        ]), logDirectory: directory.path)
+        guard eventually(timeout: 30, { (try? query("SELECT 1"))?.trimmingCharacters(in: .whitespacesAndNewlines) == "1" }) else {
+            throw FixtureError("PostgreSQL on port \(port) did not start:\n\(process?.log ?? "")")
+        }
+    }
+
+    /// Runs one statement with psql over TCP and returns its unaligned output.
+    public func query(_ sql: String) throws -> String {
+        try Self.psql(host: "127.0.0.1", port: port, sql)
+    }
+
+    /// psql against any host and port (a proxy's listener), with libpq's own error text on failure.
+    public static func psql(host: String, port: Int, _ sql: String, timeout: Int = 10) throws -> String {
+        let result = try runCommand("\(binDirectory)/psql", ["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                                                           "-h", host, "-p", "\(port)", "-U", "postgres", "-d", "postgres", "-c", sql],
+                                    environment: ["PGCONNECT_TIMEOUT": "\(timeout)", "PATH": "/usr/bin:/bin", "PGSSLMODE": "prefer"])
+        guard result.status == 0 else { throw FixtureError(result.output) }
+        return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    public func stop() { process?.stop() }
+
+    deinit { stop() }
+
+    static var isRoot: Bool { getuid() == 0 }
+    static var runner: String { isRoot ? "/usr/sbin/runuser" : "/usr/bin/env" }
+    static func asPostgres(_ command: [String]) -> [String] { isRoot ? ["-u", "postgres", "--"] + command : command }
+
+    static func giveToPostgres(_ paths: [String]) {
+        guard isRoot, let user = getpwnam("postgres") else { return }
+        for path in paths { chown(path, user.pointee.pw_uid, user.pointee.pw_gid) }
+    }
+}

@@ -1,0 +1,209 @@
+import Foundation
+import HarpCluster
+import HarpConfig
+import HarpDCS
+import HarpProxy
+import HarpTestFixtures
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The builtin layer-4 mode, through real etcd and real PostgreSQL servers.
+final class BuiltinModeTests: XCTestCase {
+    // Started once for the class: PostgreSQL takes a second or two to initdb and start.
+    nonisolated(unsafe) static var pgA: PostgresServer!
+    nonisolated(unsafe) static var pgB: PostgresServer!
+
+    override class func setUp() {
+        super.setUp()
+        pgA = try! PostgresServer()
+        pgB = try! PostgresServer()
+    }
+
+    override class func tearDown() {
+        pgA?.stop()
+        pgB?.stop()
+        super.tearDown()
+    }
+
+    var a: PostgresServer { Self.pgA }
+    var b: PostgresServer { Self.pgB }
+
+    func testTwoInstancesFollowTheirLocations() async throws {
+        let (p1, p2) = (freePort(), freePort())
+        let rig = try ProxyRig([("proxy-dc1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(p1)]),
+                                ("proxy-dc2", "dc2", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(p2)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.node("node2", location: "dc2", server: b)
+        try await rig.leader("dc1", "node1")
+        try await rig.leader("dc2", "node2")
+        let routed1 = await rig.waitUntilRouting("proxy-dc1", to: "node1")
+        let routed2 = await rig.waitUntilRouting("proxy-dc2", to: "node2")
+        XCTAssertTrue(routed1 && routed2)
+        XCTAssertEqual(try serverPort(through: p1).get(), "\(a.port)")
+        XCTAssertEqual(try serverPort(through: p2).get(), "\(b.port)")
+        await rig.stop()
+    }
+
+    func testSwitchoverCutsTheOpenSessionAndTheNextConnectionLandsOnTheNewLeader() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.node("node2", location: "dc1", server: b)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+
+        let session = try openSession(through: port, tag: "switchover", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "switchover"), "the transaction is open on node1")
+        let cutAt = Date()
+        try await rig.leader("dc1", "node2")
+        XCTAssertTrue(eventually(timeout: 5) { !session.isRunning }, "the open session is cut when the leader key changes")
+        XCTAssertLessThan(Date().timeIntervalSince(cutAt), 5)
+        XCTAssertNotEqual(session.waitForExit(), 0)
+        XCTAssertTrue(waitForActivity(on: a, "switchover", count: 0, timeout: 5), "node1's side is closed too")
+
+        XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)", "the next connection lands on node2")
+        let logged = rig.capture.all.contains { $0.message.contains("lead master changed") && $0.metadata["closed"] == "1" }
+        XCTAssertTrue(logged)
+        await rig.stop()
+    }
+
+    func testExpiredLeaseClosesConnectionsAndHeldClientsGet57P03() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "hold_timeout": .duration(.milliseconds(700))])])
+        try await rig.node("node1", location: "dc1", server: a)
+        let lease = try await rig.client.leaseGrant(ttl: 2)
+        try await rig.leader("dc1", "node1", lease: lease.id)
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let session = try openSession(through: port, tag: "lease", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "lease"))
+
+        // Nobody renews the lease: the key goes, and the session with it.
+        XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "connections close once the lease expires")
+        let started = Date()
+        let refused = serverPort(through: port)
+        guard case .failure(let error) = refused else { return XCTFail("a client got through with no lead master") }
+        XCTAssertTrue(error.description.contains("no lead master for location dc1 (proxy p1)"), error.description)
+        XCTAssertGreaterThan(Date().timeIntervalSince(started), 0.6, "the client was held for hold_timeout first")
+        let counters = await rig.counters("p1")
+        XCTAssertGreaterThanOrEqual(counters.refused, 1)
+        await rig.stop()
+    }
+
+    func testAClientConnectingDuringALeaderGapIsServedWhenTheLeaderAppears() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        let listening = await rig.waitUntilRouting("p1", to: nil)
+        XCTAssertTrue(listening)
+        let client = Task.detached { serverPort(through: port) }
+        try await Task.sleep(for: .seconds(1))
+        try await rig.leader("dc1", "node1")
+        let result = await client.value
+        XCTAssertEqual(try result.get(), "\(a.port)")
+        await rig.stop()
+    }
+
+    func testMaxClientConnRefusesOnlyTheExtraClient() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "max_client_conn": .integer(2)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let s1 = try openSession(through: port, tag: "max-1", seconds: 20, logDirectory: rig.etcd.directory.path)
+        let s2 = try openSession(through: port, tag: "max-2", seconds: 20, logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "max-1") && waitForActivity(on: a, "max-2"))
+        guard case .failure(let error) = serverPort(through: port) else { return XCTFail("a third client got in") }
+        XCTAssertTrue(error.description.contains("too many connections for proxy p1"), error.description)
+        XCTAssertTrue(s1.isRunning && s2.isRunning, "the two admitted clients are unaffected")
+        s1.killNow()
+        s2.killNow()
+        await rig.stop()
+    }
+
+    func testALeaderWhoseDSNIsAUnixSocket() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", dsn: "host=\(b.socketDirectory) port=\(b.port) dbname=postgres")
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)")
+        await rig.stop()
+    }
+
+    func testGarbageAndHalfStartedClientsDoNotDisturbOthers() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let session = try openSession(through: port, tag: "bystander", seconds: 20, logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "bystander"))
+
+        for payload in [Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), [0, 0, 0, 8], (0..<4096).map { UInt8($0 % 251) }, []] {
+            rawConnect(port: port, send: payload)
+        }
+        XCTAssertEqual(try serverPort(through: port).get(), "\(a.port)")
+        XCTAssertTrue(session.isRunning, "the open session is untouched")
+        XCTAssertEqual(sessions(on: a, tagged: "bystander"), 1)
+        session.killNow()
+        await rig.stop()
+    }
+
+    func testNoDescriptorLeakAfterManyConnections() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "max_client_conn": .integer(2000)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        _ = try serverPort(through: port).get()  // warm up: the first connection sets up what stays
+        try await Task.sleep(for: .milliseconds(300))
+        let before = openDescriptors()
+        for _ in 0..<1000 { rawConnect(port: port, send: []) }
+        let drained = await eventuallyAsync(timeout: .seconds(20)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained)
+        try await Task.sleep(for: .milliseconds(500))
+        let after = openDescriptors()
+        XCTAssertLessThanOrEqual(after, before + 4, "descriptors before: \(before), after 1,000 connections: \(after)")
+        let total = await rig.counters("p1").total
+        XCTAssertGreaterThanOrEqual(total, 1000)
+        await rig.stop()
+    }
+}
+
+/// Connects to a loopback port, sends `bytes`, and hangs up.
+func rawConnect(port: Int, send bytes: [UInt8]) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    let ok = withUnsafePointer(to: &address) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+    if ok && !bytes.isEmpty { _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+}
+
+func openDescriptors() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}
+
+func eventuallyAsync(timeout: Duration = .seconds(10), _ condition: @Sendable () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return await condition()
+}
