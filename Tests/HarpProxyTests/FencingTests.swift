@@ -1,0 +1,86 @@
+import Foundation
+import HarpCluster
+import HarpConfig
+import HarpDCS
+import HarpProxy
+import HarpTestFixtures
+import XCTest
+
+/// What the builtin mode does when etcd itself goes away: `dcs_failure_policy` fence or keep.
+final class FencingTests: XCTestCase {
+    nonisolated(unsafe) static var pg: PostgresServer!
+
+    override class func setUp() {
+        super.setUp()
+        pg = try! PostgresServer()
+    }
+
+    override class func tearDown() {
+        pg?.stop()
+        super.tearDown()
+    }
+
+    /// A rig whose leader key sits on a 2 s lease that the test keeps alive until etcd dies.
+    func rig(policy: String, port: Int) async throws -> (ProxyRig, Task<Void, Never>) {
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "dcs_failure_policy": .string(policy), "hold_timeout": .duration(.milliseconds(500))])],
+                               requestTimeout: .milliseconds(200), resyncInterval: .milliseconds(300))
+        try await rig.node("node1", location: "dc1", server: Self.pg)
+        let lease = try await rig.client.leaseGrant(ttl: 2)
+        try await rig.leader("dc1", "node1", lease: lease.id)
+        let client = rig.client
+        let keeper = Task {
+            while !Task.isCancelled {
+                _ = try? await client.leaseKeepAlive(lease.id)
+                try? await Task.sleep(for: .milliseconds(400))
+            }
+        }
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        // Let the host learn the lease's TTL before the outage.
+        try await Task.sleep(for: .milliseconds(300))
+        return (rig, keeper)
+    }
+
+    func testFenceClosesConnectionsAfterTheLeaseTTLAndRoutingRecovers() async throws {
+        let port = freePort()
+        let (rig, keeper) = try await rig(policy: "fence", port: port)
+        let session = try openSession(through: port, tag: "fence", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, "fence"))
+
+        rig.etcd.kill(0)
+        let killedAt = Date()
+        XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "fenced: connections close once the outage outlasts the lease")
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(killedAt), 1.5, "not before the lease could have expired")
+        guard case .failure(let refused) = serverPort(through: port) else { return XCTFail("a fenced proxy routed a client") }
+        XCTAssertTrue(refused.description.contains("57P03") || refused.description.contains("no lead master"), refused.description)
+        XCTAssertTrue(rig.capture.messages(at: .warning).contains { $0.message.contains("fencing") })
+
+        try rig.etcd.restart(0)
+        let recovered = await rig.waitUntilRouting("p1", to: "node1", timeout: .seconds(15))
+        XCTAssertTrue(recovered, "routing resumes when the DCS is back")
+        XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)")
+        keeper.cancel()
+        await rig.stop()
+    }
+
+    func testKeepRoutesToTheLastKnownLeaderThroughAnOutage() async throws {
+        let port = freePort()
+        let (rig, keeper) = try await rig(policy: "keep", port: port)
+        let session = try openSession(through: port, tag: "keep", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, "keep"))
+
+        rig.etcd.kill(0)
+        try await Task.sleep(for: .seconds(4))
+        XCTAssertTrue(session.isRunning, "keep: the session survives an outage longer than the lease")
+        XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)", "and new clients still reach the last known leader")
+        XCTAssertTrue(rig.capture.messages(at: .warning).contains { $0.message.contains("dcs_failure_policy is keep") })
+
+        try rig.etcd.restart(0)
+        let recovered = await rig.waitUntilRouting("p1", to: "node1", timeout: .seconds(15))
+        XCTAssertTrue(recovered)
+        session.killNow()
+        keeper.cancel()
+        await rig.stop()
+    }
+}
