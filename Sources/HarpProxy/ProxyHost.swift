@@ -17,6 +17,7 @@ public actor ProxyHost {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let view: ClusterView
+    private let layout: DCSLayout
 
     private struct Running {
         var mode: (any ProxyMode)?
@@ -25,6 +26,9 @@ public actor ProxyHost {
         var logger: Logger
         /// The unknown `type` last reported, so that it is logged once.
         var unavailableMode: String?
+        /// When the state name last changed.
+        var since = Date()
+        var statusWriter: StatusWriter
     }
 
     private var running: [String: Running] = [:]
@@ -42,19 +46,27 @@ public actor ProxyHost {
         self.group = group
         self.logger = logger
         view = ClusterView(layout: layout, logger: logger)
+        self.layout = layout
         descriptorLimit = DescriptorBudget.raiseLimit()
         for instance in instances {
             var instanceLogger = logger
             instanceLogger[metadataKey: "instance"] = "\(instance.name)"
             if let level = instance.logLevel { instanceLogger.logLevel = level.swiftLogLevel }
-            running[instance.name] = Running(logger: instanceLogger)
+            running[instance.name] = Running(logger: instanceLogger,
+                                             statusWriter: StatusWriter(client: session.client, key: layout.proxyStatus(instance.name), logger: instanceLogger))
         }
     }
 
-    /// Follows the DCS until the task is cancelled, then stops every instance.
+    /// Follows the DCS, and writes each instance's status record, until the task is cancelled.
     public func run() async {
-        for await snapshot in session.snapshots() {
-            reconcile(snapshot, observedAt: .now)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await snapshot in self.session.snapshots() {
+                    await self.reconcile(snapshot, observedAt: .now)
+                }
+            }
+            group.addTask { await self.reportStatus() }
+            await group.waitForAll()
         }
     }
 
@@ -62,7 +74,20 @@ public actor ProxyHost {
         fenceTimer?.cancel()
         for (name, r) in running {
             await r.mode?.shutdown()
+            await r.statusWriter.remove()
             running[name]?.mode = nil
+        }
+    }
+
+    /// Writes every instance's status record each `monitor_interval` (the shortest any asks for).
+    private func reportStatus() async {
+        while !Task.isCancelled {
+            let interval = running.values.compactMap { $0.plan?.directives.monitorInterval }.min() ?? .seconds(5)
+            for s in await status() {
+                guard let r = running[s.name], r.plan != nil else { continue }
+                await r.statusWriter.write(StatusRecord(s), interval: interval)
+            }
+            try? await Task.sleep(for: max(interval, .milliseconds(100)))
         }
     }
 
@@ -73,7 +98,7 @@ public actor ProxyHost {
             guard let r = running[instance.name] else { continue }
             let counters = await r.mode?.counters() ?? ClientCounters()
             result.append(InstanceStatus(name: instance.name, location: instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
-                                         plan: r.plan, listen: await r.mode?.listening(), clients: counters))
+                                         plan: r.plan, listen: await r.mode?.listening(), clients: counters, since: r.since))
         }
         return result
     }
@@ -101,6 +126,7 @@ public actor ProxyHost {
                                     maxClientConn: caps[instance.name] ?? directives.maxClientConn, observedAt: observedAt)
             ensureMode(named: directives.type, for: instance, &r)
             if r.plan != plan {
+                if r.plan?.stateName != plan.stateName { r.since = Date() }
                 logTransition(from: r.plan, to: plan, logger: r.logger)
                 r.plan = plan
                 r.mode?.apply(plan)
@@ -222,6 +248,8 @@ public struct InstanceStatus: Sendable {
     public var plan: InstancePlan?
     public var listen: String?
     public var clients: ClientCounters
+    /// When the instance entered its current state.
+    public var since: Date
 }
 
 extension LogLevel {

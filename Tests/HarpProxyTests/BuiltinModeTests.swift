@@ -158,6 +158,45 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    func testEachInstanceWritesItsStatusRecordOnALease() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "monitor_interval": .duration(.milliseconds(300))])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        _ = try serverPort(through: port).get()
+
+        let key = rig.layout.proxyStatus("p1")
+        var record: [String: Any] = [:]
+        let written = await eventuallyAsync {
+            guard let kv = try? await rig.client.range(key).kvs.first,
+                  let object = try? JSONSerialization.jsonObject(with: Data(kv.value.utf8)) as? [String: Any],
+                  object["state"] as? String == "routing", (object["clients"] as? [String: Any])?["total"] as? Int == 1 else { return false }
+            return true
+        }
+        XCTAssertTrue(written)
+        let kv = try await rig.client.range(key).kvs.first
+        record = try JSONSerialization.jsonObject(with: Data(kv!.value.utf8)) as! [String: Any]
+        XCTAssertEqual(record["name"] as? String, "p1")
+        XCTAssertEqual(record["location"] as? String, "dc1")
+        XCTAssertEqual(record["type"] as? String, "builtin")
+        XCTAssertEqual(record["managed"] as? Bool, true)
+        XCTAssertEqual(record["listen"] as? String, "127.0.0.1:\(port)")
+        XCTAssertEqual((record["leader"] as? [String: Any])?["name"] as? String, "node1")
+        XCTAssertEqual((record["leader"] as? [String: Any])?["address"] as? String, "127.0.0.1:\(a.port)")
+        XCTAssertEqual(record["max_client_conn"] as? Int, 100)
+        XCTAssertNotNil(record["since"] as? String)
+        XCTAssertNotEqual(kv!.lease, 0, "the record sits on a lease")
+        let ttl = try await rig.client.leaseTimeToLive(kv!.lease)
+        XCTAssertEqual(ttl.granted, 2, "three intervals, at least two seconds")
+
+        await rig.stop()
+        let gone = try await rig.client.range(key).kvs
+        XCTAssertTrue(gone.isEmpty, "a stopped proxy's record goes at once")
+    }
+
     func testNoDescriptorLeakAfterManyConnections() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
