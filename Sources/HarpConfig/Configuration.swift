@@ -131,6 +131,12 @@ public struct InstanceConfiguration: Sendable {
         self.source = source
     }
 
+    /// Same instance settings, wherever they were written (the file position is ignored).
+    public func sameSettings(as other: InstanceConfiguration) -> Bool {
+        name == other.name && location == other.location && logLevel == other.logLevel
+            && pgbouncerBinDir == other.pgbouncerBinDir && directives == other.directives
+    }
+
     /// The listener this instance will use if the DCS says nothing else.
     public var localListen: (address: String, port: Int) {
         var address = "0.0.0.0", port = 6432

@@ -18,6 +18,8 @@ public struct InstancePlan: Sendable, Equatable {
         }
     }
 
+    /// The location whose lead master the instance follows (it may change on a reload).
+    public var location: String
     public var directives: EffectiveDirectives
     /// False when the DCS's `managed` key says "false": the mode then keeps its current target
     /// and connections and ignores `routing`.
@@ -39,7 +41,7 @@ public struct InstancePlan: Sendable, Equatable {
     }
 
     public static func == (a: InstancePlan, b: InstancePlan) -> Bool {
-        a.directives == b.directives && a.managed == b.managed && a.routing == b.routing && a.maxClientConn == b.maxClientConn
+        a.location == b.location && a.directives == b.directives && a.managed == b.managed && a.routing == b.routing && a.maxClientConn == b.maxClientConn
     }
 }
 

@@ -12,7 +12,7 @@ import NIOCore
 /// A missed or repeated event cannot leave an instance on a wrong leader: the next plan is
 /// computed from the whole current state, not from the event.
 public actor ProxyHost {
-    private let instances: [InstanceConfiguration]
+    private var instances: [InstanceConfiguration]
     private let session: DCSSession
     private let group: any EventLoopGroup
     private let logger: Logger
@@ -48,13 +48,38 @@ public actor ProxyHost {
         view = ClusterView(layout: layout, logger: logger)
         self.layout = layout
         descriptorLimit = DescriptorBudget.raiseLimit()
-        for instance in instances {
-            var instanceLogger = logger
-            instanceLogger[metadataKey: "instance"] = "\(instance.name)"
-            if let level = instance.logLevel { instanceLogger.logLevel = level.swiftLogLevel }
-            running[instance.name] = Running(logger: instanceLogger,
-                                             statusWriter: StatusWriter(client: session.client, key: layout.proxyStatus(instance.name), logger: instanceLogger))
+        for instance in instances { running[instance.name] = Self.makeRunning(instance, logger: logger, session: session, layout: layout) }
+    }
+
+    private static func makeRunning(_ instance: InstanceConfiguration, logger: Logger, session: DCSSession, layout: DCSLayout) -> Running {
+        var instanceLogger = logger
+        instanceLogger[metadataKey: "instance"] = "\(instance.name)"
+        if let level = instance.logLevel { instanceLogger.logLevel = level.swiftLogLevel }
+        return Running(logger: instanceLogger,
+                       statusWriter: StatusWriter(client: session.client, key: layout.proxyStatus(instance.name), logger: instanceLogger))
+    }
+
+    /// A new set of instances (SIGHUP): removed ones stop and close their connections, added ones
+    /// start, changed ones are re-planned, and untouched ones keep everything.
+    public func reload(_ newInstances: [InstanceConfiguration]) async {
+        let old = Dictionary(uniqueKeysWithValues: instances.map { ($0.name, $0) })
+        let new = Set(newInstances.map(\.name))
+        for (name, _) in old where !new.contains(name) {
+            guard let r = running.removeValue(forKey: name) else { continue }
+            r.logger.info("instance removed from the configuration: stopping it")
+            await r.mode?.shutdown()
+            await r.statusWriter.remove()
         }
+        for instance in newInstances {
+            if let before = old[instance.name] {
+                if !before.sameSettings(as: instance) { running[instance.name]?.logger.info("instance changed: re-planning") }
+            } else {
+                running[instance.name] = Self.makeRunning(instance, logger: logger, session: session, layout: layout)
+                running[instance.name]?.logger.info("instance added", metadata: ["location": "\(instance.location)"])
+            }
+        }
+        instances = newInstances
+        if let latest { reconcile(latest, observedAt: .now) }
     }
 
     /// Follows the DCS, and writes each instance's status record, until the task is cancelled.
@@ -122,7 +147,7 @@ public actor ProxyHost {
             let directives = state.effectiveDirectives(for: instance)
             let (routing, deadline) = routing(for: instance, in: state, snapshot: snapshot, directives: directives, logger: r.logger)
             if let deadline { nextDeadline = min(nextDeadline ?? deadline, deadline) }
-            let plan = InstancePlan(directives: directives, managed: state.isManaged(instance.name), routing: routing,
+            let plan = InstancePlan(location: instance.location, directives: directives, managed: state.isManaged(instance.name), routing: routing,
                                     maxClientConn: caps[instance.name] ?? directives.maxClientConn, observedAt: observedAt)
             ensureMode(named: directives.type, for: instance, &r)
             if r.plan != plan {

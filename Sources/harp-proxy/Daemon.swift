@@ -28,29 +28,59 @@ struct Daemon {
         ])
         session.start()
 
-        let stop = SignalWatch([SIGTERM, SIGINT])
+        let signals = SignalWatch([SIGTERM, SIGINT, SIGHUP])
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let host = ProxyHost(instances: configuration.instances, session: session, group: group, layout: layout,
                              logger: Logger(label: "harp.proxy"))
         let routing = Task { await host.run() }
-        let signal = await stop.next()
-        logger.info("stopping: closing listeners and connections", metadata: ["signal": "\(signal)"])
+        var current = configuration
+        for await signal in signals.stream {
+            guard signal == SIGHUP else {
+                logger.info("stopping: closing listeners and connections", metadata: ["signal": "\(signal)"])
+                break
+            }
+            current = await reload(current, host: host, logger: logger)
+        }
         routing.cancel()
         await host.shutdown()
         session.shutdown()
         try? await group.shutdownGracefully()
         logger.info("stopped")
     }
+
+    /// SIGHUP: re-read config.yml and conf.d. A configuration with errors is reported and the one
+    /// in force stays; cluster and dcs changes need a restart, which is said.
+    private func reload(_ current: HarpConfiguration, host: ProxyHost, logger: Logger) async -> HarpConfiguration {
+        logger.info("SIGHUP: reloading the configuration", metadata: ["file": "\(current.file)"])
+        let next: HarpConfiguration
+        do {
+            next = try ConfigLoader.load(file: current.file)
+        } catch {
+            for e in error.errors { logger.error("\(e.message)", metadata: ["at": "\(e.location)"]) }
+            logger.error("reload failed: the previous configuration stays in force", metadata: ["errors": "\(error.errors.count)"])
+            return current
+        }
+        guard !next.instances.isEmpty else {
+            logger.error("reload failed: no proxy instance left; the previous configuration stays in force")
+            return current
+        }
+        if next.clusterName != current.clusterName || next.dcs.description != current.dcs.description {
+            logger.warning("cluster and dcs changes take effect only after a restart")
+        }
+        await host.reload(next.instances)
+        logger.info("configuration reloaded", metadata: ["instances": "\(next.instances.map(\.name).joined(separator: ","))"])
+        return next
+    }
 }
 
 /// Delivers the given signals as an async value instead of killing the process.
 final class SignalWatch: @unchecked Sendable {
     private var sources: [DispatchSourceSignal] = []
-    private let stream: AsyncStream<Int32>
+    private let signalStream: AsyncStream<Int32>
     private let continuation: AsyncStream<Int32>.Continuation
 
     init(_ signals: [Int32]) {
-        (stream, continuation) = AsyncStream.makeStream(of: Int32.self)
+        (signalStream, continuation) = AsyncStream.makeStream(of: Int32.self)
         for number in signals {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -60,9 +90,7 @@ final class SignalWatch: @unchecked Sendable {
         }
     }
 
-    func next() async -> Int32 {
-        for await number in stream { return number }
-        return 0
-    }
+    /// The signals as they arrive.
+    var stream: AsyncStream<Int32> { signalStream }
 }
 

@@ -147,3 +147,12 @@ public func eventually(timeout: TimeInterval = 10, _ condition: () throws -> Boo
     } while Date() < deadline
     return try condition()
 }
+
+/// An executable this package builds, found beside the running test bundle.
+public func builtExecutable(_ name: String) -> String {
+    var url = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).resolvingSymlinksInPath()
+    while url.path != "/" && !FileManager.default.isExecutableFile(atPath: url.deletingLastPathComponent().appendingPathComponent(name).path) {
+        url.deleteLastPathComponent()
+    }
+    return url.deletingLastPathComponent().appendingPathComponent(name).path
+}

@@ -4,12 +4,7 @@ import XCTest
 
 /// The harp-proxy executable as an operator runs it.
 final class HarpProxyBinaryTests: XCTestCase {
-    /// The built executable, beside the test bundle.
-    static var binary: String {
-        var url = Bundle(for: HarpProxyBinaryTests.self).bundleURL
-        while url.pathExtension == "xctest" || url.lastPathComponent.hasSuffix(".xctest") { url.deleteLastPathComponent() }
-        return url.appendingPathComponent("harp-proxy").path
-    }
+    static var binary: String { builtExecutable("harp-proxy") }
 
     func testCheckPrintsOneLinePerInstance() throws {
         let dir = TemporaryDirectory()

@@ -170,8 +170,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let timeout = loop.scheduleTask(in: .milliseconds(plan.directives.holdTimeout.milliseconds)) {
             guard let waiter = entry.waiter else { return }
             entry.waiter = nil
-            self.noteRefusal("no lead master within hold_timeout", ["location": "\(self.instance.location)"])
-            var refusal = Refusal.noLeader(location: self.instance.location, instance: self.instance.name)
+            self.noteRefusal("no lead master within hold_timeout", ["location": "\(plan.location)"])
+            var refusal = Refusal.noLeader(location: plan.location, instance: self.instance.name)
             refusal.message += reason
             waiter.promise.fail(refusal)
         }
