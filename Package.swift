@@ -56,7 +56,8 @@ let package = Package(
         ]),
 
         // Test fixtures: real etcd processes, certificates made by the openssl CLI, free ports.
-        .target(name: "HarpTestFixtures", dependencies: ["HarpDCS", "HarpConfig"], path: "Tests/Fixtures"),
+        .target(name: "CSpawnSupport", path: "Tests/CSpawnSupport"),
+        .target(name: "HarpTestFixtures", dependencies: ["HarpDCS", "HarpConfig", "CSpawnSupport"], path: "Tests/Fixtures"),
         .testTarget(name: "HarpConfigTests", dependencies: ["HarpConfig", "HarpCluster", "HarpDCS", "HarpTestFixtures"]),
         .testTarget(name: "HarpClusterTests", dependencies: [
             "HarpCluster", "HarpDCS", "HarpConfig", "HarpTestFixtures",

@@ -1,3 +1,4 @@
+import CSpawnSupport
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -68,6 +69,8 @@ func spawn(_ executable: String, _ arguments: [String], outputPath: String, appe
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0o644)
     posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    // Nothing else of ours reaches the child: not the proxy's listeners, not a test's sockets.
+    harp_spawn_close_from(&actions, 3)
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     let env = (environment ?? ProcessInfo.processInfo.environment).map { strdup("\($0.key)=\($0.value)") } + [nil]

@@ -1,0 +1,106 @@
+import Foundation
+import HarpCluster
+import HarpConfig
+import HarpDCS
+@testable import HarpProxy
+import HarpTestFixtures
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Directive changes in the DCS take effect without a restart.
+final class LiveDirectiveTests: XCTestCase {
+    nonisolated(unsafe) static var pg: PostgresServer!
+
+    override class func setUp() {
+        super.setUp()
+        pg = try! PostgresServer()
+    }
+
+    override class func tearDown() {
+        pg?.stop()
+        super.tearDown()
+    }
+
+    func testANewListenPortRebindsAndExistingConnectionsStay() async throws {
+        let (first, second) = (freePort(), freePort())
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(first)])])
+        try await rig.node("node1", location: "dc1", server: Self.pg)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let session = try openSession(through: first, tag: "rebind", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, "rebind"))
+
+        try await rig.client.put(rig.layout.proxyConfig("p1"), #"{"listen_port": \#(second)}"#)
+        XCTAssertTrue(eventually(timeout: 5) { (try? serverPort(through: second).get()) == "\(Self.pg.port)" }, "the new port serves")
+        XCTAssertTrue(eventually(timeout: 5) { !canConnect(port: first) }, "the old port is closed")
+        XCTAssertTrue(session.isRunning, "the session opened on the old port stays")
+        XCTAssertEqual(sessions(on: Self.pg, tagged: "rebind"), 1)
+        session.killNow()
+        await rig.stop()
+    }
+
+    func testAListenerThatCannotBindIsRetriedWhileOtherInstancesRun() async throws {
+        let (taken, free) = (freePort(), freePort())
+        let squatter = try listen(on: taken)
+        let rig = try ProxyRig([("blocked", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(taken)]),
+                                ("fine", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(free)])])
+        try await rig.node("node1", location: "dc1", server: Self.pg)
+        try await rig.leader("dc1", "node1")
+        let fineRouted = await rig.waitUntilRouting("fine", to: "node1")
+        XCTAssertTrue(fineRouted)
+        XCTAssertEqual(try serverPort(through: free).get(), "\(Self.pg.port)", "the other instance runs")
+        let logged = await eventuallyAsync { rig.capture.messages(at: .error).contains { $0.message.contains("cannot listen") && $0.metadata["instance"] == "blocked" } }
+        XCTAssertTrue(logged)
+
+        close(squatter)
+        let blockedRouted = await rig.waitUntilRouting("blocked", to: "node1", timeout: .seconds(5))
+        XCTAssertTrue(blockedRouted, "bound once the port is free")
+        XCTAssertEqual(try serverPort(through: taken).get(), "\(Self.pg.port)")
+        XCTAssertEqual(rig.capture.messages(at: .error).filter { $0.message.contains("cannot listen") }.count, 1, "one ERROR, not one per retry")
+        await rig.stop()
+    }
+
+    func testMaxClientConnChangesApplyToNewClients() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", server: Self.pg)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let session = try openSession(through: port, tag: "limit", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, "limit"))
+
+        try await rig.client.put(rig.layout.globalProxyConfig, #"{"max_client_conn": 1}"#)
+        let applied = await eventuallyAsync { await rig.host.status().first?.plan?.maxClientConn == 1 }
+        XCTAssertTrue(applied)
+        guard case .failure(let error) = serverPort(through: port) else { return XCTFail("the limit did not apply") }
+        XCTAssertTrue(error.description.contains("too many connections for proxy p1"), error.description)
+        XCTAssertTrue(session.isRunning, "the client already in stays")
+        session.killNow()
+        await rig.stop()
+    }
+
+    func testMaxClientConnIsLoweredToWhatDescriptorsAllow() {
+        XCTAssertEqual(DescriptorBudget.caps(for: ["a": 100, "b": 300], limit: 65536), ["a": 100, "b": 300])
+        // (1024 - 64) / 2 = 480 clients fit; 400 + 1200 are asked for: each is scaled by 480/1600.
+        XCTAssertEqual(DescriptorBudget.caps(for: ["a": 400, "b": 1200], limit: 1024), ["a": 120, "b": 360])
+        XCTAssertEqual(DescriptorBudget.caps(for: ["a": 5], limit: 10), ["a": 1], "never below one")
+    }
+
+    /// A plain socket listening on a loopback port, to take it from the proxy.
+    func listen(on port: Int) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let bound = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, Glibc.listen(fd, 1) == 0 else { throw FixtureError("cannot take port \(port)") }
+        return fd
+    }
+}
