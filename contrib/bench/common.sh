@@ -1,0 +1,61 @@
+# Shared by the benchmarks: a temp folder, free ports, and real etcd, PostgreSQL and harp-proxy
+# processes on loopback, all stopped on exit. Source it; it sets $work, $bin and the *_port vars.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source contrib/install-deps.sh
+pgbin=/usr/lib/postgresql/15/bin
+
+echo "== building harp-proxy (release)" >&2
+swift build -c release --product harp-proxy >/dev/null
+swift build -c release --product harpctl >/dev/null
+bin=$(swift build -c release --show-bin-path)
+
+work=$(mktemp -d /tmp/harp-bench-XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { local p; for p in $(seq "$1" $(( $1 + 500 ))); do (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "$p"; return; }; done; }
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# start_postgres NAME PORT: a fresh cluster with trust auth on 127.0.0.1:PORT.
+start_postgres() {
+  local dir="$work/$1"
+  mkdir -p "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+  as_postgres "$pgbin/initdb" -D "$dir/data" -A trust -U postgres --no-sync >/dev/null
+  as_postgres "$pgbin/postgres" -D "$dir/data" -p "$2" -k "$dir" -c listen_addresses=127.0.0.1 -c fsync=off \
+      -c synchronous_commit=off -c max_connections=200 >"$work/$1.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$2" && return; sleep 0.1; done
+  echo "PostgreSQL $1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
+}
+
+start_etcd() {
+  local peer; peer=$(free_port $(( etcd_port + 1 )))
+  etcd --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+       --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+       --initial-cluster "default=http://127.0.0.1:$peer" --logger zap --log-level error >"$work/etcd.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" endpoint health >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "etcd did not start" >&2; exit 1
+}
+
+etcdput() { ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" put "$@" >/dev/null; }
+
+# start_harp_proxy PORT LOCATION: one builtin instance following LOCATION.
+start_harp_proxy() {
+  mkdir -p "$work/conf.d"
+  printf 'cluster: {name: bench}\ndcs: {driver: etcd, endpoints: [127.0.0.1:%s]}\nlog_level: warning\n' "$etcd_port" >"$work/config.yml"
+  printf 'proxy:\n  name: bench\n  location: %s\n  listen_address: 127.0.0.1\n  listen_port: %s\n  max_client_conn: 1000\n' "$2" "$1" >"$work/conf.d/bench.yml"
+  "$bin/harp-proxy" -f "$work/config.yml" >"$work/harp-proxy.log" 2>&1 &
+  harp_pid=$!
+  pids+=($harp_pid)
+}
+
+etcd_port=$(free_port 24790)

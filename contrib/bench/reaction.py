@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Reaction time of harp-proxy to a leader change, measured from outside.
+
+Per switchover: open sessions through the proxy (completed PostgreSQL startups), write the new
+leader to etcd through its gateway, then time (a) until every old session is closed and (b) until
+a new connection through the proxy runs `SHOW port` on the new leader.
+Usage: reaction.py ETCD_PORT PROXY_PORT CLUSTER LOCATION NODE_A:PORT_A NODE_B:PORT_B [SWITCHOVERS] [SESSIONS]
+"""
+import base64, json, select, socket, statistics, struct, sys, time, urllib.request
+
+
+def startup(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    params = b"user\0postgres\0database\0postgres\0\0"
+    s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+    read_until_ready(s)
+    return s
+
+
+def read_message(s):
+    head = recv_exact(s, 5)
+    kind, length = head[:1], struct.unpack("!i", head[1:])[0]
+    return kind, recv_exact(s, length - 4)
+
+
+def recv_exact(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def read_until_ready(s):
+    rows = []
+    while True:
+        kind, body = read_message(s)
+        if kind == b"E":
+            raise ConnectionError(body.decode(errors="replace"))
+        if kind == b"D":
+            n = struct.unpack("!h", body[:2])[0]
+            if n:
+                size = struct.unpack("!i", body[2:6])[0]
+                rows.append(body[6:6 + size].decode())
+        if kind == b"Z":
+            return rows
+
+
+def show_port(port):
+    s = startup(port)
+    sql = b"SHOW port\0"
+    s.sendall(b"Q" + struct.pack("!i", 4 + len(sql)) + sql)
+    rows = read_until_ready(s)
+    s.close()
+    return int(rows[0])
+
+
+def put(etcd_port, key, value):
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value.encode()).decode()}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{etcd_port}/v3/kv/put", data=body, headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def summary(name, values):
+    values = sorted(values)
+    p99 = values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
+    print(f"{name:<34} min {values[0]:7.2f}  median {statistics.median(values):7.2f}  p99 {p99:7.2f}  max {values[-1]:7.2f}  ms")
+
+
+def main():
+    etcd_port, proxy_port, cluster, location = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    nodes = [(n.split(":")[0], int(n.split(":")[1])) for n in sys.argv[5:7]]
+    switchovers = int(sys.argv[7]) if len(sys.argv) > 7 else 50
+    sessions = int(sys.argv[8]) if len(sys.argv) > 8 else 5
+    key = f"/harp/{cluster}/locations/{location}/leader"
+    closed_ms, served_ms = [], []
+    for i in range(switchovers):
+        current, target = nodes[i % 2], nodes[(i + 1) % 2]
+        deadline = time.monotonic() + 10
+        while show_port(proxy_port) != current[1]:  # the proxy follows the current leader
+            if time.monotonic() > deadline:
+                raise SystemExit("the proxy does not route to the current leader")
+            time.sleep(0.01)
+        open_sessions = [startup(proxy_port) for _ in range(sessions)]
+        t0 = time.monotonic()
+        put(etcd_port, key, json.dumps({"name": target[0]}))
+        pending = list(open_sessions)
+        while pending:
+            ready, _, _ = select.select(pending, [], [], 5)
+            if not ready:
+                raise SystemExit("old sessions were not closed within 5 s")
+            for s in ready:
+                try:
+                    gone = s.recv(1) == b""
+                except ConnectionError:
+                    gone = True
+                if gone:
+                    pending.remove(s)
+                    s.close()
+        closed_ms.append((time.monotonic() - t0) * 1000)
+        while True:
+            try:
+                if show_port(proxy_port) == target[1]:
+                    break
+            except (ConnectionError, OSError):
+                pass
+        served_ms.append((time.monotonic() - t0) * 1000)
+    print(f"{switchovers} switchovers, {sessions} open sessions each, timed from the etcd write:")
+    summary("every old session closed", closed_ms)
+    summary("new client served by the new leader", served_ms)
+
+
+main()

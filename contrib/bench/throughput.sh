@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Data-path cost: pgbench -S (select-only, 16 clients, 2 threads) directly, through HAProxy 2.6 in
+# mode tcp, and through harp-proxy's builtin mode, in alternating rounds on loopback.
+#   contrib/bench/throughput.sh            3 rounds of 10 s each
+#   ROUNDS=5 SECONDS_PER_RUN=20 contrib/bench/throughput.sh
+source "$(dirname "$0")/common.sh"
+rounds=${ROUNDS:-3}
+duration=${SECONDS_PER_RUN:-10}
+command -v haproxy >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq haproxy >/dev/null; }
+
+pg_port=$(free_port 25432)
+start_postgres pg "$pg_port"
+start_etcd
+harp_port=$(free_port 26432)
+haproxy_port=$(free_port $(( harp_port + 1 )))
+
+etcdput /harp/bench/nodes/node1 "{\"name\":\"node1\",\"location\":\"dc1\",\"dsn\":\"host=127.0.0.1 port=$pg_port\"}"
+etcdput /harp/bench/locations/dc1/leader '{"name":"node1"}'
+start_harp_proxy "$harp_port" dc1
+
+cat >"$work/haproxy.cfg" <<CFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen postgres
+  bind 127.0.0.1:$haproxy_port
+  server pg 127.0.0.1:$pg_port
+CFG
+haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$haproxy_port" && break; sleep 0.1; done
+
+"$pgbin/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+
+run() { # run PORT -> tps
+  "$pgbin/pgbench" -S -c 16 -j 2 -T "$duration" -n -h 127.0.0.1 -p "$1" -U postgres postgres 2>/dev/null \
+    | awk '/^tps = / { print $3; exit }'
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+declare -A results
+echo "== $rounds rounds of ${duration}s: pgbench -S -c 16 -j 2 (haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nproc) cores)"
+for round in $(seq "$rounds"); do
+  for target in direct haproxy harp-proxy; do
+    case $target in direct) port=$pg_port ;; haproxy) port=$haproxy_port ;; harp-proxy) port=$harp_port ;; esac
+    tps=$(run "$port")
+    results[$target]+="$tps "
+    printf '  round %d  %-10s %10.0f tps\n' "$round" "$target" "$tps"
+  done
+done
+
+direct=$(echo ${results[direct]} | tr ' ' '\n' | median)
+haproxy=$(echo ${results[haproxy]} | tr ' ' '\n' | median)
+harp=$(echo ${results[harp-proxy]} | tr ' ' '\n' | median)
+echo
+printf 'median tps: direct %.0f  haproxy %.0f  harp-proxy %.0f\n' "$direct" "$haproxy" "$harp"
+awk -v h="$harp" -v x="$haproxy" -v d="$direct" 'BEGIN { printf "harp-proxy / haproxy = %.2f   haproxy / direct = %.2f   harp-proxy / direct = %.2f\n", h / x, x / d, h / d }'
