@@ -1,90 +1,84 @@
 #!/usr/bin/env bash
-# Live demo: a real etcd, one harp-proxy process with two instances (locations dc1 and dc2), and
-# the lead master moving underneath it. Installs what it needs and builds a release build.
+# Live demo: real etcd, three real PostgreSQL servers, and one harp-proxy process with two
+# instances (locations dc1 and dc2). Clients go through the proxy while the lead master of dc1
+# moves; then dc2 loses its lead master. Installs what it needs and builds a release build.
 #   contrib/demo.sh          run, show what happened, clean up
-#   contrib/demo.sh --keep   leave etcd and harp-proxy running and print commands to try
+#   contrib/demo.sh --keep   leave everything running and print commands to try
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
 keep=false
 [ "${1:-}" = "--keep" ] && keep=true
-source contrib/install-deps.sh
+source "$(dirname "$0")/lib.sh"
+if $keep; then trap - EXIT; fi
 
-echo "== building harp-proxy and harpctl (release)"
-swift build -c release --product harp-proxy >/dev/null
-swift build -c release --product harpctl >/dev/null
-bin=$(swift build -c release --show-bin-path)
+step() { printf '\n== %s\n' "$*"; }
+psql_through() { "$pgbin/psql" -X -q -A -t -h 127.0.0.1 -p "$1" -U postgres -d postgres -c "$2" 2>&1; }
 
-work=$(mktemp -d /tmp/harp-demo-XXXXXX)
-free_port() { local p; for p in $(seq "$1" $(( $1 + 200 ))); do (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "$p"; return; }; done; }
-etcd_port=$(free_port 23790)
-peer_port=$(free_port $(( etcd_port + 1 )))
-p1=$(free_port 16432)
-p2=$(free_port $(( p1 + 1 )))
-cleanup() {
-  $keep && return
-  [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null || true
-  [ -n "${etcd_pid:-}" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+n1=$(free_port 25432); n2=$(free_port $(( n1 + 1 ))); n3=$(free_port $(( n2 + 1 )))
+step "starting PostgreSQL node1 (:$n1) and node2 (:$n2) in dc1, node3 (:$n3) in dc2, and etcd (:$etcd_port)"
+start_postgres node1 "$n1"; start_postgres node2 "$n2"; start_postgres node3 "$n3"
+start_etcd
 
-echo "== starting etcd on 127.0.0.1:$etcd_port (in $work)"
-etcd --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-     --initial-cluster "default=http://127.0.0.1:$peer_port" --logger zap --log-level error >"$work/etcd.log" 2>&1 &
-etcd_pid=$!
-export ETCDCTL_API=3
-e() { etcdctl --endpoints="127.0.0.1:$etcd_port" "$@" >/dev/null; }
-for _ in $(seq 50); do e endpoint health 2>/dev/null && break; sleep 0.1; done
+step "seeding the DCS (the keys harp-manager would write)"
+etcdput /harp/demo/nodes/node1 "{\"name\":\"node1\",\"location\":\"dc1\",\"dsn\":\"host=127.0.0.1 port=$n1 dbname=postgres\"}"
+etcdput /harp/demo/nodes/node2 "{\"name\":\"node2\",\"location\":\"dc1\",\"dsn\":\"postgresql://postgres@127.0.0.1:$n2/postgres\"}"
+etcdput /harp/demo/nodes/node3 "{\"name\":\"node3\",\"location\":\"dc2\",\"dsn\":\"host=$work/node3 port=$n3\"}"
+etcdput /harp/demo/locations/dc1/leader '{"name":"node1"}'
+etcdput /harp/demo/locations/dc2/leader '{"name":"node3"}'
+ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" get --prefix /harp/demo/ | paste - - | sed 's/^/   /'
 
-mkdir -p "$work/conf.d"
-cat >"$work/config.yml" <<YML
-cluster:
-  name: demo
-dcs:
-  driver: etcd
-  endpoints: [127.0.0.1:$etcd_port]
-log_level: info
-YML
-printf 'proxy:\n  name: proxy-dc1\n  location: dc1\n  listen_address: 127.0.0.1\n  listen_port: %s\n' "$p1" >"$work/conf.d/dc1.yml"
-printf 'proxy:\n  name: proxy-dc2\n  location: dc2\n  listen_address: 127.0.0.1\n  listen_port: %s\n' "$p2" >"$work/conf.d/dc2.yml"
-
-echo "== harp-proxy --check"
+p1=$(free_port 16432); p2=$(free_port $(( p1 + 1 )))
+add_instance proxy-dc1 dc1 "$p1"
+add_instance proxy-dc2 dc2 "$p2"
+run_harp_proxy demo info
+step "harp-proxy --check -f config.yml (config.yml plus one conf.d file per instance)"
 "$bin/harp-proxy" --check -f "$work/config.yml"
+for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$p1" && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$p2" && break; sleep 0.1; done
 
-echo "== seeding the DCS: node1, node2 in dc1; node3 in dc2"
-e put /harp/demo/nodes/node1 '{"name":"node1","location":"dc1","dsn":"host=10.0.0.1 port=5432 dbname=app"}'
-e put /harp/demo/nodes/node2 '{"name":"node2","location":"dc1","dsn":"postgresql://app@10.0.0.2:5432/app"}'
-e put /harp/demo/nodes/node3 '{"name":"node3","location":"dc2","dsn":"host=/var/run/postgresql port=5432"}'
-e put /harp/demo/locations/dc1/leader '{"name":"node1"}'
-e put /harp/demo/locations/dc2/leader '{"name":"node3"}'
+step "clients through each instance (SELECT current_setting('port'))"
+echo "   proxy-dc1 :$p1 -> port $(psql_through "$p1" "SELECT current_setting('port')")   (node1 is :$n1)"
+echo "   proxy-dc2 :$p2 -> port $(psql_through "$p2" "SELECT current_setting('port')")   (node3 is :$n3, over its Unix socket)"
 
-echo "== starting harp-proxy (log: $work/proxy.log)"
-"$bin/harp-proxy" -f "$work/config.yml" >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
-sleep 1
-
-echo "== switchover in dc1: node1 -> node2"
-e put /harp/demo/locations/dc1/leader '{"name":"node2"}'
+step "a transaction is open through proxy-dc1 while dc1's lead master moves to node2"
+"$pgbin/psql" -X -h 127.0.0.1 -p "$p1" -U postgres -d postgres -c "BEGIN; SELECT pg_sleep(30); COMMIT;" >"$work/open-session.log" 2>&1 &
+session=$!
 sleep 0.5
-echo "== harpctl get leader dc1"
-"$bin/harpctl" -f "$work/config.yml" get leader dc1
-echo "== dc2 loses its lead master, then a bad value is written"
-e del /harp/demo/locations/dc2/leader
-e put /harp/demo/nodes/node4 'not json'
-sleep 0.5
+t0=$(date +%s%N)
+etcdput /harp/demo/locations/dc1/leader '{"name":"node2"}'
+wait "$session" 2>/dev/null || true
+t1=$(date +%s%N)
+echo "   the open session was cut $(( (t1 - t0) / 1000000 )) ms after the etcd write (as the shell saw it): $(tr '\n' ' ' <"$work/open-session.log" | cut -c1-90)"
+echo "   the next client lands on port $(psql_through "$p1" "SELECT current_setting('port')")   (node2 is :$n2)"
 
-echo "== what harp-proxy logged"
-cat "$work/proxy.log"
+step "a writer through proxy-dc1 while the lead master moves back to node1"
+"$pgbin/psql" -X -q -h 127.0.0.1 -p "$n1" -U postgres -d postgres -c "CREATE TABLE IF NOT EXISTS demo(at timestamptz default now(), node text)" >/dev/null
+"$pgbin/psql" -X -q -h 127.0.0.1 -p "$n2" -U postgres -d postgres -c "CREATE TABLE IF NOT EXISTS demo(at timestamptz default now(), node text)" >/dev/null
+ok=0; failed=0; before=""; after=""
+for i in $(seq 40); do
+  [ "$i" -eq 20 ] && { etcdput /harp/demo/locations/dc1/leader '{"name":"node1"}'; echo "   (write $i: leader key set to node1)"; }
+  if out=$(psql_through "$p1" "INSERT INTO demo(node) VALUES (current_setting('port')) RETURNING node"); then
+    ok=$((ok + 1)); [ "$i" -lt 20 ] && before=$out || after=$out
+  else
+    failed=$((failed + 1))
+  fi
+  sleep 0.05
+done
+echo "   $ok writes succeeded, $failed failed; before the switch they reached :$before, after it :$after"
+
+step "dc2 loses its lead master: a new client is held for hold_timeout (5 s), then told why"
+ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" del /harp/demo/locations/dc2/leader >/dev/null
+echo "   $(psql_through "$p2" "SELECT 1" | head -1)"
+
+step "what harp-proxy logged"
+sed 's/^/   /' "$work/harp-proxy.log"
 
 if $keep; then
   cat <<TXT
 
-harp-proxy (pid $proxy_pid) and etcd (pid $etcd_pid) keep running in $work. Try:
+Everything keeps running in $work. Try:
+  psql -h 127.0.0.1 -p $p1 -U postgres -c "SELECT current_setting('port')"
   ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:$etcd_port put /harp/demo/locations/dc2/leader '{"name":"node3"}'
-  $bin/harpctl -f $work/config.yml get leader dc2
-  tail -f $work/proxy.log
-Stop with: kill $proxy_pid $etcd_pid
+  $bin/harpctl -f $work/config.yml get leader dc1
+  tail -f $work/harp-proxy.log
+Stop with: kill ${pids[*]}
 TXT
 fi

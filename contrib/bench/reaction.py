@@ -75,7 +75,7 @@ def main():
     switchovers = int(sys.argv[7]) if len(sys.argv) > 7 else 50
     sessions = int(sys.argv[8]) if len(sys.argv) > 8 else 5
     key = f"/harp/{cluster}/locations/{location}/leader"
-    closed_ms, served_ms = [], []
+    closed_ms, served_ms, put_ms = [], [], []
     for i in range(switchovers):
         current, target = nodes[i % 2], nodes[(i + 1) % 2]
         deadline = time.monotonic() + 10
@@ -86,6 +86,7 @@ def main():
         open_sessions = [startup(proxy_port) for _ in range(sessions)]
         t0 = time.monotonic()
         put(etcd_port, key, json.dumps({"name": target[0]}))
+        put_ms.append((time.monotonic() - t0) * 1000)
         pending = list(open_sessions)
         while pending:
             ready, _, _ = select.select(pending, [], [], 5)
@@ -110,6 +111,14 @@ def main():
     print(f"{switchovers} switchovers, {sessions} open sessions each, timed from the etcd write:")
     summary("every old session closed", closed_ms)
     summary("new client served by the new leader", served_ms)
+    # Context: what the proxy does not control.
+    summary("  of which: the etcd write (PUT)", put_ms)
+    direct = []
+    for _ in range(50):
+        t = time.monotonic()
+        show_port(nodes[0][1])
+        direct.append((time.monotonic() - t) * 1000)
+    summary("  baseline: direct connect + SHOW port", direct)
 
 
 main()

@@ -3,7 +3,7 @@
 # mode tcp, and through harp-proxy's builtin mode, in alternating rounds on loopback.
 #   contrib/bench/throughput.sh            3 rounds of 10 s each
 #   ROUNDS=5 SECONDS_PER_RUN=20 contrib/bench/throughput.sh
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/../lib.sh"
 rounds=${ROUNDS:-3}
 duration=${SECONDS_PER_RUN:-10}
 command -v haproxy >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq haproxy >/dev/null; }

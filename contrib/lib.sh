@@ -1,7 +1,7 @@
-# Shared by the benchmarks: a temp folder, free ports, and real etcd, PostgreSQL and harp-proxy
+# Shared by the demo and the benchmarks: a temp folder, free ports, and real etcd, PostgreSQL and harp-proxy
 # processes on loopback, all stopped on exit. Source it; it sets $work, $bin and the *_port vars.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source contrib/install-deps.sh
 pgbin=/usr/lib/postgresql/15/bin
 
@@ -10,12 +10,18 @@ swift build -c release --product harp-proxy >/dev/null
 swift build -c release --product harpctl >/dev/null
 bin=$(swift build -c release --show-bin-path)
 
-work=$(mktemp -d /tmp/harp-bench-XXXXXX)
+work=$(mktemp -d /tmp/harp-XXXXXX)
 chmod 755 "$work"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" -eq 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -48,14 +54,24 @@ start_etcd() {
 
 etcdput() { ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" put "$@" >/dev/null; }
 
-# start_harp_proxy PORT LOCATION: one builtin instance following LOCATION.
-start_harp_proxy() {
+# add_instance NAME LOCATION PORT: one builtin instance in conf.d.
+add_instance() {
   mkdir -p "$work/conf.d"
-  printf 'cluster: {name: bench}\ndcs: {driver: etcd, endpoints: [127.0.0.1:%s]}\nlog_level: warning\n' "$etcd_port" >"$work/config.yml"
-  printf 'proxy:\n  name: bench\n  location: %s\n  listen_address: 127.0.0.1\n  listen_port: %s\n  max_client_conn: 1000\n' "$2" "$1" >"$work/conf.d/bench.yml"
+  printf 'proxy:\n  name: %s\n  location: %s\n  listen_address: 127.0.0.1\n  listen_port: %s\n  max_client_conn: 1000\n' "$1" "$2" "$3" >"$work/conf.d/$1.yml"
+}
+
+# run_harp_proxy CLUSTER [LOG_LEVEL]: harp-proxy with config.yml and every instance added.
+run_harp_proxy() {
+  printf 'cluster: {name: %s}\ndcs: {driver: etcd, endpoints: [127.0.0.1:%s]}\nlog_level: %s\n' "$1" "$etcd_port" "${2:-warning}" >"$work/config.yml"
   "$bin/harp-proxy" -f "$work/config.yml" >"$work/harp-proxy.log" 2>&1 &
   harp_pid=$!
   pids+=($harp_pid)
+}
+
+# start_harp_proxy PORT LOCATION: one builtin instance following LOCATION (cluster "bench").
+start_harp_proxy() {
+  add_instance bench "$2" "$1"
+  run_harp_proxy bench
 }
 
 etcd_port=$(free_port 24790)
