@@ -158,6 +158,34 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    func testAnUnmanagedInstanceKeepsItsSessionAndTargetWhileTheManagedOneMoves() async throws {
+        let (pm, pu) = (freePort(), freePort())
+        let rig = try ProxyRig([("managed", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(pm)]),
+                                ("unmanaged", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(pu)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.node("node2", location: "dc1", server: b)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("unmanaged", to: "node1")
+        XCTAssertTrue(routed)
+        try await rig.client.put(rig.layout.proxyManaged("unmanaged"), #""false""#)
+        let unmanaged = await eventuallyAsync { await rig.host.status().first { $0.name == "unmanaged" }?.plan?.stateName == "unmanaged" }
+        XCTAssertTrue(unmanaged)
+        let onManaged = try openSession(through: pm, tag: "um-m", logDirectory: rig.etcd.directory.path)
+        let onUnmanaged = try openSession(through: pu, tag: "um-u", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "um-m") && waitForActivity(on: a, "um-u"))
+
+        try await rig.leader("dc1", "node2")
+        XCTAssertTrue(eventually(timeout: 5) { !onManaged.isRunning }, "the managed instance cuts and moves")
+        XCTAssertEqual(try serverPort(through: pm).get(), "\(b.port)")
+        XCTAssertTrue(onUnmanaged.isRunning, "the unmanaged instance keeps its open session")
+        XCTAssertEqual(try serverPort(through: pu).get(), "\(a.port)", "and its old target")
+
+        try await rig.client.put(rig.layout.proxyManaged("unmanaged"), #""true""#)
+        XCTAssertTrue(eventually(timeout: 5) { !onUnmanaged.isRunning }, "managed again, it follows the leader at once")
+        XCTAssertEqual(try serverPort(through: pu).get(), "\(b.port)")
+        await rig.stop()
+    }
+
     func testEachInstanceWritesItsStatusRecordOnALease() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
