@@ -66,3 +66,28 @@ public final class PostgresServer: @unchecked Sendable {
         for path in paths { chown(path, user.pointee.pw_uid, user.pointee.pw_gid) }
     }
 }
+
+/// Two PostgreSQL servers shared by every proxy test of the run: initdb and start take a second
+/// or two each, and the tests tell their sessions apart by tags, not by fresh servers.
+/// Stopped when the test process exits.
+public enum SharedPostgres {
+    public static let first: PostgresServer = start()
+    public static let second: PostgresServer = start()
+
+    nonisolated(unsafe) private static var started: [PostgresServer] = []
+    private static let lock = NSLock()
+
+    private static func start() -> PostgresServer {
+        let server: PostgresServer
+        do { server = try PostgresServer() } catch { fatalError("test fixture: \(error)") }
+        lock.withLock {
+            if started.isEmpty { atexit { SharedPostgres.stopAll() } }
+            started.append(server)
+        }
+        return server
+    }
+
+    private static func stopAll() {
+        lock.withLock { started.forEach { $0.stop() } }
+    }
+}

@@ -162,12 +162,3 @@ final class DCSSessionTests: XCTestCase {
         XCTAssertNotNil(seen)
     }
 }
-
-func eventuallyAsync(timeout: Duration = .seconds(10), _ condition: @Sendable () async -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return await condition()
-}

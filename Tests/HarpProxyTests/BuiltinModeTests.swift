@@ -11,24 +11,8 @@ import Glibc
 
 /// The builtin layer-4 mode, through real etcd and real PostgreSQL servers.
 final class BuiltinModeTests: XCTestCase {
-    // Started once for the class: PostgreSQL takes a second or two to initdb and start.
-    nonisolated(unsafe) static var pgA: PostgresServer!
-    nonisolated(unsafe) static var pgB: PostgresServer!
-
-    override class func setUp() {
-        super.setUp()
-        pgA = try! PostgresServer()
-        pgB = try! PostgresServer()
-    }
-
-    override class func tearDown() {
-        pgA?.stop()
-        pgB?.stop()
-        super.tearDown()
-    }
-
-    var a: PostgresServer { Self.pgA }
-    var b: PostgresServer { Self.pgB }
+    var a: PostgresServer { SharedPostgres.first }
+    var b: PostgresServer { SharedPostgres.second }
 
     func testTwoInstancesFollowTheirLocations() async throws {
         let (p1, p2) = (freePort(), freePort())
@@ -149,7 +133,7 @@ final class BuiltinModeTests: XCTestCase {
         XCTAssertTrue(waitForActivity(on: a, "bystander"))
 
         for payload in [Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), [0, 0, 0, 8], (0..<4096).map { UInt8($0 % 251) }, []] {
-            rawConnect(port: port, send: payload)
+            loopbackConnect(port: port, send: payload)
         }
         XCTAssertEqual(try serverPort(through: port).get(), "\(a.port)")
         XCTAssertTrue(session.isRunning, "the open session is untouched")
@@ -236,7 +220,7 @@ final class BuiltinModeTests: XCTestCase {
         _ = try serverPort(through: port).get()  // warm up: the first connection sets up what stays
         try await Task.sleep(for: .milliseconds(300))
         let before = openDescriptors()
-        for _ in 0..<1000 { rawConnect(port: port, send: []) }
+        for _ in 0..<1000 { loopbackConnect(port: port, send: []) }
         let drained = await eventuallyAsync(timeout: .seconds(20)) { await rig.counters("p1").current == 0 }
         XCTAssertTrue(drained)
         try await Task.sleep(for: .milliseconds(500))
@@ -248,29 +232,6 @@ final class BuiltinModeTests: XCTestCase {
     }
 }
 
-/// Connects to a loopback port, sends `bytes`, and hangs up.
-func rawConnect(port: Int, send bytes: [UInt8]) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
-    let ok = withUnsafePointer(to: &address) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-    }
-    if ok && !bytes.isEmpty { _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
-}
-
 func openDescriptors() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
-}
-
-func eventuallyAsync(timeout: Duration = .seconds(10), _ condition: @Sendable () async -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return await condition()
 }

@@ -9,17 +9,7 @@ import Glibc
 
 /// The harp-proxy process itself: signals, reload, exit.
 final class DaemonTests: XCTestCase {
-    nonisolated(unsafe) static var pg: PostgresServer!
-
-    override class func setUp() {
-        super.setUp()
-        pg = try! PostgresServer()
-    }
-
-    override class func tearDown() {
-        pg?.stop()
-        super.tearDown()
-    }
+    static var pg: PostgresServer { SharedPostgres.first }
 
     func instanceFile(_ name: String, _ location: String, _ port: Int) -> String {
         "proxy:\n  name: \(name)\n  location: \(location)\n  listen_address: 127.0.0.1\n  listen_port: \(port)\n"

@@ -8,17 +8,7 @@ import XCTest
 
 /// What the builtin mode does when etcd itself goes away: `dcs_failure_policy` fence or keep.
 final class FencingTests: XCTestCase {
-    nonisolated(unsafe) static var pg: PostgresServer!
-
-    override class func setUp() {
-        super.setUp()
-        pg = try! PostgresServer()
-    }
-
-    override class func tearDown() {
-        pg?.stop()
-        super.tearDown()
-    }
+    static var pg: PostgresServer { SharedPostgres.first }
 
     /// A rig whose leader key sits on a 2 s lease that the test keeps alive until etcd dies.
     func rig(policy: String, port: Int) async throws -> (ProxyRig, Task<Void, Never>) {

@@ -11,17 +11,7 @@ import Glibc
 
 /// Directive changes in the DCS take effect without a restart.
 final class LiveDirectiveTests: XCTestCase {
-    nonisolated(unsafe) static var pg: PostgresServer!
-
-    override class func setUp() {
-        super.setUp()
-        pg = try! PostgresServer()
-    }
-
-    override class func tearDown() {
-        pg?.stop()
-        super.tearDown()
-    }
+    static var pg: PostgresServer { SharedPostgres.first }
 
     func testANewListenPortRebindsAndExistingConnectionsStay() async throws {
         let (first, second) = (freePort(), freePort())
