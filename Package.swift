@@ -8,6 +8,7 @@ import PackageDescription
 //                                  |
 //                                  |
 //                  HarpProxy (the host, its instances and their modes: builtin, ...)
+//                  HarpControl (the Unix control socket; asks the daemon through ControlActions)
 //                                  |
 //                     harp-proxy, harpctl (executables)
 let package = Package(
@@ -42,8 +43,14 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .target(name: "HarpControl", dependencies: [
+            "HarpConfig",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "harp-proxy", dependencies: [
-            "HarpConfig", "HarpDCS", "HarpCluster", "HarpProxy",
+            "HarpConfig", "HarpDCS", "HarpCluster", "HarpProxy", "HarpControl",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -68,6 +68,9 @@ step "dc2 loses its lead master: a new client is held for hold_timeout (5 s), th
 ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" del /harp/demo/locations/dc2/leader >/dev/null
 echo "   $(psql_through "$p2" "SELECT 1" | head -1)"
 
+step "the control socket: echo 'status proxy-dc1' | socat - UNIX-CONNECT:$work/control.sock"
+echo "   $(echo 'status proxy-dc1' | socat -t 2 - "UNIX-CONNECT:$work/control.sock")"
+
 step "what harp-proxy logged"
 sed 's/^/   /' "$work/harp-proxy.log"
 
@@ -78,6 +81,8 @@ Everything keeps running in $work. Try:
   psql -h 127.0.0.1 -p $p1 -U postgres -c "SELECT current_setting('port')"
   ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:$etcd_port put /harp/demo/locations/dc2/leader '{"name":"node3"}'
   $bin/harpctl -f $work/config.yml get leader dc1
+  echo status | socat - UNIX-CONNECT:$work/control.sock
+  echo 'unmanage proxy-dc1' | socat - UNIX-CONNECT:$work/control.sock
   tail -f $work/harp-proxy.log
 Stop with: kill ${pids[*]}
 TXT

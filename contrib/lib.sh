@@ -62,7 +62,8 @@ add_instance() {
 
 # run_harp_proxy CLUSTER [LOG_LEVEL]: harp-proxy with config.yml and every instance added.
 run_harp_proxy() {
-  printf 'cluster: {name: %s}\ndcs: {driver: etcd, endpoints: [127.0.0.1:%s]}\nlog_level: %s\n' "$1" "$etcd_port" "${2:-warning}" >"$work/config.yml"
+  printf 'cluster: {name: %s}\ndcs: {driver: etcd, endpoints: [127.0.0.1:%s]}\ncontrol: {socket: %s/control.sock}\nlog_level: %s\n' \
+    "$1" "$etcd_port" "$work" "${2:-warning}" >"$work/config.yml"
   "$bin/harp-proxy" -f "$work/config.yml" >"$work/harp-proxy.log" 2>&1 &
   harp_pid=$!
   pids+=($harp_pid)

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import HarpCluster
+import HarpControl
 import HarpConfig
 import HarpDCS
 import HarpProxy
@@ -33,6 +34,16 @@ struct Daemon {
         let host = ProxyHost(instances: configuration.instances, session: session, group: group, layout: layout,
                              logger: Logger(label: "harp.proxy"))
         let routing = Task { await host.run() }
+        let control = ControlServer(
+            configuration: configuration.control, group: group,
+            actions: DaemonControl(clusterName: configuration.clusterName, host: host, session: session, layout: layout, started: Date()),
+            logger: logger)
+        do {
+            try await control.start()
+        } catch {
+            // The proxy is what matters: without its control socket it still routes.
+            logger.error("control socket unavailable; routing goes on without it", metadata: ["path": "\(configuration.control.socketPath)", "error": "\(error)"])
+        }
         var current = configuration
         for await signal in signals.stream {
             guard signal == SIGHUP else {
@@ -42,6 +53,7 @@ struct Daemon {
             current = await reload(current, host: host, logger: logger)
         }
         routing.cancel()
+        await control.stop()
         await host.shutdown()
         session.shutdown()
         try? await group.shutdownGracefully()

@@ -27,8 +27,9 @@ final class DaemonTests: XCTestCase {
         return etcd
     }
 
-    func start(_ dir: TemporaryDirectory, etcd: EtcdCluster) throws -> TestProcess {
-        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], resync_interval: 1s}\n")
+    func start(_ dir: TemporaryDirectory, etcd: EtcdCluster, extra: String = "") throws -> TestProcess {
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], resync_interval: 1s}\n"
+                  + "control: {socket: \(dir.path)/run/control.sock}\n" + extra)
         return try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
                                logDirectory: dir.path)
     }
@@ -63,6 +64,102 @@ final class DaemonTests: XCTestCase {
         XCTAssertTrue(onB.isRunning)
         onB.killNow()
         proxy.stop()
+    }
+
+    /// Sends `input` (raw bytes) to the control socket with socat (as `user`, if given) and
+    /// returns the reply lines.
+    func control(_ socket: String, _ input: [UInt8], as user: String? = nil) throws -> [String] {
+        let file = NSTemporaryDirectory() + "/harp-control-\(UUID().uuidString)"
+        _ = FileManager.default.createFile(atPath: file, contents: Data(input), attributes: [.posixPermissions: 0o644])
+        defer { unlink(file) }
+        let command = ["/bin/sh", "-c", "socat -t 3 - UNIX-CONNECT:\(socket) < \(file)"]
+        let result = user == nil ? try runCommand(command[0], Array(command.dropFirst()))
+                                 : try runCommand("/usr/sbin/runuser", ["-u", user!, "--"] + command)
+        return result.output.split(separator: "\n").map(String.init)
+    }
+
+    /// Leaves a Unix socket file behind with nobody listening, as a crashed process would.
+    func abandonSocket(at path: String) {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8)
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        _ = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        close(fd)
+    }
+
+    func object(_ line: String) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? ["unparsed": line]
+    }
+
+    func testControlSocketCommandsPermissionsAndBadInput() async throws {
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port))
+        // A stale socket file from a crashed run: bound, then abandoned.
+        let socketPath = dir.path + "/run/control.sock"
+        try FileManager.default.createDirectory(atPath: dir.path + "/run", withIntermediateDirectories: true)
+        abandonSocket(at: socketPath)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: socketPath))
+
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], resync_interval: 1s}\n"
+                  + "control: {socket: \(socketPath), group: nogroup}\n")
+        let daemon = try TestProcess(name: "harp-proxy-control", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")], logDirectory: dir.path)
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, daemon.log)
+        XCTAssertTrue(eventually(timeout: 5) { daemon.log.contains("control socket listening") }, daemon.log)
+
+        var info = stat()
+        XCTAssertEqual(stat(socketPath, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o660, "mode 0660 by default")
+        XCTAssertEqual(info.st_gid, getgrnam("nogroup")!.pointee.gr_gid, "control.group")
+
+        let long = String(repeating: "x", count: 5000)
+        let input = Array("status\ninstances\nstatus a\nstatus nope\nfrobnicate\n".utf8) + [0x01, 0xff, 0xfe, 0x00, 0x0a]
+            + Array("\(long)\nhelp\n".utf8)
+        let replies = try control(socketPath, input)
+        guard replies.count == 8 else { return XCTFail("one reply per command, in order, on one connection: \(replies)") }
+        let status = object(replies[0])
+        XCTAssertEqual(status["cluster"] as? String, "d")
+        XCTAssertEqual(status["pid"] as? Int, Int(daemon.pid))
+        XCTAssertEqual((status["dcs"] as? [String: Any])?["connected"] as? Bool, true)
+        XCTAssertEqual(((status["instances"] as? [[String: Any]])?.first)?["state"] as? String, "routing")
+        XCTAssertEqual(object(replies[1])["instances"] as? [String], ["a"])
+        XCTAssertEqual(object(replies[2])["listen"] as? String, "127.0.0.1:\(port)")
+        XCTAssertEqual(object(replies[3])["error"] as? String, "unknown instance \"nope\"")
+        XCTAssertEqual(object(replies[3])["instances"] as? [String], ["a"])
+        XCTAssertEqual(object(replies[4])["error"] as? String, "unknown command \"frobnicate\"")
+        XCTAssertTrue((object(replies[5])["error"] as? String)?.contains("not text") == true, "garbage gets an error reply: \(replies[5])")
+        XCTAssertTrue((object(replies[6])["error"] as? String)?.contains("longer than 4096") == true, replies[6])
+        XCTAssertNotNil(object(replies[7])["commands"], "and the connection still answers")
+
+        // Someone else on the host: may look, may not change.
+        let denied = try control(socketPath, Array("status a\nunmanage a\nreload\n".utf8), as: "nobody")
+        guard denied.count == 3 else { return XCTFail("\(denied)") }
+        XCTAssertEqual(object(denied[0])["name"] as? String, "a")
+        XCTAssertEqual(object(denied[1])["error"] as? String, "permission denied")
+        XCTAssertEqual(object(denied[2])["error"] as? String, "permission denied")
+
+        let unmanaged = try control(socketPath, Array("unmanage a\n".utf8))
+        XCTAssertEqual(object(unmanaged.first ?? "")["managed"] as? Bool, false, "\(unmanaged)")
+        XCTAssertEqual(object(unmanaged.first ?? "")["state"] as? String, "unmanaged")
+        let key = try await EtcdClient(configuration: etcd.dcsConfiguration()).range(DCSLayout(cluster: "d").proxyManaged("a"))
+        XCTAssertEqual(key.kvs.first?.value, #""false""#, "the same key harpctl writes")
+        let managed = try control(socketPath, Array("manage a\n".utf8))
+        XCTAssertEqual(object(managed.first ?? "")["state"] as? String, "routing")
+
+        let reload = try control(socketPath, Array("reload\n".utf8))
+        XCTAssertNotNil(object(reload.first ?? "")["reload"])
+        XCTAssertTrue(eventually(timeout: 5) { daemon.log.contains("configuration reloaded") }, daemon.log)
+
+        daemon.stop()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socketPath))
     }
 
     func testSigtermClosesConnectionsAndExitsZero() async throws {
