@@ -75,6 +75,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
+        .testTarget(name: "HarpctlTests", dependencies: ["HarpCluster", "HarpDCS", "HarpConfig", "HarpTestFixtures"]),
         .testTarget(name: "HarpDCSTests", dependencies: [
             "HarpDCS", "HarpCluster", "HarpConfig", "HarpTestFixtures",
             .product(name: "Logging", package: "swift-log"),

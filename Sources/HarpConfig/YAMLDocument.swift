@@ -104,3 +104,27 @@ enum YAMLReader {
         }
     }
 }
+
+/// Reads a YAML file (harpctl's bootstrap files) with positions kept for error messages.
+public func loadYAMLFile(_ path: String) throws(ConfigError) -> YAMLNode? {
+    try YAMLReader.parse(try readTextFile(path), file: path)
+}
+
+extension YAMLNode {
+    /// A scalar's text; nil for lists, mappings and nulls.
+    public var scalarText: String? {
+        if case .scalar(let s, _, _) = self, !isNull { return s }
+        return nil
+    }
+
+    /// A mapping's entries by key (the last of duplicates); nil for other nodes.
+    public var mappingEntries: [(key: String, value: YAMLNode)]? {
+        guard case .mapping(let pairs, _) = self else { return nil }
+        return pairs.compactMap { pair in pair.key.scalarText.map { ($0, pair.value) } }
+    }
+
+    public var sequenceItems: [YAMLNode]? {
+        if case .sequence(let items, _) = self { return items }
+        return nil
+    }
+}

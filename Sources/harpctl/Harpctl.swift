@@ -6,8 +6,23 @@ import HarpDCS
 
 @main
 enum HarpctlMain {
+    /// Exit codes: 0 when it worked, 1 when the operation failed, 2 for a usage error.
     static func main() async {
-        await Harpctl.main(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+        let arguments = hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst()))
+        do {
+            var command = try Harpctl.parseAsRoot(arguments)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let code as ExitCode {
+            exit(code.rawValue)
+        } catch {
+            if Harpctl.exitCode(for: error) == .success { Harpctl.exit(withError: error) }  // --help, --version
+            printError(Harpctl.fullMessage(for: error))
+            exit(2)
+        }
     }
 }
 
@@ -31,8 +46,9 @@ struct Harpctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "harpctl",
         abstract: "Read and change the HARP cluster state in the DCS (etcd).",
+        discussion: "Exit status: 0 when it worked, 1 when the operation failed, 2 for a usage error.",
         version: HarpVersion.string,
-        subcommands: [Version.self, Get.self])
+        subcommands: [Get.self, SetCommand.self, Apply.self, Manage.self, Unmanage.self, Promote.self, Version.self])
 }
 
 /// Options every command that talks to the DCS shares.
@@ -45,6 +61,9 @@ struct DCSOptions: ParsableArguments {
 
     @Option(name: [.customShort("c"), .customLong("cluster")], help: "The cluster name, instead of the file's.")
     var cluster: String?
+
+    @Option(name: [.customShort("o"), .customLong("output")], help: "table (HARP's), json or yaml.")
+    var output: OutputFormat = .table
 
     /// The file's DCS settings with the command line's overrides.
     func resolve() throws -> (cluster: String, dcs: DCSConfiguration) {
@@ -70,45 +89,9 @@ struct DCSOptions: ParsableArguments {
 
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print harpctl's version.")
-    func run() { print("harpctl \(HarpVersion.string)") }
-}
-
-struct Get: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show cluster state.", subcommands: [GetLeader.self])
-}
-
-struct GetLeader: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "leader", abstract: "Show the lead master of a location.")
-
+    /// Accepted, so that `harpctl -f FILE version` works like every other command.
     @OptionGroup var options: DCSOptions
-    @Argument(help: "The location.") var location: String
-
-    func run() async throws {
-        let (cluster, dcs) = try options.resolve()
-        let layout = DCSLayout(cluster: cluster)
-        let client = EtcdClient(configuration: dcs)
-        let snapshot: DCSSnapshot
-        do {
-            let result = try await client.range(layout.prefix, prefix: true)
-            snapshot = DCSSnapshot(revision: result.revision, values: Dictionary(result.kvs.map { ($0.key, $0) }, uniquingKeysWith: { $1 }))
-        } catch {
-            printError("harpctl: \(error)")
-            throw ExitCode(1)
-        }
-        let state = ClusterState(snapshot: snapshot, layout: layout)
-        switch state.leader(of: location) {
-        case .leader(let target):
-            var table = TextTable(headers: ["Cluster", "Location", "Leader", "Address"])
-            table.rows.append([cluster, location, target.name, "\(target.address)"])
-            print(table.render())
-        case .none:
-            printError("harpctl: location '\(location)' has no lead master")
-            throw ExitCode(1)
-        case .unresolvable(_, let reason):
-            printError("harpctl: location '\(location)': \(reason)")
-            throw ExitCode(1)
-        }
-    }
+    func run() { print("harpctl \(HarpVersion.string)") }
 }
 
 func printError(_ line: String) {

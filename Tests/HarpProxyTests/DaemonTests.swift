@@ -78,6 +78,23 @@ final class DaemonTests: XCTestCase {
         return result.output.split(separator: "\n").map(String.init)
     }
 
+    /// A connected Unix socket that has sent `bytes` and is left open.
+    func unixConnect(_ path: String, send bytes: [UInt8]) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let path = Array(path.utf8)
+            raw.copyBytes(from: path)
+            raw[path.count] = 0
+        }
+        _ = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        return fd
+    }
+
     /// Leaves a Unix socket file behind with nobody listening, as a crashed process would.
     func abandonSocket(at path: String) {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -153,6 +170,12 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(key.kvs.first?.value, #""false""#, "the same key harpctl writes")
         let managed = try control(socketPath, Array("manage a\n".utf8))
         XCTAssertEqual(object(managed.first ?? "")["state"] as? String, "routing")
+
+        // Many control clients at once, none reading its replies: routing and a new control client still answer.
+        let crowd = (0..<200).map { _ in unixConnect(socketPath, send: Array(String(repeating: "status\n", count: 20).utf8)) }
+        XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)")
+        XCTAssertEqual(object(try control(socketPath, Array("instances\n".utf8)).first ?? "")["instances"] as? [String], ["a"])
+        crowd.forEach { close($0) }
 
         let reload = try control(socketPath, Array("reload\n".utf8))
         XCTAssertNotNil(object(reload.first ?? "")["reload"])

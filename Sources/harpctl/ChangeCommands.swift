@@ -1,0 +1,159 @@
+import ArgumentParser
+import Foundation
+import HarpCluster
+import HarpConfig
+import HarpDCS
+
+struct SetCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "set", abstract: "Change proxy directives or node fields.",
+                                                    subcommands: [SetProxy.self, SetNode.self])
+}
+
+/// `key=value` words, in order.
+func assignments(_ words: [String]) -> [(String, String)] {
+    words.map { word in
+        guard let eq = word.firstIndex(of: "="), eq != word.startIndex else { usage("expected key=value, got '\(word)'") }
+        return (String(word[..<eq]), String(word[word.index(after: eq)...]))
+    }
+}
+
+/// Replaces a JSON record with compare-and-swap on its revision, so that no concurrent change is lost.
+func updateRecord(_ access: ClusterAccess, key: String, requireExisting: Bool, _ change: (inout [String: Any]) -> Void) async throws -> [String: Any] {
+    for _ in 0..<5 {
+        let current = try await access.dcs { try await access.client.range(key) }.kvs.first
+        if requireExisting && current == nil { fail("\(key) does not exist") }
+        var object = current.flatMap { jsonObject($0.value) } ?? [:]
+        change(&object)
+        let text = jsonText(object)
+        let guardOn: EtcdCompare = current.map { EtcdCompare(key: key, .equal, .modRevision($0.modRevision)) } ?? .absent(key)
+        let result = try await access.dcs { try await access.client.txn(compare: [guardOn], success: [.put(key: key, value: text)]) }
+        if result.succeeded { return object }
+    }
+    fail("\(key) kept changing under this command; try again")
+}
+
+struct SetProxy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proxy", abstract: "Set directives for one proxy or for global.",
+        discussion: "Valid directives: \(ProxyDirectives.names.joined(separator: ", ")).")
+    @OptionGroup var options: DCSOptions
+    @Argument(help: "The proxy's name, or global.") var name: String
+    @Argument(help: "key=value ...") var settings: [String]
+
+    func run() async throws {
+        guard !settings.isEmpty else { usage("give at least one directive=value") }
+        var parsed: [(String, DirectiveValue)] = []
+        for (key, text) in assignments(settings) {
+            guard let spec = ProxyDirectives.spec(key) else {
+                let hint = closestName(to: key, among: ProxyDirectives.names).map { " (did you mean '\($0)'?)" } ?? ""
+                usage("unknown directive '\(key)'\(hint); valid directives: \(ProxyDirectives.names.joined(separator: ", "))")
+            }
+            switch spec.parse(.text(text)) {
+            case .success(let value): parsed.append((key, value))
+            case .failure(let error): usage(error.description)
+            }
+        }
+        let access = try ClusterAccess(options)
+        let record = try await updateRecord(access, key: access.layout.proxyConfig(name), requireExisting: false) { object in
+            for (key, value) in parsed { object[key] = value.jsonValue }
+        }
+        print("proxy \(name): \(jsonText(record))")
+    }
+}
+
+struct SetNode: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "node", abstract: "Set fields of a node record (dsn, location, priority, ...).")
+    @OptionGroup var options: DCSOptions
+    @Argument(help: "The node's name.") var name: String
+    @Argument(help: "key=value ...") var settings: [String]
+
+    func run() async throws {
+        guard !settings.isEmpty else { usage("give at least one field=value") }
+        let pairs = assignments(settings)
+        for (key, value) in pairs {
+            if key == "name" { usage("a node's name is its key; it cannot be set") }
+            if value.unicodeScalars.contains(where: { $0.value < 0x20 }) { usage("'\(key)' contains a control character") }
+            if key == "dsn", case .failure(let e) = DSN.address(value) { usage("invalid dsn: \(e.message)") }
+        }
+        let access = try ClusterAccess(options)
+        let record = try await updateRecord(access, key: access.layout.node(name), requireExisting: true) { object in
+            for (key, value) in pairs { object[key] = Int(value).map { $0 as Any } ?? value }
+        }
+        print("node \(name): \(jsonText(record).replacingOccurrences(of: "\"dsn\":\"[^\"]*\"", with: "\"dsn\":\"\(maskedDSN(record["dsn"] as? String ?? ""))\"", options: .regularExpression))")
+    }
+}
+
+struct Manage: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Make a proxy follow the leader again.", subcommands: [ManageProxy.self])
+}
+
+struct Unmanage: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Make a proxy keep its target and connections whatever the leader does.",
+                                                    subcommands: [UnmanageProxy.self])
+}
+
+func setManaged(_ options: DCSOptions, _ name: String, _ managed: Bool) async throws {
+    let access = try ClusterAccess(options)
+    _ = try await access.dcs { try await access.client.put(access.layout.proxyManaged(name), managed ? #""true""# : #""false""#) }
+    print("proxy \(name): \(managed ? "managed" : "unmanaged")")
+}
+
+struct ManageProxy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "proxy", abstract: "Manage one proxy instance.")
+    @OptionGroup var options: DCSOptions
+    @Argument(help: "The proxy's name.") var name: String
+    func run() async throws { try await setManaged(options, name, true) }
+}
+
+struct UnmanageProxy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "proxy", abstract: "Unmanage one proxy instance.")
+    @OptionGroup var options: DCSOptions
+    @Argument(help: "The proxy's name.") var name: String
+    func run() async throws { try await setManaged(options, name, false) }
+}
+
+struct Promote: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make a node the lead master of its location.",
+        discussion: "The leader key moves with a compare-and-swap on its current value: if another change races this one, it fails and says so.")
+    @OptionGroup var options: DCSOptions
+    @Argument(help: "The node to promote.") var node: String
+    @Option(help: "The location; by default the node's own.") var location: String?
+    @Option(help: "Put the leader key on a lease of this many seconds.") var ttl: Int?
+
+    func run() async throws {
+        if let ttl, ttl < 1 { usage("--ttl takes a number of seconds, at least 1") }
+        let access = try ClusterAccess(options)
+        let (state, snapshot) = try await access.state()
+        guard let record = state.nodes[node] else {
+            fail("no node '\(node)' (nodes: \(state.nodes.keys.sorted().joined(separator: ", ")))")
+        }
+        let place = location ?? record.location
+        guard record.location == place else { fail("node '\(node)' belongs to location '\(record.location)', not '\(place)'") }
+        let key = access.layout.leader(location: place)
+        let current = snapshot[key]
+        if let current, jsonObject(current.value)?["name"] as? String == node, ttl == nil {
+            print("\(node) already leads \(place)")
+            return
+        }
+        // A testing aid: hold between the read and the compare-and-swap, so that a test can make
+        // two promotes race for real.
+        if let delay = ProcessInfo.processInfo.environment["HARPCTL_PROMOTE_DELAY_MS"].flatMap(Int.init) {
+            try await Task.sleep(for: .milliseconds(delay))
+        }
+        var lease: Int64 = 0
+        if let ttl { lease = try await access.dcs { try await access.client.leaseGrant(ttl: Int64(ttl)) }.id }
+        let guardOn: EtcdCompare = current.map { EtcdCompare(key: key, .equal, .modRevision($0.modRevision)) } ?? .absent(key)
+        let result = try await access.dcs {
+            try await access.client.txn(compare: [guardOn], success: [.put(key: key, value: jsonText(["name": node]), lease: lease)],
+                                        failure: [.range(key: key)])
+        }
+        guard result.succeeded else {
+            if lease != 0 { try? await access.client.leaseRevoke(lease) }
+            let now = result.ranges.first?.first.flatMap { jsonObject($0.value)?["name"] as? String } ?? "no one"
+            fail("another change to \(place)'s leader raced this promote; the leader is now \(now). Check, then try again")
+        }
+        let previous = current.flatMap { jsonObject($0.value)?["name"] as? String } ?? "none"
+        print("\(place): lead master \(previous) -> \(node)" + (ttl.map { " (lease \($0) s)" } ?? ""))
+    }
+}
