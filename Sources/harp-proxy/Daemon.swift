@@ -44,6 +44,7 @@ struct Daemon {
             // The proxy is what matters: without its control socket it still routes.
             logger.error("control socket unavailable; routing goes on without it", metadata: ["path": "\(configuration.control.socketPath)", "error": "\(error)"])
         }
+        let watchdog = Task { await notifySystemd(host: host, session: session, group: group, logger: logger) }
         var current = configuration
         for await signal in signals.stream {
             guard signal == SIGHUP else {
@@ -52,12 +53,39 @@ struct Daemon {
             }
             current = await reload(current, host: host, logger: logger)
         }
+        SystemdNotify.send("STOPPING=1")
+        watchdog.cancel()
         routing.cancel()
         await control.stop()
         await host.shutdown()
         session.shutdown()
         try? await group.shutdownGracefully()
         logger.info("stopped")
+    }
+
+    /// READY=1 once every listener is bound (or has reported why not) and the DCS has been read;
+    /// after 10 s without the DCS it is sent anyway, since the proxy runs (fail-closed) without it.
+    /// Then WATCHDOG=1 at half of WatchdogSec, as long as every event loop answers.
+    private func notifySystemd(host: ProxyHost, session: DCSSession, group: MultiThreadedEventLoopGroup, logger: Logger) async {
+        guard SystemdNotify.socketPath != nil else { return }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline, !Task.isCancelled {
+            let listening = await host.status().allSatisfy { $0.listen != nil }
+            if listening && session.snapshot.synced { break }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        if !session.snapshot.synced { logger.warning("telling systemd READY without a first DCS read: clients are held until it comes") }
+        SystemdNotify.send("READY=1\nSTATUS=routing \(configuration.instances.count) instance(s)\nMAINPID=\(getpid())")
+        guard let interval = SystemdNotify.watchdogInterval else { return }
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval / 2)
+            var alive = true
+            for loop in group.makeIterator() where alive {
+                let answered = (try? await loop.submit { true }.get()) ?? false
+                alive = answered
+            }
+            if alive && !Task.isCancelled { SystemdNotify.send("WATCHDOG=1") }
+        }
     }
 
     /// SIGHUP: re-read config.yml and conf.d. A configuration with errors is reported and the one

@@ -185,6 +185,53 @@ final class DaemonTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: socketPath))
     }
 
+    func testSystemdNotifyReadyWatchdogAndStopping() async throws {
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port))
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
+                  + "control: {socket: \(dir.path)/run/control.sock}\n")
+        // systemd's side: a datagram socket the daemon sends its state to.
+        let notifyPath = dir.path + "/notify.sock"
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(notifyPath.utf8)
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let bound = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        XCTAssertEqual(bound, 0)
+        var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var received: [String] = []
+        func receive(until text: String, within seconds: TimeInterval) -> Bool {
+            eventually(timeout: seconds) {
+                var buffer = [UInt8](repeating: 0, count: 512)
+                let n = recv(fd, &buffer, buffer.count, 0)
+                if n > 0 { received.append(String(decoding: buffer[0..<n], as: UTF8.self)) }
+                return received.contains { $0.contains(text) }
+            }
+        }
+
+        var environment = ProcessInfo.processInfo.environment
+        environment["NOTIFY_SOCKET"] = notifyPath
+        environment["WATCHDOG_USEC"] = "400000"
+        let proxy = try TestProcess(name: "harp-proxy-notify", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
+                                    logDirectory: dir.path, environment: environment)
+        XCTAssertTrue(receive(until: "READY=1", within: 10), "\(received)\n\(proxy.log)")
+        XCTAssertTrue(canConnect(port: port), "READY comes once the listener is bound")
+        XCTAssertTrue(receive(until: "WATCHDOG=1", within: 3), "\(received)")
+        proxy.signal(SIGTERM)
+        XCTAssertTrue(receive(until: "STOPPING=1", within: 5), "\(received)")
+        XCTAssertEqual(proxy.waitForExit(), 0)
+    }
+
     func testSigtermClosesConnectionsAndExitsZero() async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
