@@ -153,6 +153,13 @@ public struct LeaderTarget: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { "\(name) (\(address))" }
+
+    /// Whether clients would be sent to the same place: the same node at the same address. A new
+    /// lease under the same leader is not a move and must not cut anyone.
+    public func sameRoute(as other: LeaderTarget?) -> Bool {
+        guard let other else { return false }
+        return name == other.name && address == other.address
+    }
 }
 
 public enum LeaderResolution: Sendable, Equatable {

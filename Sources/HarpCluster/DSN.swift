@@ -124,8 +124,9 @@ public enum DSN {
             result["host"] = percentDecoded(rest)
         }
         for pair in query.split(separator: "&") where !pair.isEmpty {
-            let parts = pair.split(separator: "=", maxSplits: 1)
-            result[percentDecoded(parts[0])] = parts.count > 1 ? percentDecoded(parts[1]) : ""
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let name = parts.first, !name.isEmpty else { return .failure(ParseError(message: "a URI parameter has no name")) }
+            result[percentDecoded(name)] = parts.count > 1 ? percentDecoded(parts[1]) : ""
         }
         return .success(result)
     }

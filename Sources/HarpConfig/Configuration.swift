@@ -72,7 +72,7 @@ public struct DCSEndpoint: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-public struct DCSConfiguration: Sendable, CustomStringConvertible {
+public struct DCSConfiguration: Sendable, Equatable, CustomStringConvertible {
     public var endpoints: [DCSEndpoint]
     /// Bound on each request to one endpoint, and on connecting the watch.
     public var requestTimeout: Duration = .milliseconds(250)

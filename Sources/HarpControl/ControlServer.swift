@@ -49,12 +49,19 @@ public final class ControlServer: Sendable {
             }
             .bind(unixDomainSocketPath: path)
             .get()
-        channel.withLock { $0 = bound }
-        guard chmod(path, mode_t(configuration.mode)) == 0 else { throw ControlError("cannot set the mode of \(path): \(String(cString: strerror(errno)))") }
-        if let name = configuration.group {
-            guard let group = getgrnam(name) else { throw ControlError("control.group '\(name)' does not exist") }
-            guard chown(path, uid_t.max, group.pointee.gr_gid) == 0 else { throw ControlError("cannot give \(path) to group \(name): \(String(cString: strerror(errno)))") }
+        do {
+            guard chmod(path, mode_t(configuration.mode)) == 0 else { throw ControlError("cannot set the mode of \(path): \(String(cString: strerror(errno)))") }
+            if let name = configuration.group {
+                guard let group = getgrnam(name) else { throw ControlError("control.group '\(name)' does not exist") }
+                guard chown(path, uid_t.max, group.pointee.gr_gid) == 0 else { throw ControlError("cannot give \(path) to group \(name): \(String(cString: strerror(errno)))") }
+            }
+        } catch {
+            // Never leave a socket open with a mode or group other than the one asked for.
+            try? await bound.close()
+            unlink(path)
+            throw error
         }
+        channel.withLock { $0 = bound }
         logger.info("control socket listening", metadata: ["path": "\(path)", "mode": "\(String(configuration.mode, radix: 8))"])
     }
 
@@ -64,7 +71,9 @@ public final class ControlServer: Sendable {
             defer { c = nil }
             return c
         }
-        try? await current?.close()
+        // Only the socket this process bound is removed: never another daemon's.
+        guard let current else { return }
+        try? await current.close()
         unlink(configuration.socketPath)
     }
 

@@ -197,6 +197,7 @@ public final class DCSSession: @unchecked Sendable {
             var failures: [DCSError.EndpointFailure] = []
             var streamed = false
             for index in client.endpointOrder() {
+                let began = ContinuousClock.now
                 let outcome = runWatch(on: index)
                 if peek({ $0.stopping }) { return }
                 switch outcome {
@@ -209,7 +210,8 @@ public final class DCSSession: @unchecked Sendable {
                     failures.append(.init(endpoint: configuration.endpoints[index].url, reason: "\(error)", isTLS: false))
                     continue
                 case .ended(let reason):
-                    streamed = true
+                    // A stream that ends as soon as it starts (a refused or cancelled watch) must not spin.
+                    streamed = ContinuousClock.now - began >= .seconds(1)
                     let requested = locked { s -> Bool in
                         defer { s.watchRestartRequested = false }
                         if s.watchRestartRequested { s.statistics.watchRestarts += 1 }
@@ -235,7 +237,8 @@ public final class DCSSession: @unchecked Sendable {
             if streamed {
                 backoff = Self.minimumBackoff
             } else {
-                if !failures.isEmpty { reportContact(.unreachable(failures)) }
+                // Reachability is the resync's to judge; a watch that cannot stream only retries.
+                if !failures.isEmpty { logger.debug("watch could not start", metadata: ["error": "\(DCSError.unreachable(failures))"]) }
                 _ = wait(until: ContinuousClock.now + backoff) { $0.stopping }
                 backoff = min(backoff * 2, min(configuration.resyncInterval, .seconds(2)))
             }
@@ -266,7 +269,7 @@ public final class DCSSession: @unchecked Sendable {
             "progress_notify": true,
         ]]
         let body = Array((try? JSONSerialization.data(withJSONObject: request)) ?? Data())
-        let stream = WatchStream()
+        let stream = WatchStream(startRevision: start)
         let confirmTimeout = max(configuration.requestTimeout * 4, .seconds(1))
         let createdDeadline = ContinuousClock.now + confirmTimeout
         let sink = CurlTransport.Sink(
@@ -288,7 +291,8 @@ public final class DCSSession: @unchecked Sendable {
                 return self?.peek { $0.stopping || $0.watchRestartRequested } ?? true
             })
         do {
-            let status = try client.transport.stream(endpoint.url + "/v3/watch", json: body, headers: headers,
+            // etcd cancels the watch of a member that has lost its leader, instead of leaving it silent.
+            let status = try client.transport.stream(endpoint.url + "/v3/watch", json: body, headers: headers + ["Grpc-Metadata-hasleader: true"],
                                                      connectTimeout: configuration.requestTimeout, keepalive: .seconds(5), sink: sink)
             if let outcome = stream.outcome { return outcome }
             if !stream.created {
@@ -317,8 +321,11 @@ public final class DCSSession: @unchecked Sendable {
         guard let result = object["result"] as? [String: Any] else { return }
         if result["created"] as? Bool == true {
             stream.created = true
-            locked { $0.health.watchEndpoint = endpoint.url }
-            reportContact(nil)
+            locked { s in
+                s.health.watchEndpoint = endpoint.url
+                // Everything before the start revision is known already: it is not "missed".
+                s.watchRevision = max(s.watchRevision, stream.startRevision - 1)
+            }
         }
         let compactRevision = int64(result["compact_revision"])
         if compactRevision > 0 {
@@ -343,7 +350,8 @@ public final class DCSSession: @unchecked Sendable {
                 s.revision = max(s.revision, revision)
             }
         }
-        reportContact(nil)
+        // Watch traffic is not proof that the DCS has quorum (a member cut off from the others still
+        // streams): only the resync's linearizable read counts as contact.
     }
 
     private func apply(events: [WatchEvent]) {
@@ -373,7 +381,10 @@ public final class DCSSession: @unchecked Sendable {
     private func reportContact(_ error: DCSError?) {
         let now = Date()
         let transition = locked { s -> (from: Date, reachable: Bool)? in
-            if error == nil { s.health.lastContact = now }
+            if error == nil {
+                s.health.lastContact = now
+                s.health.lastContactAt = .now
+            }
             let reachable = error == nil
             guard s.health.reachable != reachable else { return nil }
             let from = s.health.since
@@ -427,13 +438,15 @@ public final class DCSSession: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         while !condition(state) {
+            // NSCondition waits on the wall clock: each wait is capped at a second, so that a clock
+            // step cannot stretch it; the deadline itself is on the monotonic clock.
             guard let deadline else {
-                lock.wait()
+                _ = lock.wait(until: Date(timeIntervalSinceNow: 1))
                 continue
             }
             let remaining = ContinuousClock.now.duration(to: deadline)
             if remaining <= .zero { return state.stopping ? .stopping : .timedOut }
-            _ = lock.wait(until: Date(timeIntervalSinceNow: remaining.seconds + 0.001))
+            _ = lock.wait(until: Date(timeIntervalSinceNow: min(remaining.seconds, 1) + 0.001))
         }
         return state.stopping ? .stopping : .satisfied
     }
@@ -451,10 +464,13 @@ public final class DCSSession: @unchecked Sendable {
 
 /// What one watch stream has seen so far; touched by the watch thread, read by libcurl's abort check.
 private final class WatchStream: @unchecked Sendable {
+    let startRevision: Int64
     var buffer: [UInt8] = []
     var created = false
     private(set) var outcome: WatchOutcome?
     var outcomeDecided: Bool { outcome != nil }
+
+    init(startRevision: Int64) { self.startRevision = startRevision }
 
     func decide(_ outcome: WatchOutcome) { if self.outcome == nil { self.outcome = outcome } }
 }

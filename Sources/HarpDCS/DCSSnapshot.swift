@@ -36,6 +36,9 @@ public struct DCSHealth: Sendable, Equatable {
     /// When `reachable` last changed, or when the session started.
     public var since: Date
     public var lastContact: Date?
+    /// The same moment on the monotonic clock: what fencing measures outages against, so that a
+    /// wall-clock step cannot delay it.
+    public var lastContactAt: ContinuousClock.Instant?
     /// The endpoint the watch streams from, when it is connected.
     public var watchEndpoint: String?
 }

@@ -150,6 +150,12 @@ public actor ProxyHost {
             let plan = InstancePlan(location: instance.location, directives: directives, managed: state.isManaged(instance.name), routing: routing,
                                     maxClientConn: caps[instance.name] ?? directives.maxClientConn, observedAt: observedAt)
             ensureMode(named: directives.type, for: instance, &r)
+            guard r.mode != nil else {
+                // No mode of that type in this build: the instance is stopped, and status says so.
+                r.plan = nil
+                running[instance.name] = r
+                continue
+            }
             if r.plan != plan {
                 if r.plan?.stateName != plan.stateName { r.since = Date() }
                 logTransition(from: r.plan, to: plan, logger: r.logger)
@@ -167,9 +173,9 @@ public actor ProxyHost {
         guard snapshot.synced else { return (.noLeader(reason: "the DCS has not been read yet"), nil) }
         let resolution = state.leader(of: instance.location)
         if !snapshot.reachable {
-            // Measured from the last answer, not from when the session gave up on etcd.
-            let lastContact = session.health.lastContact ?? snapshot.unreachableSince ?? Date()
-            let outage = Duration.milliseconds(Int64(Date().timeIntervalSince(lastContact) * 1000))
+            // Measured on the monotonic clock from the last linearizable answer, not from when the
+            // session gave up on etcd.
+            let outage = session.health.lastContactAt.map { ContinuousClock.now - $0 } ?? .seconds(1_000_000)
             let lease = resolution.target.flatMap { leaseTTLs[$0.lease] } ?? directives.leaderLeaseDuration
             if directives.dcsFailurePolicy == "fence" {
                 if outage >= lease {

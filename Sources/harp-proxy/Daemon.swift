@@ -104,8 +104,9 @@ struct Daemon {
             logger.error("reload failed: no proxy instance left; the previous configuration stays in force")
             return current
         }
-        if next.clusterName != current.clusterName || next.dcs.description != current.dcs.description {
-            logger.warning("cluster and dcs changes take effect only after a restart")
+        // Credentials and TLS files included: the running session keeps using the old ones.
+        if next.clusterName != current.clusterName || next.dcs != current.dcs {
+            logger.warning("cluster and dcs changes (endpoints, credentials, TLS files) take effect only after a restart")
         }
         await host.reload(next.instances)
         logger.info("configuration reloaded", metadata: ["instances": "\(next.instances.map(\.name).joined(separator: ","))"])

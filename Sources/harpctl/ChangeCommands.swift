@@ -77,9 +77,14 @@ struct SetNode: AsyncParsableCommand {
         }
         let access = try ClusterAccess(options)
         let record = try await updateRecord(access, key: access.layout.node(name), requireExisting: true) { object in
-            for (key, value) in pairs { object[key] = Int(value).map { $0 as Any } ?? value }
+            // Names and DSNs stay strings ("01" is not 1); other plain integers (priority) are numbers.
+            for (key, value) in pairs {
+                object[key] = ["dsn", "location"].contains(key) || String(Int(value) ?? -1) != value ? value : Int(value)!
+            }
         }
-        print("node \(name): \(jsonText(record).replacingOccurrences(of: "\"dsn\":\"[^\"]*\"", with: "\"dsn\":\"\(maskedDSN(record["dsn"] as? String ?? ""))\"", options: .regularExpression))")
+        var shown = record
+        if let dsn = shown["dsn"] as? String { shown["dsn"] = maskedDSN(dsn) }
+        print("node \(name): \(jsonText(shown))")
     }
 }
 

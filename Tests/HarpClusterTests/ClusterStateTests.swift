@@ -53,6 +53,7 @@ final class ClusterStateTests: XCTestCase {
         XCTAssertThrowsError(try DSN.address("host=a port=none").get())
         XCTAssertThrowsError(try DSN.address("host").get())
         XCTAssertThrowsError(try DSN.address("host='unterminated").get())
+        XCTAssertThrowsError(try DSN.address("postgresql://db1/app?=").get(), "a parameter without a name is an error, not a crash")
     }
 
     func testDirectivePrecedenceInstanceThenGlobalThenLocalThenDefault() {

@@ -54,6 +54,25 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    func testTheSameLeaderOnANewLeaseCutsNobody() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.leader("dc1", "node1", lease: try await rig.client.leaseGrant(ttl: 30).id)
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let session = try openSession(through: port, tag: "release", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "release"))
+        let newLease = try await rig.client.leaseGrant(ttl: 30)
+        try await rig.leader("dc1", "node1", lease: newLease.id)
+        let seen = await eventuallyAsync { await rig.host.status().first?.plan?.routing.target?.lease == newLease.id }
+        XCTAssertTrue(seen)
+        try await Task.sleep(for: .milliseconds(300))
+        XCTAssertTrue(session.isRunning, "the leader did not move: its session stays")
+        session.killNow()
+        await rig.stop()
+    }
+
     func testExpiredLeaseClosesConnectionsAndHeldClientsGet57P03() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),

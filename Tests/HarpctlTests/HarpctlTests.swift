@@ -157,6 +157,9 @@ final class HarpctlTests: XCTestCase {
         XCTAssertEqual((json(record ?? "") as? [String: Any])?["priority"] as? Int, 5)
         XCTAssertEqual((json(record ?? "") as? [String: Any])?["dsn"] as? String, "host=10.0.0.9 port=5432")
         XCTAssertEqual(try harpctl(["set", "node", "ghost", "priority=1"]).status, 1)
+        XCTAssertEqual(try harpctl(["set", "node", "node3", "location=02"]).status, 0)
+        let renamed = try await value(layout.node("node3"))
+        XCTAssertEqual((json(renamed ?? "") as? [String: Any])?["location"] as? String, "02", "a location stays a string")
 
         XCTAssertEqual(try harpctl(["unmanage", "proxy", "proxy1"]).status, 0)
         let unmanaged = try await value(layout.proxyManaged("proxy1"))

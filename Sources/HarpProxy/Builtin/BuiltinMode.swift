@@ -90,10 +90,13 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         // Unmanaged: keep the current target and every connection, whatever the DCS says.
         guard plan.managed else { return }
         let next = plan.routing.target
-        if next != target {
+        let moved = next.map { !$0.sameRoute(as: target) } ?? (target != nil)
+        if moved {
             let previous = target
             target = next
             closeConnections(from: previous, to: next, observedAt: plan.observedAt)
+        } else {
+            target = next  // the same node; its lease may be new
         }
         if let next { admitWaiters(to: next, plan: plan) }
     }
@@ -134,7 +137,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     private func admission(_ target: LeaderTarget, _ plan: InstancePlan) -> Admission {
         Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
-                  keepaliveSeconds: Int(max(1, plan.directives.keepalive.milliseconds / 1000)))
+                  // TCP_KEEPIDLE takes 1 to 32767 s; beyond that setsockopt fails and so would every connect.
+                  keepaliveSeconds: Int(min(32767, max(1, plan.directives.keepalive.milliseconds / 1000))))
     }
 
     // MARK: - Clients (called by ClientHandler)
@@ -183,7 +187,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// and the caller must close both sides rather than pass a byte.
     func attach(_ client: any Channel, server: any Channel, target: LeaderTarget) -> EventLoopFuture<Bool> {
         loop.submit {
-            guard !self.stopped, let entry = self.clients[ObjectIdentifier(client)], entry.target == target, self.target == target else {
+            guard !self.stopped, let entry = self.clients[ObjectIdentifier(client)], target.sameRoute(as: entry.target),
+                  target.sameRoute(as: self.target) else {
                 return false
             }
             entry.server = server
@@ -225,10 +230,24 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// fails is logged and retried every second while the old listener, if any, keeps serving.
     private func reconcileListener(_ plan: InstancePlan) {
         let wanted = ListenAddress(host: plan.directives.listenAddress, port: plan.directives.listenPort)
-        guard wanted != listeningOn, wanted != binding else { return }
+        if wanted == listeningOn {
+            // Back to where it listens: forget any bind still under way for another address.
+            binding = nil
+            bindRetry?.cancel()
+            bindRetry = nil
+            return
+        }
+        guard wanted != binding else { return }
         bindRetry?.cancel()
         bindRetry = nil
         binding = wanted
+        if let old = listener, listeningOn?.port == wanted.port {
+            // Another address on the same port: the old listener holds the port, so it goes first.
+            // Established connections stay; only new ones wait for the new bind.
+            old.close(promise: nil)
+            listener = nil
+            listeningOn = nil
+        }
         ServerBootstrap(group: loop, childGroup: group)
             .serverChannelOption(.backlog, value: 512)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
