@@ -32,6 +32,27 @@ final class LiveDirectiveTests: XCTestCase {
         await rig.stop()
     }
 
+    func testMovingToAnotherAddressOnTheSamePort() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("0.0.0.0"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", server: Self.pg)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let session = try openSession(through: port, tag: "move", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, "move"))
+
+        // The wildcard listener holds the port: the move must free it first, not retry forever.
+        try await rig.client.put(rig.layout.proxyConfig("p1"), #"{"listen_address": "127.0.0.2"}"#)
+        let moved = await eventuallyAsync { await rig.host.status().first?.listen == "127.0.0.2:\(port)" }
+        XCTAssertTrue(moved, "\(rig.capture.messages(at: .error).map(\.metadata))")
+        let through = Result { try PostgresServer.psql(host: "127.0.0.2", port: port, "SELECT current_setting('port')") }
+        XCTAssertEqual(try through.get(), "\(Self.pg.port)")
+        XCTAssertTrue(session.isRunning, "the established session stays")
+        session.killNow()
+        await rig.stop()
+    }
+
     func testAListenerThatCannotBindIsRetriedWhileOtherInstancesRun() async throws {
         let (taken, free) = (freePort(), freePort())
         let squatter = try listen(on: taken)
