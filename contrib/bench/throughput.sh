@@ -31,7 +31,8 @@ listen postgres
   server pg 127.0.0.1:$pg_port
 CFG
 haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
-pids+=($!)
+haproxy_pid=$!
+pids+=($haproxy_pid)
 for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$haproxy_port" && break; sleep 0.1; done
 
 "$pgbin/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
@@ -40,16 +41,25 @@ run() { # run PORT -> tps
   "$pgbin/pgbench" -S -c 16 -j 2 -T "$duration" -n -h 127.0.0.1 -p "$1" -U postgres postgres 2>/dev/null \
     | awk '/^tps = / { print $3; exit }'
 }
+ticks() { awk '{ print $14 + $15, $14, $15 }' "/proc/$1/stat"; }  # user+system, user, system (1/100 s)
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-declare -A results
+declare -A results cpu
 echo "== $rounds rounds of ${duration}s: pgbench -S -c 16 -j 2 (haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nproc) cores)"
 for round in $(seq "$rounds"); do
   for target in direct haproxy harp-proxy; do
-    case $target in direct) port=$pg_port ;; haproxy) port=$haproxy_port ;; harp-proxy) port=$harp_port ;; esac
+    case $target in direct) port=$pg_port; pid="" ;; haproxy) port=$haproxy_port; pid=$haproxy_pid ;; harp-proxy) port=$harp_port; pid=$harp_pid ;; esac
+    [ -n "$pid" ] && read -r t0 u0 s0 < <(ticks "$pid")
     tps=$(run "$port")
     results[$target]+="$tps "
-    printf '  round %d  %-10s %10.0f tps\n' "$round" "$target" "$tps"
+    if [ -n "$pid" ]; then
+      read -r t1 u1 s1 < <(ticks "$pid")
+      per=$(awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v n="$tps" -v d="$duration" 'BEGIN { printf "%.1f us user + %.1f us system", u / 100 / (n * d) * 1e6, s / 100 / (n * d) * 1e6 }')
+      cpu[$target]="$per"
+      printf '  round %d  %-10s %10.0f tps   proxy CPU per transaction: %s\n' "$round" "$target" "$tps" "$per"
+    else
+      printf '  round %d  %-10s %10.0f tps\n' "$round" "$target" "$tps"
+    fi
   done
 done
 
@@ -59,3 +69,4 @@ harp=$(echo ${results[harp-proxy]} | tr ' ' '\n' | median)
 echo
 printf 'median tps: direct %.0f  haproxy %.0f  harp-proxy %.0f\n' "$direct" "$haproxy" "$harp"
 awk -v h="$harp" -v x="$haproxy" -v d="$direct" 'BEGIN { printf "harp-proxy / haproxy = %.2f   haproxy / direct = %.2f   harp-proxy / direct = %.2f\n", h / x, x / d, h / d }'
+echo "proxy CPU per transaction, last round: haproxy ${cpu[haproxy]}; harp-proxy ${cpu[harp-proxy]}"
