@@ -9,6 +9,7 @@ import PackageDescription
 //                                  |
 //                  HarpProxy (the host, its instances and their modes: builtin, ...)
 //                  HarpControl (the Unix control socket; asks the daemon through ControlActions)
+//                  HarpHealth (HTTP /health/is-live and /health/is-ready; probes with libpq)
 //                                  |
 //                     harp-proxy, harpctl (executables)
 let package = Package(
@@ -27,6 +28,7 @@ let package = Package(
         .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
 
         .target(name: "HarpConfig", dependencies: ["CYAML", "COpenSSL"]),
         .target(name: "HarpDCS", dependencies: [
@@ -49,8 +51,15 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .target(name: "HarpHealth", dependencies: [
+            "CLibPQ", "HarpConfig",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "harp-proxy", dependencies: [
-            "HarpConfig", "HarpDCS", "HarpCluster", "HarpProxy", "HarpControl",
+            "HarpConfig", "HarpDCS", "HarpCluster", "HarpProxy", "HarpControl", "HarpHealth",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -64,8 +64,8 @@ public enum ConfigLoader {
             if let probes = section.section("probes", known: ["timeout"], required: false, errors: &errors) {
                 http.probeTimeout = probes.duration("timeout", unit: .seconds, errors: &errors) ?? http.probeTimeout
             }
-            if http.secure && (http.certFile == nil || http.keyFile == nil) {
-                errors.append(ConfigError(section.location, "http.secure is on: 'cert_file' and 'key_file' are both required"))
+            if http.secure, let entry = section.entries["secure"] {
+                errors.append(ConfigError(entry.value.location, "http.secure (HTTPS) is not supported by this build yet: serve the health endpoints on loopback, or put a TLS proxy in front"))
             }
         }
 
@@ -102,7 +102,7 @@ public enum ConfigLoader {
     static let rootKeys = ["cluster", "dcs", "proxy", "control", "http", "log_level", "include_dir", "manager"]
     static let dcsKeys = ["driver", "endpoints", "request_timeout", "resync_interval", "ssl", "ssl_ca_file",
                           "ssl_cert_file", "ssl_key_file", "username", "password"]
-    static let instanceKeys = ["name", "location", "log_level", "pgbouncer_bin_dir"]
+    static let instanceKeys = ["name", "location", "log_level", "pgbouncer_bin_dir", "endpoint"]
 
     private static func readDCS(_ section: Section, directory: String, errors: inout [ConfigError],
                                 warnings: inout [ConfigWarning]) -> DCSConfiguration {
@@ -231,6 +231,7 @@ public enum ConfigLoader {
         var instance = InstanceConfiguration(name: name ?? "", location: location ?? "", directives: directives, source: section.location)
         instance.logLevel = section.logLevel("log_level", errors: &errors)
         instance.pgbouncerBinDir = section.string("pgbouncer_bin_dir", errors: &errors)
+        instance.endpoint = section.string("endpoint", errors: &errors)
         if name == "global" {
             errors.append(ConfigError(section.entries["name"]!.value.location, "instance name 'global' is reserved for the directives every proxy shares"))
         }

@@ -119,6 +119,9 @@ public struct InstanceConfiguration: Sendable {
     public var location: String
     public var logLevel: LogLevel?
     public var pgbouncerBinDir: String?
+    /// A DSN the readiness probe connects through (TPA's `proxy.endpoint`); by default the
+    /// instance's own listener with libpq's default user.
+    public var endpoint: String?
     /// Directives written in the stanza: local defaults that the DCS overrides.
     public var directives: DirectiveSet
     /// Where the stanza is, for messages about this instance.
@@ -134,7 +137,7 @@ public struct InstanceConfiguration: Sendable {
     /// Same instance settings, wherever they were written (the file position is ignored).
     public func sameSettings(as other: InstanceConfiguration) -> Bool {
         name == other.name && location == other.location && logLevel == other.logLevel
-            && pgbouncerBinDir == other.pgbouncerBinDir && directives == other.directives
+            && pgbouncerBinDir == other.pgbouncerBinDir && endpoint == other.endpoint && directives == other.directives
     }
 
     /// The listener this instance will use if the DCS says nothing else.

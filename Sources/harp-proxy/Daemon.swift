@@ -4,6 +4,7 @@ import HarpCluster
 import HarpControl
 import HarpConfig
 import HarpDCS
+import HarpHealth
 import HarpProxy
 import Logging
 import NIOCore
@@ -44,6 +45,17 @@ struct Daemon {
             // The proxy is what matters: without its control socket it still routes.
             logger.error("control socket unavailable; routing goes on without it", metadata: ["path": "\(configuration.control.socketPath)", "error": "\(error)"])
         }
+        let currentInstances = InstanceList(configuration.instances)
+        var health: (any Channel)?
+        if configuration.http.enable {
+            let checks = DaemonHealth(host: host, instances: { currentInstances.value }, timeout: configuration.http.probeTimeout)
+            do {
+                health = try await HealthServer(configuration: configuration.http, group: group, checks: checks, logger: logger).start()
+            } catch {
+                logger.error("health endpoints unavailable; routing goes on without them",
+                             metadata: ["listen": "\(configuration.http.host):\(configuration.http.port)", "error": "\(error)"])
+            }
+        }
         let watchdog = Task { await notifySystemd(host: host, session: session, group: group, logger: logger) }
         var current = configuration
         for await signal in signals.stream {
@@ -52,11 +64,13 @@ struct Daemon {
                 break
             }
             current = await reload(current, host: host, logger: logger)
+            currentInstances.value = current.instances
         }
         SystemdNotify.send("STOPPING=1")
         watchdog.cancel()
         routing.cancel()
         await control.stop()
+        try? await health?.close()
         await host.shutdown()
         session.shutdown()
         try? await group.shutdownGracefully()
@@ -135,3 +149,16 @@ final class SignalWatch: @unchecked Sendable {
     var stream: AsyncStream<Int32> { signalStream }
 }
 
+
+/// The instances in force, which a reload replaces.
+final class InstanceList: @unchecked Sendable {
+    private let lock = NSLock()
+    private var instances: [InstanceConfiguration]
+
+    init(_ instances: [InstanceConfiguration]) { self.instances = instances }
+
+    var value: [InstanceConfiguration] {
+        get { lock.withLock { instances } }
+        set { lock.withLock { instances = newValue } }
+    }
+}

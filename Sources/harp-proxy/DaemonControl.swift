@@ -3,6 +3,7 @@ import HarpCluster
 import HarpConfig
 import HarpControl
 import HarpDCS
+import HarpHealth
 import HarpProxy
 #if canImport(Glibc)
 import Glibc
@@ -64,5 +65,43 @@ struct DaemonControl: ControlActions {
     static func text(_ object: [String: Any]) -> String {
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// The daemon's answer to /health/is-ready: every managed instance has a lead master and a test
+/// query through its own listener succeeds.
+struct DaemonHealth: HealthChecks {
+    let host: ProxyHost
+    let instances: @Sendable () async -> [InstanceConfiguration]
+    let timeout: Duration
+
+    func readiness(only instance: String?) async -> [String: String?]? {
+        let statuses = await host.status()
+        let configured = await instances()
+        if let instance, !statuses.contains(where: { $0.name == instance }) { return nil }
+        var result: [String: String?] = [:]
+        for status in statuses where instance == nil || status.name == instance {
+            guard let plan = status.plan else { result[status.name] = "stopped"; continue }
+            if !plan.managed { continue }  // an unmanaged instance is the operator's, not the probe's
+            guard plan.routing.target != nil else {
+                switch plan.routing {
+                case .noLeader(let reason), .fenced(let reason): result[status.name] = "\(plan.stateName): \(reason)"
+                case .leader: break
+                }
+                continue
+            }
+            let dsn = configured.first { $0.name == status.name }?.endpoint ?? defaultProbeDSN(listen: status.listen)
+            result[status.name] = await ReadinessProbe.run(dsn, timeout: timeout)
+        }
+        return result
+    }
+
+    /// The instance's own listener, over loopback when it listens on every address.
+    private func defaultProbeDSN(listen: String?) -> String {
+        guard let listen, let colon = listen.lastIndex(of: ":") else { return "host=127.0.0.1 port=6432 dbname=postgres" }
+        var host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        if ["0.0.0.0", "::", "*", ""].contains(host) { host = "127.0.0.1" }
+        let seconds = max(2, Int(timeout.components.seconds))
+        return "host=\(host) port=\(listen[listen.index(after: colon)...]) dbname=postgres connect_timeout=\(seconds) sslmode=disable"
     }
 }

@@ -246,6 +246,19 @@ final class ConfigLoaderTests: XCTestCase {
         assertError(errors(dir), line: 10, contains: "without control characters")
     }
 
+    func testHTTPStanzaAndProbeEndpoint() throws {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "http:\n  enable: on\n  port: 8081\n  probes:\n    timeout: 3s\nproxy:\n  name: p\n  location: dc1\n  endpoint: host=127.0.0.1 port=6432 user=probe\n")
+        let c = try load(dir)
+        XCTAssertTrue(c.http.enable)
+        XCTAssertEqual(c.http.port, 8081)
+        XCTAssertEqual(c.http.probeTimeout, .seconds(3))
+        XCTAssertEqual(c.instances[0].endpoint, "host=127.0.0.1 port=6432 user=probe")
+
+        dir.write("config.yml", minimal + "http:\n  enable: on\n  secure: on\n  cert_file: a.crt\n  key_file: a.key\n")
+        assertError(errors(dir, includeInstances: false), line: 9, contains: "http.secure (HTTPS) is not supported by this build yet")
+    }
+
     func testPasswordWithoutUsername() {
         let dir = TemporaryDirectory()
         dir.write("config.yml", minimal + "  password: secret\n")

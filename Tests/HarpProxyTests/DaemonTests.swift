@@ -232,6 +232,65 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(proxy.waitForExit(), 0)
     }
 
+    /// One HTTP/1.1 GET over loopback: the status code and the body.
+    func httpGet(_ port: Int, _ path: String) -> (status: Int, body: String) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let connected = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        guard connected else { return (0, "") }
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
+        _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var response: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            response += buffer[0..<n]
+        }
+        let text = String(decoding: response, as: UTF8.self)
+        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+        let body = text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+        return (status, body.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    func testHealthEndpoints() async throws {
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let (pa, pb, http) = (freePort(), freePort(), freePort())
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", pa) + "  endpoint: host=127.0.0.1 port=\(pa) dbname=postgres user=postgres\n")
+        dir.write("conf.d/b.yml", instanceFile("b", "dc2", pb))
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
+                  + "control: {socket: \(dir.path)/run/control.sock}\nhttp: {enable: true, host: 127.0.0.1, port: \(http), probes: {timeout: 8s}}\n")
+        var environment = ProcessInfo.processInfo.environment
+        environment["PGUSER"] = "postgres"  // what User=postgres gives under systemd
+        let proxy = try TestProcess(name: "harp-proxy-http", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
+                                    logDirectory: dir.path, environment: environment)
+        XCTAssertTrue(eventually(timeout: 10) { httpGet(http, "/health/is-live").status == 200 }, proxy.log)
+        XCTAssertEqual(httpGet(http, "/health/is-live").body, "true")
+        XCTAssertTrue(eventually(timeout: 10) { httpGet(http, "/health/is-ready").status == 200 }, "\(httpGet(http, "/health/is-ready"))\n\(proxy.log)")
+        XCTAssertEqual(httpGet(http, "/health/is-ready").body, "true")
+
+        // dc2 loses its leader: not ready, and the reason names the instance.
+        try await EtcdClient(configuration: etcd.dcsConfiguration()).delete(DCSLayout(cluster: "d").leader(location: "dc2"))
+        XCTAssertTrue(eventually(timeout: 10) { httpGet(http, "/health/is-ready").status == 500 })
+        let notReady = httpGet(http, "/health/is-ready")
+        let reasons = (try? JSONSerialization.jsonObject(with: Data(notReady.body.utf8)) as? [String: Any]) ?? [:]
+        XCTAssertEqual(reasons["ready"] as? Bool, false, notReady.body)
+        XCTAssertTrue(((reasons["instances"] as? [String: Any])?["b"] as? String)?.contains("no lead master") == true, notReady.body)
+        XCTAssertEqual((reasons["instances"] as? [String: Any])?["a"] as? String, "ready", notReady.body)
+        XCTAssertEqual(httpGet(http, "/health/is-ready?instance=a").status, 200, "one instance at a time")
+        XCTAssertEqual(httpGet(http, "/health/is-ready?instance=b").status, 500)
+        XCTAssertEqual(httpGet(http, "/health/is-ready?instance=nope").status, 404)
+        XCTAssertEqual(httpGet(http, "/nothing").status, 404)
+        proxy.stop()
+    }
+
     func testSigtermClosesConnectionsAndExitsZero() async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
