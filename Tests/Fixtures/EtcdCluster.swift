@@ -156,25 +156,6 @@ public final class FreezableRelay: @unchecked Sendable {
     deinit { stop() }
 }
 
-/// Whether something accepts TCP connections on a loopback port.
-public func canConnect(port: Int) -> Bool { loopbackConnect(port: port, send: []) }
-
-/// Connects to a loopback port, sends `bytes`, and hangs up. True if the connection was accepted.
-@discardableResult
-public func loopbackConnect(port: Int, send bytes: [UInt8]) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
-    let connected = withUnsafePointer(to: &address) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-    }
-    if connected && !bytes.isEmpty { _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
-    return connected
-}
-
 /// Polls an async `condition` every 20 ms until it holds or `timeout` passes.
 public func eventuallyAsync(timeout: Duration = .seconds(10), _ condition: @Sendable () async -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + timeout

@@ -104,13 +104,7 @@ final class LiveDirectiveTests: XCTestCase {
     /// A plain socket listening on a loopback port, to take it from the proxy.
     func listen(on port: Int) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        let bound = withUnsafePointer(to: &address) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let bound = withLoopbackAddress(port: port) { bind(fd, $0, $1) }
         guard bound == 0, Glibc.listen(fd, 1) == 0 else { throw FixtureError("cannot take port \(port)") }
         return fd
     }

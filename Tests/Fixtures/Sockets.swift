@@ -1,0 +1,73 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Calls `body` with a sockaddr for 127.0.0.1:`port`.
+public func withLoopbackAddress<T>(port: Int, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+}
+
+/// Calls `body` with a sockaddr for the Unix socket at `path`.
+public func withUnixAddress<T>(path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        let bytes = Array(path.utf8.prefix(raw.count - 1))
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return withUnsafePointer(to: &address) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+}
+
+/// A TCP socket connected to 127.0.0.1:`port`, or nil; the caller closes it.
+public func connectedLoopbackSocket(port: Int) -> Int32? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard withLoopbackAddress(port: port, { connect(fd, $0, $1) }) == 0 else { close(fd); return nil }
+    return fd
+}
+
+/// A stream socket connected to the Unix socket at `path`, or nil; the caller closes it.
+public func connectedUnixSocket(path: String) -> Int32? {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard withUnixAddress(path: path, { connect(fd, $0, $1) }) == 0 else { close(fd); return nil }
+    return fd
+}
+
+/// Writes all of `bytes` (best effort: a test's peer may be gone).
+public func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+}
+
+/// A loopback TCP port that was free a moment ago.
+public func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    _ = withLoopbackAddress(port: 0) { bind(fd, $0, $1) }
+    var address = sockaddr_in()
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// Whether something accepts TCP connections on a loopback port.
+public func canConnect(port: Int) -> Bool { loopbackConnect(port: port, send: []) }
+
+/// Connects to a loopback port, sends `bytes`, and hangs up. True if the connection was accepted.
+@discardableResult
+public func loopbackConnect(port: Int, send bytes: [UInt8]) -> Bool {
+    guard let fd = connectedLoopbackSocket(port: port) else { return false }
+    defer { close(fd) }
+    if !bytes.isEmpty { writeAll(fd, bytes) }
+    return true
+}
