@@ -72,6 +72,11 @@ public enum ConfigLoader {
         // log_level
         var logLevel = LogLevel.info
         if let level = root.logLevel("log_level", errors: &errors) { logLevel = level }
+        var logFormat = LogFormat.logfmt
+        if let (text, location) = root.scalar("log_format", errors: &errors) {
+            if let format = LogFormat(rawValue: text.lowercased()) { logFormat = format }
+            else { errors.append(ConfigError(location, "invalid value '\(text)' for 'log_format': expected logfmt or json")) }
+        }
 
         // include_dir and instances
         var includeDirectory = resolve("conf.d", in: directory)
@@ -94,12 +99,12 @@ public enum ConfigLoader {
 
         if !errors.isEmpty { throw ConfigErrors(errors) }
         return HarpConfiguration(file: file, clusterName: clusterName, dcs: dcs, control: control, http: http,
-                                 logLevel: logLevel, includeDirectory: includeDirectory, instances: instances,
+                                 logLevel: logLevel, logFormat: logFormat, includeDirectory: includeDirectory, instances: instances,
                                  warnings: warnings)
     }
 
     // `manager` belongs to harp-manager, which reads the same file in HARP; it is accepted and ignored.
-    static let rootKeys = ["cluster", "dcs", "proxy", "control", "http", "log_level", "include_dir", "manager"]
+    static let rootKeys = ["cluster", "dcs", "proxy", "control", "http", "log_level", "log_format", "include_dir", "manager"]
     static let dcsKeys = ["driver", "endpoints", "request_timeout", "resync_interval", "ssl", "ssl_ca_file",
                           "ssl_cert_file", "ssl_key_file", "username", "password"]
     static let instanceKeys = ["name", "location", "log_level", "pgbouncer_bin_dir", "endpoint"]

@@ -7,12 +7,18 @@ public struct HarpConfiguration: Sendable {
     public var control: ControlConfiguration
     public var http: HTTPConfiguration
     public var logLevel: LogLevel
+    /// `logfmt` (the default) or `json`: one object per line.
+    public var logFormat: LogFormat
     /// The folder whose `*.yml`/`*.yaml` files each add one instance.
     public var includeDirectory: String
     /// In the order they were defined: config.yml's `proxy` stanza first, then conf.d by file name.
     public var instances: [InstanceConfiguration]
     /// Worth a WARNING at start, not an error (a certificate close to expiry).
     public var warnings: [ConfigWarning]
+}
+
+public enum LogFormat: String, Sendable, CaseIterable {
+    case logfmt, json
 }
 
 public enum LogLevel: String, Sendable, CaseIterable, Comparable {

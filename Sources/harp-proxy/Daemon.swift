@@ -16,7 +16,8 @@ struct Daemon {
 
     func run() async throws {
         let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in LogfmtHandler(label: label, level: level.swiftLogLevel) }
+        let json = configuration.logFormat == .json
+        LoggingSystem.bootstrap { label in LogfmtHandler(label: label, level: level.swiftLogLevel, json: json) }
         let logger = Logger(label: "harp-proxy")
         for warning in configuration.warnings {
             logger.warning("\(warning.message)", metadata: ["at": "\(warning.location)"])

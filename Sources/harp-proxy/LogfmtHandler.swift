@@ -1,17 +1,20 @@
 import Foundation
 import Logging
 
-/// One logfmt line per event on stdout: `time=… level=warning msg="…" key=value`.
-/// Under journald (`JOURNAL_STREAM` set) the journal stamps the time, so the line does not.
+/// One line per event on stdout: logfmt (`time=… level=warning msg="…" key=value`) or, with
+/// `log_format: json`, one JSON object. Under journald (`JOURNAL_STREAM` set) the journal stamps
+/// the time, so the line does not.
 struct LogfmtHandler: LogHandler {
     var metadata: Logger.Metadata = [:]
     var logLevel: Logger.Level
     let label: String
     let stampTime: Bool
+    let json: Bool
 
-    init(label: String, level: Logger.Level) {
+    init(label: String, level: Logger.Level, json: Bool = false) {
         self.label = label
         logLevel = level
+        self.json = json
         stampTime = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] == nil
     }
 
@@ -21,10 +24,20 @@ struct LogfmtHandler: LogHandler {
     }
 
     func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+        if json {
+            var object: [String: String] = merged.mapValues { "\($0)" }
+            object["level"] = event.level.harpName
+            object["msg"] = event.message.description
+            if stampTime { object["time"] = Self.timestamp() }
+            // JSONSerialization escapes control characters: a value can never start a new line.
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+            FileHandle.standardOutput.write(data + Data("\n".utf8))
+            return
+        }
         var line = ""
         if stampTime { line += "time=" + Self.timestamp() + " " }
         line += "level=\(event.level.harpName) msg=\(Self.quote(event.message.description))"
-        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
         for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
             line += " \(key)=\(Self.quote("\(value)"))"
         }

@@ -255,6 +255,25 @@ final class DaemonTests: XCTestCase {
         proxy.stop()
     }
 
+    func testJSONLogsAreOneObjectPerLine() async throws {
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port))
+        let proxy = try start(dir, etcd: etcd, extra: "log_format: json\n")
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
+        proxy.stop()
+        let lines = proxy.log.split(separator: "\n")
+        XCTAssertGreaterThan(lines.count, 3)
+        for line in lines {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            XCTAssertNotNil(object?["msg"], "not a JSON log line: \(line)")
+            XCTAssertNotNil(object?["level"])
+            XCTAssertNotNil(object?["time"])
+        }
+        XCTAssertTrue(lines.contains { $0.contains("\"msg\":\"listening\"") && $0.contains("\"instance\":\"a\"") })
+    }
+
     func testSigtermClosesConnectionsAndExitsZero() async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
