@@ -8,9 +8,6 @@ public enum DCSError: Error, Sendable, CustomStringConvertible {
     case authentication(endpoint: String, message: String)
     /// The reply was not what etcd's gateway sends.
     case protocolError(endpoint: String, message: String)
-    /// The requested revision has been compacted away.
-    case compacted(revision: Int64)
-    case shutdown
 
     public struct EndpointFailure: Sendable, CustomStringConvertible {
         public var endpoint: String
@@ -29,16 +26,6 @@ public enum DCSError: Error, Sendable, CustomStringConvertible {
             return "etcd \(endpoint) refused the credentials in dcs.username/dcs.password: \(message)"
         case .protocolError(let endpoint, let message):
             return "unexpected reply from etcd \(endpoint): \(message)"
-        case .compacted(let revision):
-            return "revision compacted (oldest kept: \(revision))"
-        case .shutdown:
-            return "the DCS session is shutting down"
         }
-    }
-
-    /// gRPC's NOT_FOUND, which etcd uses for a lease that does not exist (or has expired).
-    public var isNotFound: Bool {
-        if case .server(_, let code, _) = self { return code == 5 }
-        return false
     }
 }
