@@ -53,7 +53,12 @@ public final class PostgresServer: @unchecked Sendable {
         return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    public func stop() { process?.stop() }
+    /// A fast shutdown (sessions are disconnected), then the runner process is reaped.
+    public func stop() {
+        guard let process, process.isRunning else { return }
+        _ = try? runCommand(Self.runner, Self.asPostgres(["\(Self.binDirectory)/pg_ctl", "stop", "-D", directory.path + "/data", "-m", "fast", "-w", "-t", "10"]))
+        process.stop()
+    }
 
     deinit { stop() }
 

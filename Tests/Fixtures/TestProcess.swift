@@ -17,13 +17,18 @@ public final class TestProcess: @unchecked Sendable {
         self.name = name
         logPath = "\(logDirectory)/\(name).log"
         pid = try spawn(executable, arguments, outputPath: logPath, append: true, environment: environment)
+        LiveChildren.add(pid)
     }
 
     public var isRunning: Bool {
         guard exitStatus == nil else { return false }
         var status: Int32 = 0
         let r = waitpid(pid, &status, WNOHANG)
-        if r == pid || r < 0 { exitStatus = status; return false }
+        if r == pid || r < 0 {
+            exitStatus = status
+            LiveChildren.remove(pid)
+            return false
+        }
         return true
     }
 
@@ -36,6 +41,7 @@ public final class TestProcess: @unchecked Sendable {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         exitStatus = status
+        LiveChildren.remove(pid)
         return status
     }
 
@@ -58,6 +64,33 @@ public final class TestProcess: @unchecked Sendable {
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     deinit { killNow() }
+}
+
+/// Every child a test started and has not reaped: when the test process exits, those still
+/// running are stopped, so that no etcd or PostgreSQL outlives the run.
+enum LiveChildren {
+    nonisolated(unsafe) private static var pids: Set<pid_t> = []
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var registered = false
+
+    static func add(_ pid: pid_t) {
+        lock.withLock {
+            pids.insert(pid)
+            if !registered {
+                registered = true
+                atexit { LiveChildren.stopAll() }
+            }
+        }
+    }
+
+    static func remove(_ pid: pid_t) { _ = lock.withLock { pids.remove(pid) } }
+
+    static func stopAll() {
+        let all = lock.withLock { pids }
+        all.forEach { kill($0, SIGTERM) }
+        for _ in 0..<50 where all.contains(where: { waitpid($0, nil, WNOHANG) == 0 }) { usleep(100_000) }
+        all.forEach { kill($0, SIGKILL) }
+    }
 }
 
 /// posix_spawn with stdin from /dev/null and stdout and stderr to `outputPath`.

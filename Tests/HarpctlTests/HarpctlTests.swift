@@ -44,6 +44,13 @@ final class HarpctlTests: XCTestCase {
             """)
     }
 
+    override func tearDown() {
+        etcd?.stop()
+        etcd = nil
+        dir = nil
+        super.tearDown()
+    }
+
     @discardableResult
     func harpctl(_ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
         try runCommand(builtExecutable("harpctl"), ["-f", dir.file("config.yml")] + arguments, environment: environment)
