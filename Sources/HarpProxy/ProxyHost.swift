@@ -33,9 +33,11 @@ public actor ProxyHost {
 
     private var running: [String: Running] = [:]
     private var caps: [String: Int] = [:]
-    private var descriptorLimit: Int
+    private let descriptorLimit: Int
     /// Granted TTL of each leader lease seen, looked up once per lease.
     private var leaseTTLs: [Int64: Duration] = [:]
+    /// Leases whose TTL is being asked for: one request per lease, however many instances see it.
+    private var leaseLookups: Set<Int64> = []
     private var fenceTimer: Task<Void, Never>?
     private var fenceWarned: Set<String> = []
     private var latest: DCSSnapshot?
@@ -209,15 +211,18 @@ public actor ProxyHost {
     }
 
     private func lookUpLease(_ id: Int64) {
-        leaseTTLs[id] = nil
+        guard leaseLookups.insert(id).inserted else { return }
         let client = session.client
         Task {
-            guard let ttl = try? await client.leaseTimeToLive(id), ttl.granted > 0 else { return }
-            self.recordLease(id, ttl: .seconds(ttl.granted))
+            let ttl = try? await client.leaseTimeToLive(id)
+            self.recordLease(id, ttl: ttl.flatMap { $0.granted > 0 ? .seconds($0.granted) : nil })
         }
     }
 
-    private func recordLease(_ id: Int64, ttl: Duration) {
+    /// Records a looked-up TTL; without one, the next snapshot may ask again.
+    private func recordLease(_ id: Int64, ttl: Duration?) {
+        leaseLookups.remove(id)
+        guard let ttl else { return }
         leaseTTLs[id] = ttl
         if leaseTTLs.count > 1000 { leaseTTLs = [id: ttl] }
     }

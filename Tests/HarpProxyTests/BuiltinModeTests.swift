@@ -111,6 +111,24 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    func testALeaderThatDoesNotAnswerGives08006NamingItsAddress() async throws {
+        let port = freePort()
+        let dead = freePort()  // nothing listens there
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(dead)")
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        guard case .failure(let error) = serverPort(through: port) else { return XCTFail("no server listens at the leader's address") }
+        XCTAssertTrue(error.description.contains("cannot connect to the lead master node1 (127.0.0.1:\(dead)): Connection refused"), error.description)
+        XCTAssertFalse(error.description.contains("SingleConnectionFailure"), "a DBA reads a reason, not an error dump: \(error)")
+        let counters = await rig.counters("p1")
+        XCTAssertEqual(counters.refused, 1)
+        let gone = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(gone, "the refused client is closed and forgotten")
+        await rig.stop()
+    }
+
     func testMaxClientConnRefusesOnlyTheExtraClient() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),

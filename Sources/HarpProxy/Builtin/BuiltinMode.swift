@@ -51,6 +51,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private var bindFailureLogged: ListenAddress?
     private var bindRetry: Scheduled<Void>?
     private var clients: [ObjectIdentifier: ClientEntry] = [:]
+    /// Total and refused; `current` is `clients.count`, filled in by `counters()`.
     private var clientCounters = ClientCounters()
     private var stopped = false
     private var refusalsNotLogged = 0
@@ -74,7 +75,11 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     }
 
     func counters() async -> ClientCounters {
-        (try? await loop.submit { self.clientCounters }.get()) ?? ClientCounters()
+        (try? await loop.submit {
+            var counters = self.clientCounters
+            counters.current = self.clients.count
+            return counters
+        }.get()) ?? ClientCounters()
     }
 
     func shutdown() async {
@@ -158,7 +163,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let entry = ClientEntry(channel: channel)
         clients[id] = entry
         clientCounters.total += 1
-        clientCounters.current = clients.count
         channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id) } }
         if let target {
             entry.target = target
@@ -208,7 +212,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             waiter.promise.fail(Refusal.shuttingDown)
         }
         entry.server?.close(promise: nil)
-        clientCounters.current = clients.count
     }
 
     /// Counts a refusal and logs at most one line per five seconds, with how many there were.

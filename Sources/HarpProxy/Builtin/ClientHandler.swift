@@ -104,10 +104,22 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.handOver(context: context, to: server)
                 }
             case .failure(let error):
-                mode.connectFailed("\(error)", target: admission.target)
-                handler.refuse(context: context, .cannotConnect(leader: "\(admission.target)", error: "\(error)"))
+                let reason = Self.connectFailure(error, timeout: admission.connectTimeout)
+                mode.connectFailed(reason, target: admission.target)
+                handler.refuse(context: context, .cannotConnect(leader: "\(admission.target)", error: reason))
             }
         }
+    }
+
+    /// The reason in a few words a client can show ("Connection refused"), not NIO's error dump.
+    static func connectFailure(_ error: any Error, timeout: TimeAmount) -> String {
+        var underlying = error
+        if let connection = error as? NIOConnectionError, let first = connection.connectionErrors.first?.error {
+            underlying = first
+        }
+        if let io = underlying as? IOError { return String(cString: strerror(io.errnoCode)) }
+        if case ChannelError.connectTimeout = underlying { return "no answer within \(timeout.nanoseconds / 1_000_000) ms (timeout)" }
+        return "\(underlying)"
     }
 
     /// Joins the client to the lead master: the kept bytes go first, then the glue takes over.
