@@ -7,7 +7,7 @@ import PackageDescription
 //                  HarpCluster (DCS layout, records, leader resolution, effective directives)
 //                                  |
 //                                  |
-//                  HarpProxy (the host, its instances and their modes: builtin, ...)
+//                  HarpProxy (the host, its instances and their modes: builtin, pgbouncer)
 //                  HarpControl (the Unix control socket; asks the daemon through ControlActions)
 //                  HarpHealth (HTTP /health/is-live and /health/is-ready; probes with libpq)
 //                                  |
@@ -29,6 +29,8 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        // posix_spawn's closefrom action (glibc 2.34+), so that children inherit no descriptor of ours.
+        .target(name: "CSpawn"),
 
         .target(name: "HarpConfig", dependencies: ["CYAML", "COpenSSL"]),
         .target(name: "HarpDCS", dependencies: [
@@ -40,7 +42,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "HarpProxy", dependencies: [
-            "HarpConfig", "HarpDCS", "HarpCluster",
+            "HarpConfig", "HarpDCS", "HarpCluster", "CLibPQ", "CSpawn",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -72,8 +74,7 @@ let package = Package(
         ]),
 
         // Test fixtures: real etcd processes, certificates made by the openssl CLI, free ports.
-        .target(name: "CSpawnSupport", path: "Tests/CSpawnSupport"),
-        .target(name: "HarpTestFixtures", dependencies: ["HarpDCS", "HarpConfig", "CSpawnSupport"], path: "Tests/Fixtures"),
+        .target(name: "HarpTestFixtures", dependencies: ["HarpDCS", "HarpConfig", "CSpawn", "CLibPQ"], path: "Tests/Fixtures"),
         .testTarget(name: "HarpConfigTests", dependencies: ["HarpConfig", "HarpCluster", "HarpDCS", "HarpTestFixtures"]),
         .testTarget(name: "HarpClusterTests", dependencies: [
             "HarpCluster", "HarpDCS", "HarpConfig", "HarpTestFixtures",

@@ -76,7 +76,9 @@ public struct ClusterState: Sendable {
             return .unresolvable(name: record.name, reason: "node '\(record.name)' belongs to location '\(node.location)', not '\(location)'")
         }
         switch DSN.address(node.dsn) {
-        case .success(let address): return .leader(LeaderTarget(name: node.name, address: address, lease: record.lease))
+        case .success(let address):
+            let database = (try? DSN.parameters(node.dsn).get())?["dbname"].flatMap { $0.isEmpty ? nil : $0 }
+            return .leader(LeaderTarget(name: node.name, address: address, database: database, lease: record.lease))
         case .failure(let e): return .unresolvable(name: record.name, reason: "bad dsn for node '\(record.name)': \(e.message)")
         }
     }
@@ -142,13 +144,16 @@ public struct ClusterState: Sendable {
 public struct LeaderTarget: Sendable, Equatable, CustomStringConvertible {
     public var name: String
     public var address: DatabaseAddress
+    /// The DSN's `dbname`, if it names one: where a pgbouncer instance sends its database.
+    public var database: String?
     /// The etcd lease under the leader key, 0 for none: its TTL bounds how long the proxy may
     /// trust this leader while the DCS is unreachable.
     public var lease: Int64
 
-    public init(name: String, address: DatabaseAddress, lease: Int64 = 0) {
+    public init(name: String, address: DatabaseAddress, database: String? = nil, lease: Int64 = 0) {
         self.name = name
         self.address = address
+        self.database = database
         self.lease = lease
     }
 
@@ -158,7 +163,7 @@ public struct LeaderTarget: Sendable, Equatable, CustomStringConvertible {
     /// lease under the same leader is not a move and must not cut anyone.
     public func sameRoute(as other: LeaderTarget?) -> Bool {
         guard let other else { return false }
-        return name == other.name && address == other.address
+        return name == other.name && address == other.address && database == other.database
     }
 }
 
@@ -230,4 +235,5 @@ public struct EffectiveDirectives: Sendable, Equatable {
     public var dcsFailurePolicy: String { string("dcs_failure_policy") ?? "fence" }
     public var leaderLeaseDuration: Duration { duration("leader_lease_duration") ?? .seconds(6) }
     public var monitorInterval: Duration { duration("monitor_interval") ?? .seconds(5) }
+    public var serverTransferTimeout: Duration { duration("server_transfer_timeout") ?? .seconds(30) }
 }

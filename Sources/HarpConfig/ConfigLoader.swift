@@ -95,6 +95,8 @@ public enum ConfigLoader {
                 if let instance = readInstanceFile(path, errors: &errors) { instances.append(instance) }
             }
             checkInstances(instances, file: file, errors: &errors)
+            let absolute = realpath(directory, nil).map { p in defer { free(p) }; return String(cString: p) } ?? directory
+            for i in instances.indices { instances[i].configDirectory = absolute }
         }
 
         if !errors.isEmpty { throw ConfigErrors(errors) }

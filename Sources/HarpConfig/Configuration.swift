@@ -125,6 +125,8 @@ public struct InstanceConfiguration: Sendable {
     public var location: String
     public var logLevel: LogLevel?
     public var pgbouncerBinDir: String?
+    /// The folder of config.yml: pgbouncer mode writes its ini and auth file there, as HARP does.
+    public var configDirectory = "."
     /// A DSN the readiness probe connects through (TPA's `proxy.endpoint`); by default the
     /// instance's own listener with libpq's default user.
     public var endpoint: String?
@@ -143,7 +145,7 @@ public struct InstanceConfiguration: Sendable {
     /// Same instance settings, wherever they were written (the file position is ignored).
     public func sameSettings(as other: InstanceConfiguration) -> Bool {
         name == other.name && location == other.location && logLevel == other.logLevel
-            && pgbouncerBinDir == other.pgbouncerBinDir && endpoint == other.endpoint && directives == other.directives
+            && pgbouncerBinDir == other.pgbouncerBinDir && configDirectory == other.configDirectory && endpoint == other.endpoint && directives == other.directives
     }
 
     /// The listener this instance will use if the DCS says nothing else.

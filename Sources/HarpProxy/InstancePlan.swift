@@ -27,6 +27,8 @@ public struct InstancePlan: Sendable, Equatable {
     public var routing: Routing
     /// `max_client_conn`, lowered if the process cannot hold that many descriptors.
     public var maxClientConn: Int
+    /// False until the DCS has been read once: "no lead master" then means "not known yet".
+    public var dcsRead = true
     /// When the host saw the DCS change behind this plan: the start of reaction-time measurements.
     public var observedAt: ContinuousClock.Instant
 
@@ -41,7 +43,7 @@ public struct InstancePlan: Sendable, Equatable {
     }
 
     public static func == (a: InstancePlan, b: InstancePlan) -> Bool {
-        a.location == b.location && a.directives == b.directives && a.managed == b.managed && a.routing == b.routing && a.maxClientConn == b.maxClientConn
+        a.location == b.location && a.directives == b.directives && a.managed == b.managed && a.routing == b.routing && a.maxClientConn == b.maxClientConn && a.dcsRead == b.dcsRead
     }
 }
 

@@ -125,7 +125,8 @@ public actor ProxyHost {
             guard let r = running[instance.name] else { continue }
             let counters = await r.mode?.counters() ?? ClientCounters()
             result.append(InstanceStatus(name: instance.name, location: instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
-                                         plan: r.plan, listen: await r.mode?.listening(), clients: counters, since: r.since))
+                                         plan: r.plan, listen: await r.mode?.listening(), clients: counters, since: r.since,
+                                         pool: await r.mode?.poolSummary()))
         }
         return result
     }
@@ -135,7 +136,11 @@ public actor ProxyHost {
     private func reconcile(_ snapshot: DCSSnapshot, observedAt: ContinuousClock.Instant) {
         latest = snapshot
         let state = view.state(of: snapshot)
-        let wanted = Dictionary(uniqueKeysWithValues: instances.map { ($0.name, state.effectiveDirectives(for: $0).maxClientConn) })
+        // Only builtin instances hold client descriptors in this process; PgBouncer has its own.
+        let wanted = Dictionary(uniqueKeysWithValues: instances.compactMap { instance -> (String, Int)? in
+            let directives = state.effectiveDirectives(for: instance)
+            return directives.type == PgBouncerMode.typeName ? nil : (instance.name, directives.maxClientConn)
+        })
         let newCaps = DescriptorBudget.caps(for: wanted, limit: descriptorLimit)
         for (name, cap) in newCaps where cap < wanted[name]! && caps[name] != cap {
             running[name]?.logger.warning("max_client_conn lowered to what the process can hold",
@@ -150,7 +155,8 @@ public actor ProxyHost {
             let (routing, deadline) = routing(for: instance, in: state, snapshot: snapshot, directives: directives, logger: r.logger)
             if let deadline { nextDeadline = min(nextDeadline ?? deadline, deadline) }
             let plan = InstancePlan(location: instance.location, directives: directives, managed: state.isManaged(instance.name), routing: routing,
-                                    maxClientConn: caps[instance.name] ?? directives.maxClientConn, observedAt: observedAt)
+                                    maxClientConn: min(caps[instance.name] ?? directives.maxClientConn, directives.maxClientConn), dcsRead: snapshot.synced,
+                                    observedAt: observedAt)
             ensureMode(named: directives.type, for: instance, &r)
             guard r.mode != nil else {
                 // No mode of that type in this build: the instance is stopped, and status says so.
@@ -286,6 +292,8 @@ public struct InstanceStatus: Sendable {
     public var clients: ClientCounters
     /// When the instance entered its current state.
     public var since: Date
+    /// PgBouncer's pools (pgbouncer mode).
+    public var pool: PoolSummary? = nil
 }
 
 extension LogLevel {

@@ -2,7 +2,7 @@ import HarpConfig
 import Logging
 import NIOCore
 
-/// A way of proxying: `builtin` (layer-4 pass-through) and, later, `pgbouncer`. A mode receives
+/// A way of proxying: `builtin` (layer-4 pass-through) and `pgbouncer` (a driven PgBouncer). A mode receives
 /// the instance's whole plan each time anything changes and makes the world match it.
 ///
 /// Adding a mode: one file with a type that conforms, and one line in `ProxyModes.all`.
@@ -20,12 +20,19 @@ public protocol ProxyMode: AnyObject, Sendable {
 
     func counters() async -> ClientCounters
 
+    /// PgBouncer's pools, for modes that have them.
+    func poolSummary() async -> PoolSummary?
+
     /// Stop accepting and close every connection.
     func shutdown() async
 }
 
+extension ProxyMode {
+    public func poolSummary() async -> PoolSummary? { nil }
+}
+
 public enum ProxyModes {
-    public static let all: [any ProxyMode.Type] = [BuiltinMode.self]
+    public static let all: [any ProxyMode.Type] = [BuiltinMode.self, PgBouncerMode.self]
 
     public static func named(_ name: String) -> (any ProxyMode.Type)? {
         all.first { $0.typeName == name }

@@ -16,6 +16,7 @@ public struct StatusRecord: Sendable {
     public var clients: ClientCounters
     public var maxClientConn: Int
     public var since: Date
+    public var pool: PoolSummary?
 
     public init(_ status: InstanceStatus) {
         name = status.name
@@ -28,11 +29,12 @@ public struct StatusRecord: Sendable {
         clients = status.clients
         maxClientConn = status.plan?.maxClientConn ?? 0
         since = status.since
+        pool = status.pool
     }
 
     /// The JSON object, as the DCS record and the control socket show it.
     public var json: [String: Any] {
-        [
+        var object: [String: Any] = [
             "name": name, "location": location, "type": type, "managed": managed,
             "listen": listen ?? NSNull(),
             "leader": leader.map { ["name": $0.name, "address": "\($0.address)"] as [String: Any] } ?? NSNull(),
@@ -41,6 +43,8 @@ public struct StatusRecord: Sendable {
             "max_client_conn": maxClientConn,
             "since": since.formatted(Date.ISO8601FormatStyle()),
         ]
+        if let pool { object["pool"] = pool.json }
+        return object
     }
 
     public var jsonText: String {

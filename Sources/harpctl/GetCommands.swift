@@ -152,7 +152,7 @@ func proxyRow(_ name: String, _ state: ClusterState, _ snapshot: DCSSnapshot, cl
         "directives": effective.values.mapValues { $0.jsonValue },
     ]
     if row["type"] as? String == "pgbouncer" {
-        row["pool_mode"] = "session"
+        row["pool_mode"] = effective.string("pool_mode") ?? "session"
         row["auth_type"] = effective.string("auth_type") ?? "md5"
         row["default_pool_size"] = effective.integer("default_pool_size") ?? 25
     }

@@ -1,4 +1,4 @@
-import CSpawnSupport
+import CSpawn
 import Foundation
 #if canImport(Glibc)
 import Glibc

@@ -20,15 +20,18 @@ final class ProxyRig: @unchecked Sendable {
     private var routing: Task<Void, Never>?
 
     /// - Parameter instances: name, location and local directives of each instance.
+    /// - Parameter configDirectory: where config.yml would be: pgbouncer instances write their files there.
     init(_ instances: [(String, String, [String: DirectiveValue])], etcd: EtcdCluster? = nil,
-         requestTimeout: Duration = .milliseconds(300), resyncInterval: Duration = .seconds(1)) throws {
+         requestTimeout: Duration = .milliseconds(300), resyncInterval: Duration = .seconds(1), configDirectory: String = ".") throws {
         self.etcd = try etcd ?? EtcdCluster()
         client = EtcdClient(configuration: self.etcd.dcsConfiguration())
         session = DCSSession(configuration: self.etcd.dcsConfiguration(requestTimeout: requestTimeout, resyncInterval: resyncInterval),
                              prefix: layout.prefix, logger: capture.logger("harp.dcs"))
         let configs = instances.map { name, location, directives in
-            InstanceConfiguration(name: name, location: location, directives: DirectiveSet(directives),
-                                  source: SourceLocation(file: "test", line: 1, column: 1))
+            var instance = InstanceConfiguration(name: name, location: location, directives: DirectiveSet(directives),
+                                                 source: SourceLocation(file: "test", line: 1, column: 1))
+            instance.configDirectory = configDirectory
+            return instance
         }
         host = ProxyHost(instances: configs, session: session, group: group, layout: layout, logger: capture.logger("harp.proxy"))
         session.start()
@@ -65,7 +68,9 @@ final class ProxyRig: @unchecked Sendable {
     }
 
     func stop() async {
-        routing?.cancel()
+        guard let routing else { return }
+        self.routing = nil
+        routing.cancel()
         await host.shutdown()
         session.shutdown()
         try? await group.shutdownGracefully()

@@ -1,6 +1,6 @@
 #define _GNU_SOURCE
 #include <spawn.h>
-#include "spawn_support.h"
+#include "CSpawn.h"
 
 int harp_spawn_close_from(posix_spawn_file_actions_t *actions, int lowest) {
     return posix_spawn_file_actions_addclosefrom_np(actions, lowest);

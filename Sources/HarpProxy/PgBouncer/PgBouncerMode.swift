@@ -1,0 +1,31 @@
+import HarpConfig
+import Logging
+import NIOCore
+
+/// `type: pgbouncer`: harp-proxy launches a real PgBouncer for the instance and drives it through
+/// its admin console: PAUSE while the lead master moves, repoint `[databases]`, RELOAD, RESUME.
+/// Clients keep their connection to PgBouncer; only the server connection behind it is new.
+public final class PgBouncerMode: ProxyMode {
+    public static let typeName = "pgbouncer"
+
+    private let driver: PgBouncerDriver
+
+    public init(instance: InstanceConfiguration, group: any EventLoopGroup, logger: Logger) {
+        driver = PgBouncerDriver(instance: instance, logger: logger)
+    }
+
+    public func apply(_ plan: InstancePlan) { driver.apply(plan) }
+
+    public func listening() async -> String? { driver.snapshot.listening }
+
+    /// Clients PgBouncer holds now, active or waiting. PgBouncer counts no logins or refusals.
+    public func counters() async -> ClientCounters {
+        var counters = ClientCounters()
+        if let summary = driver.snapshot.summary { counters.current = summary.clActive + summary.clWaiting }
+        return counters
+    }
+
+    public func poolSummary() async -> PoolSummary? { driver.snapshot.summary }
+
+    public func shutdown() async { await driver.stop() }
+}
