@@ -1,5 +1,6 @@
 import Foundation
 import HarpCluster
+import HarpConfig
 import HarpDCS
 import Logging
 
@@ -17,6 +18,8 @@ public struct StatusRecord: Sendable {
     public var maxClientConn: Int
     public var since: Date
     public var pool: PoolSummary?
+    /// pgbouncer mode: the pooling settings in force, which harpctl shows (local ones included).
+    public var pooling: [String: DirectiveValue] = [:]
 
     public init(_ status: InstanceStatus) {
         name = status.name
@@ -30,6 +33,10 @@ public struct StatusRecord: Sendable {
         maxClientConn = status.plan?.maxClientConn ?? 0
         since = status.since
         pool = status.pool
+        if type == "pgbouncer", let d = status.plan?.directives {
+            pooling = ["pool_mode": .string(d.string("pool_mode") ?? "session"), "auth_type": .string(d.string("auth_type") ?? "md5"),
+                       "default_pool_size": .integer(d.integer("default_pool_size") ?? 25)]
+        }
     }
 
     /// The JSON object, as the DCS record and the control socket show it.
@@ -44,6 +51,7 @@ public struct StatusRecord: Sendable {
             "since": since.formatted(Date.ISO8601FormatStyle()),
         ]
         if let pool { object["pool"] = pool.json }
+        object.merge(pooling.mapValues { $0.jsonValue }) { $1 }
         return object
     }
 

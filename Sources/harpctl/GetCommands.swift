@@ -152,9 +152,11 @@ func proxyRow(_ name: String, _ state: ClusterState, _ snapshot: DCSSnapshot, cl
         "directives": effective.values.mapValues { $0.jsonValue },
     ]
     if row["type"] as? String == "pgbouncer" {
-        row["pool_mode"] = effective.string("pool_mode") ?? "session"
-        row["auth_type"] = effective.string("auth_type") ?? "md5"
-        row["default_pool_size"] = effective.integer("default_pool_size") ?? 25
+        // The running instance's record knows its local directives too; the DCS alone does not.
+        row["pool_mode"] = status?["pool_mode"] ?? effective.string("pool_mode") ?? "session"
+        row["auth_type"] = status?["auth_type"] ?? effective.string("auth_type") ?? "md5"
+        row["default_pool_size"] = status?["default_pool_size"] ?? effective.integer("default_pool_size") ?? 25
+        if let pool = status?["pool"] { row["pool"] = pool }
     }
     return row
 }

@@ -28,7 +28,7 @@ struct Listing {
     private func display(_ value: Any?) -> String {
         switch value {
         case nil, is NSNull: return ""
-        case let b as Bool: return b ? "true" : "false"
+        case let b? where isBoolean(b): return (b as? Bool) == true ? "true" : "false"
         case let d as [String: Any]: return d.sorted { $0.key < $1.key }.map { "\($0.key)=\(display($0.value))" }.joined(separator: ",")
         default: return "\(value!)"
         }
@@ -64,11 +64,18 @@ func yaml(_ value: Any, indent: Int) -> String {
 private func yamlScalar(_ value: Any) -> String {
     switch value {
     case is NSNull: return "null"
-    case let b as Bool: return b ? "true" : "false"
+    case let b where isBoolean(b): return (b as? Bool) == true ? "true" : "false"
     case let n as Int: return String(n)
     case let n as Double: return String(n)
     case let d as [String: Any] where d.isEmpty: return "{}"
     case let a as [Any] where a.isEmpty: return "[]"
     default: return jsonText("\(value)")  // a JSON string is a valid YAML scalar
     }
+}
+
+/// Whether a JSON value is a boolean. On Linux every NSNumber casts to Bool, so a number from
+/// the DCS (a client count of 1) would print as "true" without this check.
+func isBoolean(_ value: Any) -> Bool {
+    if let n = value as? NSNumber, !(type(of: value) == Bool.self) { return String(cString: n.objCType) == "c" }
+    return type(of: value) == Bool.self
 }

@@ -53,6 +53,15 @@ public final class PostgresServer: @unchecked Sendable {
         return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Puts `line` first in pg_hba.conf and reloads: a rule for the roles one test creates,
+    /// ahead of the trust rules every other test relies on.
+    public func prependHBA(_ line: String) throws {
+        let path = directory.path + "/data/pg_hba.conf"
+        let old = try String(contentsOfFile: path, encoding: .utf8)
+        try (line + "\n" + old).write(toFile: path, atomically: false, encoding: .utf8)
+        _ = try query("SELECT pg_reload_conf()")
+    }
+
     /// A fast shutdown (sessions are disconnected), then the runner process is reaped.
     public func stop() {
         guard let process, process.isRunning else { return }

@@ -186,4 +186,110 @@ final class PgBouncerModeTests: XCTestCase {
         let mode = try FileManager.default.attributesOfItem(atPath: dir.file("pgbouncer-pgb.ini"))[.posixPermissions] as? Int
         XCTAssertEqual(mode, 0o600)
     }
+
+    func testPassthroughAuthenticationWithAuthUserAndAuthQueryAgainstAScramPassword() async throws {
+        // As README shows: a SECURITY DEFINER function that only auth_user may run.
+        for sql in [
+            "CREATE ROLE harp_auth LOGIN PASSWORD 'auth-secret'",
+            "CREATE ROLE app_scram LOGIN PASSWORD 'app-secret'",
+            """
+            CREATE FUNCTION public.pgbouncer_get_auth(p_usename TEXT) RETURNS TABLE(username TEXT, password TEXT) AS $$
+            BEGIN
+                RETURN QUERY SELECT usename::TEXT, passwd::TEXT FROM pg_catalog.pg_shadow WHERE usename = p_usename;
+            END;
+            $$ LANGUAGE plpgsql SECURITY DEFINER
+            """,
+            "REVOKE ALL ON FUNCTION public.pgbouncer_get_auth(TEXT) FROM PUBLIC",
+            "GRANT EXECUTE ON FUNCTION public.pgbouncer_get_auth(TEXT) TO harp_auth",
+        ] { _ = try a.query(sql) }
+        XCTAssertTrue(try a.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'app_scram'").hasPrefix("SCRAM-SHA-256$"))
+        try a.prependHBA("host all app_scram,harp_auth 127.0.0.1/32 scram-sha-256")
+
+        let dir = configFolder()
+        let port = freePort()
+        let users = dir.write("users.txt", "\"postgres\" \"\"\n\"harp_auth\" \"auth-secret\"\n")
+        _ = try await rig(port: port, in: dir, [
+            "auth_file": .string(users), "auth_type": .string("scram-sha-256"), "auth_user": .string("harp_auth"),
+            "auth_query": .string("SELECT username, password FROM public.pgbouncer_get_auth($1)"),
+        ])
+        // app_scram is in no auth file: PgBouncer asks PostgreSQL through auth_user.
+        let app = try session(port, user: "app_scram", password: "app-secret")
+        XCTAssertEqual(try app.query("SELECT current_user || ' on ' || current_setting('port')"), "app_scram on \(a.port)")
+        XCTAssertThrowsError(try session(port, user: "app_scram", password: "wrong")) { error in
+            XCTAssertTrue("\(error)".contains("SASL authentication failed"), "\(error)")
+        }
+        let generated = try String(contentsOfFile: dir.file("pgbouncer-pgb.users.txt"), encoding: .utf8)
+        XCTAssertTrue(generated.contains("\"harp_auth\" \"auth-secret\""), "auth_user's line is copied from auth_file")
+        XCTAssertFalse(try String(contentsOfFile: users, encoding: .utf8).contains("pgbouncer"), "the operator's auth_file is left untouched")
+    }
+}
+
+/// pgbouncer instances inside the harp-proxy process, next to a builtin one.
+final class PgBouncerDaemonTests: XCTestCase {
+    var a: PostgresServer { SharedPostgres.first }
+    var b: PostgresServer { SharedPostgres.second }
+
+    func testTwoPgBouncerInstancesAndABuiltinOneEachFollowTheirLocation() async throws {
+        let etcd = try EtcdCluster()
+        let client = EtcdClient(configuration: etcd.dcsConfiguration())
+        let layout = DCSLayout(cluster: "d")
+        for (node, location, server) in [("n1", "dc1", a), ("n4", "dc1", b), ("n2", "dc2", b), ("n3", "dc3", a)] {
+            try await client.put(layout.node(node), #"{"name":"\#(node)","location":"\#(location)","dsn":"host=127.0.0.1 port=\#(server.port) dbname=postgres"}"#)
+        }
+        for (location, node) in [("dc1", "n1"), ("dc2", "n2"), ("dc3", "n3")] {
+            try await client.put(layout.leader(location: location), #"{"name":"\#(node)"}"#)
+        }
+        let dir = TemporaryDirectory("harp-pgb")
+        chmod(dir.path, 0o755)
+        let users = dir.write("users.txt", "\"postgres\" \"\"\n")
+        let (p1, p2, p3) = (freePort(), freePort(), freePort())
+        func pgbouncer(_ name: String, _ location: String, _ port: Int) -> String {
+            "proxy:\n  name: \(name)\n  location: \(location)\n  type: pgbouncer\n  listen_address: 127.0.0.1\n  listen_port: \(port)\n"
+                + "  database_name: postgres\n  auth_type: trust\n  auth_file: \(users)\n  pool_mode: transaction\n  monitor_interval: 1\n"
+        }
+        dir.write("conf.d/pg1.yml", pgbouncer("pg1", "dc1", p1))
+        dir.write("conf.d/pg2.yml", pgbouncer("pg2", "dc2", p2))
+        dir.write("conf.d/bi.yml", "proxy:\n  name: bi\n  location: dc3\n  listen_address: 127.0.0.1\n  listen_port: \(p3)\n")
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], resync_interval: 1s}\n"
+                  + "control: {socket: \(dir.path)/control.sock}\n")
+        let proxy = try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
+                                    logDirectory: dir.path)
+        defer { proxy.stop() }
+        func served(_ port: Int) -> String? { try? serverPort(through: port, timeout: 3).get() }
+        XCTAssertTrue(eventually(timeout: 20) { served(p1) == "\(self.a.port)" && served(p2) == "\(self.b.port)" && served(p3) == "\(self.a.port)" }, proxy.log)
+
+        // A held client of pg2 sees nothing of dc1's switchover.
+        let held = try PGSession("host=127.0.0.1 port=\(p2) dbname=postgres user=postgres sslmode=disable")
+        XCTAssertEqual(try held.query("SELECT current_setting('port')"), "\(b.port)")
+        try await client.put(layout.leader(location: "dc1"), #"{"name":"n4"}"#)
+        XCTAssertTrue(eventually(timeout: 10) { served(p1) == "\(self.b.port)" }, proxy.log)
+        XCTAssertEqual(served(p3), "\(a.port)")
+        XCTAssertEqual(try held.query("SELECT current_setting('port')"), "\(b.port)")
+        XCTAssertEqual(proxy.log.components(separatedBy: "PAUSE: in-flight").count - 1, 1, "only pg1 paused:\n\(proxy.log)")
+
+        // Status: the control socket and the DCS record carry PgBouncer's pools.
+        XCTAssertTrue(eventually(timeout: 10) {
+            let reply = (try? runCommand("/bin/sh", ["-c", "echo 'status pg2' | socat -t 3 - UNIX-CONNECT:\(dir.path)/control.sock"]))?.output ?? ""
+            guard let object = try? JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any],
+                  let pool = object["pool"] as? [String: Any] else { return false }
+            return pool["cl_active"] as? Int == 1 && pool["paused"] as? Bool == false && pool["total_xact_count"] as? Int ?? 0 >= 2
+        }, proxy.log)
+        let recorded = await eventuallyAsync {
+            guard let value = try? await client.range(layout.proxyStatus("pg1")).kvs.first?.value,
+                  let object = try? JSONSerialization.jsonObject(with: Data(value.utf8)) as? [String: Any] else { return false }
+            return (object["pool"] as? [String: Any])?["sv_idle"] != nil && object["type"] as? String == "pgbouncer"
+        }
+        XCTAssertTrue(recorded, "pg1's status record in the DCS has its pool summary")
+        let listing = try runCommand(builtExecutable("harpctl"), ["-f", dir.file("config.yml"), "get", "proxies"])
+        XCTAssertEqual(listing.status, 0, listing.output)
+        XCTAssertTrue(listing.output.contains("Pool Mode") && listing.output.contains("transaction"), listing.output)
+
+        // SIGTERM stops the PgBouncers with the daemon.
+        let pids = ["pg1", "pg2"].compactMap { pid_t((try? String(contentsOfFile: dir.file("pgbouncer-\($0).d/pgbouncer.pid"), encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") }
+        XCTAssertEqual(pids.count, 2)
+        proxy.signal(SIGTERM)
+        XCTAssertEqual(proxy.waitForExit(), 0)
+        XCTAssertTrue(pids.allSatisfy { kill($0, 0) != 0 }, "no PgBouncer outlives harp-proxy")
+    }
 }
