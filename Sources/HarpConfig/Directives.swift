@@ -162,7 +162,7 @@ public enum ProxyDirectives {
         .init(name: "server_tls_key_file", kind: .string, defaultValue: nil, summary: "pgbouncer: server TLS key"),
         .init(name: "server_tls_protocols", kind: .string, defaultValue: .string("secure"), summary: "pgbouncer: server TLS protocols"),
         .init(name: "pool_mode", kind: .choice(["session", "transaction"]), defaultValue: .string("session"), summary: "pgbouncer: session or transaction pooling (only transaction pooling moves a connected client to a new lead master)"),
-        .init(name: "session_transfer_mode", kind: .choice(["fast", "wait", "reconnect"]), defaultValue: .string("wait"), summary: "pgbouncer: how sessions move on a switchover"),
+        .init(name: "session_transfer_mode", kind: .choice(["fast", "wait", "reconnect"]), defaultValue: .string("wait"), summary: "pgbouncer: on a switchover, wait (PAUSE, KILL after server_transfer_timeout), fast (KILL at once) or reconnect (RELOAD without PAUSE)"),
         .init(name: "server_transfer_timeout", kind: .duration(.seconds), defaultValue: .duration(.seconds(30)), summary: "pgbouncer: PAUSE wait before KILL"),
     ]
 

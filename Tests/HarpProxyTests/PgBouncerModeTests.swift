@@ -187,6 +187,51 @@ final class PgBouncerModeTests: XCTestCase {
         XCTAssertEqual(mode, 0o600)
     }
 
+    func testFencingPausesPgBouncerUntilTheDCSIsBack() async throws {
+        let dir = configFolder()
+        let port = freePort()
+        let rig = try await rig(port: port, in: dir, ["leader_lease_duration": .duration(.seconds(1))])
+        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let client = try session(port)
+        XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(a.port)")
+
+        rig.etcd.kill(0)
+        XCTAssertTrue(eventually(timeout: 10) { self.logged(rig, "PgBouncer paused") }, "fence means PAUSE:\n\(logText(rig))")
+        async let answer = client.run("SELECT current_setting('port')")
+        try await Task.sleep(for: .seconds(1))
+        try rig.etcd.restart(0)
+        let result = await answer
+        XCTAssertEqual(try result.get(), "\(a.port)", "the held query runs once the DCS confirms the lead master:\n\(logText(rig))")
+        XCTAssertTrue(client.isOpen)
+    }
+
+    func testSessionTransferModeFastKillsOpenTransactionsAtOnce() async throws {
+        let dir = configFolder()
+        let port = freePort()
+        let rig = try await rig(port: port, in: dir, ["session_transfer_mode": .string("fast")])
+        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let stuck = try session(port)
+        try stuck.query("BEGIN")
+        XCTAssertEqual(try stuck.query("SELECT current_setting('port')"), "\(a.port)")
+        let moved = ContinuousClock.now
+        try await rig.leader("dc1", "node2")
+        XCTAssertTrue(waitUntilServed(port, by: b), logText(rig))
+        XCTAssertLessThan(ContinuousClock.now - moved, .seconds(10), "not the 30 s server_transfer_timeout")
+        XCTAssertTrue(logged(rig, "KILL"), logText(rig))
+        XCTAssertThrowsError(try stuck.query("SELECT 1"))
+    }
+
+    func testANewListenPortRestartsPgBouncerThere() async throws {
+        let dir = configFolder()
+        let (port, newPort) = (freePort(), freePort())
+        let rig = try await rig(port: port, in: dir)
+        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        try await rig.client.put(rig.layout.proxyConfig("pgb"), #"{"listen_port": \#(newPort)}"#)
+        XCTAssertTrue(waitUntilServed(newPort, by: a), logText(rig))
+        XCTAssertFalse(canConnect(port: port), "the old port is closed")
+        XCTAssertTrue(logged(rig, "restarting PgBouncer"), logText(rig))
+    }
+
     func testPassthroughAuthenticationWithAuthUserAndAuthQueryAgainstAScramPassword() async throws {
         // As README shows: a SECURITY DEFINER function that only auth_user may run.
         for sql in [
@@ -291,5 +336,45 @@ final class PgBouncerDaemonTests: XCTestCase {
         proxy.signal(SIGTERM)
         XCTAssertEqual(proxy.waitForExit(), 0)
         XCTAssertTrue(pids.allSatisfy { kill($0, 0) != 0 }, "no PgBouncer outlives harp-proxy")
+    }
+
+    func testARestartedHarpProxyAdoptsThePgBouncerItsPredecessorLeft() async throws {
+        let etcd = try EtcdCluster()
+        let client = EtcdClient(configuration: etcd.dcsConfiguration())
+        let layout = DCSLayout(cluster: "d")
+        try await client.put(layout.node("n1"), #"{"name":"n1","location":"dc1","dsn":"host=127.0.0.1 port=\#(a.port) dbname=postgres"}"#)
+        try await client.put(layout.leader(location: "dc1"), #"{"name":"n1"}"#)
+        let dir = TemporaryDirectory("harp-pgb")
+        chmod(dir.path, 0o755)
+        let users = dir.write("users.txt", "\"postgres\" \"\"\n")
+        let port = freePort()
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
+                  + "proxy:\n  name: pg1\n  location: dc1\n  type: pgbouncer\n  listen_address: 127.0.0.1\n  listen_port: \(port)\n"
+                  + "  database_name: postgres\n  auth_type: trust\n  auth_file: \(users)\n")
+        func start() throws -> TestProcess {
+            try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")], logDirectory: dir.path)
+        }
+        func pgbouncerPID() -> pid_t? {
+            pid_t((try? String(contentsOfFile: dir.file("pgbouncer-pg1.d/pgbouncer.pid"), encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
+        }
+        let first = try start()
+        XCTAssertTrue(eventually(timeout: 20) { (try? serverPort(through: port, timeout: 3).get()) == "\(self.a.port)" }, first.log)
+        let pid = try XCTUnwrap(pgbouncerPID())
+        let held = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres sslmode=disable")
+        XCTAssertEqual(try held.query("SELECT 1"), "1")
+
+        first.killNow()
+        XCTAssertEqual(kill(pid, 0), 0, "PgBouncer outlives a harp-proxy killed with -9")
+        let second = try start()
+        defer {
+            second.stop()
+            kill(pid, SIGTERM)
+        }
+        XCTAssertTrue(eventually(timeout: 20) { second.log.contains("adopted the running PgBouncer") && second.log.contains("now resumed") }, second.log)
+        XCTAssertEqual(pgbouncerPID(), pid, "the same PgBouncer, not a second one")
+        XCTAssertEqual(try held.query("SELECT current_setting('port')"), "\(a.port)", "its clients kept their connections")
+        second.signal(SIGTERM)
+        XCTAssertEqual(second.waitForExit(), 0)
+        XCTAssertTrue(eventually(timeout: 5) { kill(pid, 0) != 0 }, "and it is stopped with the new harp-proxy")
     }
 }

@@ -304,6 +304,19 @@ final class PgBouncerDriver: @unchecked Sendable {
                 logger.info("lead master unchanged after all: PgBouncer resumed", metadata: ["leader": "\(target!)"])
                 return
             }
+            let transferMode = plan.directives.string("session_transfer_mode") ?? "wait"
+            if transferMode == "reconnect", !freshStart, !onTarget, pause == .running, let target {
+                // No PAUSE: PgBouncer closes each old server connection once it is released and
+                // opens new ones to the new lead master; queries never wait.
+                try writeFiles(settings: applied.settings, target: target)
+                try admin.run("RELOAD")
+                logger.info("PgBouncer points at the new lead master (session_transfer_mode reconnect: no PAUSE)",
+                            metadata: ["leader": "\(target)", "from": "\(applied.target.map { "\($0.name)" } ?? "none")",
+                                       "ms": "\((ContinuousClock.now - plan.observedAt).milliseconds)"])
+                return
+            }
+            // `fast` does not wait for transactions to finish: KILL at once.
+            let transferTimeout = transferMode == "fast" ? .zero : plan.directives.serverTransferTimeout
             if freshStart || !onTarget {
                 switch pause {
                 case .running:
@@ -318,8 +331,8 @@ final class PgBouncerDriver: @unchecked Sendable {
                         pauseConsole = nil
                         pause = .paused
                         if !freshStart { logger.info("PgBouncer paused", metadata: ["waited_ms": "\((ContinuousClock.now - since).milliseconds)"]) }
-                    } else if killed.isEmpty, ContinuousClock.now - since >= plan.directives.serverTransferTimeout {
-                        try killDatabases(admin, after: ContinuousClock.now - since)
+                    } else if killed.isEmpty, !freshStart, ContinuousClock.now - since >= transferTimeout {
+                        try killDatabases(admin, after: ContinuousClock.now - since, mode: transferMode)
                     }
                 case .paused:
                     break
@@ -344,11 +357,10 @@ final class PgBouncerDriver: @unchecked Sendable {
         }
     }
 
-    private func killDatabases(_ admin: AdminConsole, after waited: Duration) throws {
+    private func killDatabases(_ admin: AdminConsole, after waited: Duration, mode: String) throws {
         let databases = try admin.run("SHOW DATABASES").compactMap { $0["name"] }.filter { $0 != "pgbouncer" }
-        logger.warning("server_transfer_timeout passed with transactions still open: KILL", metadata: [
-            "waited_s": "\(waited.seconds)", "databases": "\(databases.joined(separator: ","))",
-        ])
+        logger.warning(mode == "fast" ? "session_transfer_mode fast: KILL open transactions at once" : "server_transfer_timeout passed with transactions still open: KILL",
+                       metadata: ["waited_s": "\(waited.seconds)", "databases": "\(databases.joined(separator: ","))"])
         // PgBouncer 1.18 refuses KILL while the pooler is PAUSEd. So: lift the PAUSE, KILL each
         // database (which leaves it paused by itself), and PAUSE again for databases that a `*`
         // entry may create meanwhile. No server connection is idle to hand out in between.
