@@ -238,14 +238,14 @@ final class PgBouncerModeTests: XCTestCase {
             "CREATE ROLE harp_auth LOGIN PASSWORD 'auth-secret'",
             "CREATE ROLE app_scram LOGIN PASSWORD 'app-secret'",
             """
-            CREATE FUNCTION public.pgbouncer_get_auth(p_usename TEXT) RETURNS TABLE(username TEXT, password TEXT) AS $$
+            CREATE FUNCTION pg_catalog.pgbouncer_get_auth(p_usename TEXT) RETURNS TABLE(username TEXT, password TEXT) AS $$
             BEGIN
                 RETURN QUERY SELECT usename::TEXT, passwd::TEXT FROM pg_catalog.pg_shadow WHERE usename = p_usename;
             END;
             $$ LANGUAGE plpgsql SECURITY DEFINER
             """,
-            "REVOKE ALL ON FUNCTION public.pgbouncer_get_auth(TEXT) FROM PUBLIC",
-            "GRANT EXECUTE ON FUNCTION public.pgbouncer_get_auth(TEXT) TO harp_auth",
+            "REVOKE ALL ON FUNCTION pg_catalog.pgbouncer_get_auth(TEXT) FROM PUBLIC",
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pgbouncer_get_auth(TEXT) TO harp_auth",
         ] { _ = try a.query(sql) }
         XCTAssertTrue(try a.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'app_scram'").hasPrefix("SCRAM-SHA-256$"))
         try a.prependHBA("host all app_scram,harp_auth 127.0.0.1/32 scram-sha-256")
@@ -255,7 +255,7 @@ final class PgBouncerModeTests: XCTestCase {
         let users = dir.write("users.txt", "\"postgres\" \"\"\n\"harp_auth\" \"auth-secret\"\n")
         _ = try await rig(port: port, in: dir, [
             "auth_file": .string(users), "auth_type": .string("scram-sha-256"), "auth_user": .string("harp_auth"),
-            "auth_query": .string("SELECT username, password FROM public.pgbouncer_get_auth($1)"),
+            "auth_query": .string("SELECT username, password FROM pg_catalog.pgbouncer_get_auth($1)"),
         ])
         // app_scram is in no auth file: PgBouncer asks PostgreSQL through auth_user.
         let app = try session(port, user: "app_scram", password: "app-secret")
