@@ -31,8 +31,10 @@ final class ClusterStateTests: XCTestCase {
             "locations/dc4/leader": #"{"name":"ghost"}"#,
             "locations/dc5/leader": #"{"name":"node1"}"#,
         ], lease: ["locations/dc1/leader": 77]), layout: layout)
-        XCTAssertEqual(state.leader(of: "dc1"), .leader(LeaderTarget(name: "node1", address: .tcp(host: "10.0.0.1", port: 5433), lease: 77)))
+        XCTAssertEqual(state.leader(of: "dc1"), .leader(LeaderTarget(name: "node1", address: .tcp(host: "10.0.0.1", port: 5433), database: "app", lease: 77)))
         XCTAssertEqual(state.leader(of: "dc2").target?.address, .tcp(host: "fd00::2", port: 5434))
+        XCTAssertEqual(state.leader(of: "dc2").target?.database, "app", "the database of a URI DSN")
+        XCTAssertNil(state.leader(of: "dc3").target?.database)
         XCTAssertEqual(state.leader(of: "dc3").target?.address, .unixSocket(directory: "/var/run/postgresql", port: 5435))
         XCTAssertEqual(state.leader(of: "nowhere"), .none)
         guard case .unresolvable(_, let ghost) = state.leader(of: "dc4") else { return XCTFail() }
