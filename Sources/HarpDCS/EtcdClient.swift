@@ -20,6 +20,7 @@ public final class EtcdClient: Sendable {
 
     private let rotation: Mutex<Rotation>
     private let token = Mutex<String?>(nil)
+    private let failedRequests = Atomic<Int>(0)
     /// How long an endpoint that failed is tried only after the others.
     static let deadEndpointRetry: Duration = .seconds(3)
 
@@ -171,6 +172,9 @@ public final class EtcdClient: Sendable {
     /// Drops the auth token, so that the next request authenticates again.
     func forgetToken() { token.withLock { $0 = nil } }
 
+    /// Requests that failed (an endpoint down, or an error reply), since start: for /metrics.
+    public var requestErrors: Int { failedRequests.load(ordering: .relaxed) }
+
     /// One request, over the endpoints in turn, until one answers.
     func call(_ path: String, _ body: [String: Any]) throws(DCSError) -> [String: Any] {
         var failures: [DCSError.EndpointFailure] = []
@@ -183,9 +187,11 @@ public final class EtcdClient: Sendable {
             } catch {
                 switch error {
                 case .down(let reason, let isTLS):
+                    failedRequests.add(1, ordering: .relaxed)
                     markFailed(index)
                     failures.append(.init(endpoint: endpoint.url, reason: reason, isTLS: isTLS))
                 case .fatal(let error):
+                    failedRequests.add(1, ordering: .relaxed)
                     markGood(index)  // it answered: the request, not the endpoint, is at fault
                     throw error
                 }

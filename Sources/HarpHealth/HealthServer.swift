@@ -10,10 +10,13 @@ public protocol HealthChecks: Sendable {
     /// Instance name → nil when ready, else the reason. `only` restricts it to one instance;
     /// an unknown name gives nil.
     func readiness(only instance: String?) async -> [String: String?]?
+
+    /// The Prometheus text exposition of the process's metrics.
+    func metrics() async -> String
 }
 
-/// HARP's `http` stanza: `GET /health/is-live` and `GET /health/is-ready[?instance=NAME]`, on
-/// SwiftNIO's HTTP/1 server.
+/// HARP's `http` stanza: `GET /health/is-live`, `GET /health/is-ready[?instance=NAME]` and
+/// `GET /metrics`, on SwiftNIO's HTTP/1 server.
 public final class HealthServer: Sendable {
     private let configuration: HTTPConfiguration
     private let group: any EventLoopGroup
@@ -86,8 +89,17 @@ final class HealthHandler: ChannelInboundHandler {
                 let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()
                 handler.respond(.internalServerError, String(decoding: data, as: UTF8.self) + "\n", head, context)
             }
+        case "/metrics":
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let promise = context.eventLoop.makePromise(of: String.self)
+            let checks = self.checks
+            promise.completeWithTask { await checks.metrics() }
+            promise.futureResult.whenSuccess { text in
+                let (handler, context) = bound.value
+                handler.respond(.ok, text, head, context, contentType: "text/plain; version=0.0.4; charset=utf-8")
+            }
         default:
-            respond(.notFound, "not found: try /health/is-live or /health/is-ready\n", head, context)
+            respond(.notFound, "not found: try /health/is-live, /health/is-ready or /metrics\n", head, context)
         }
     }
 
@@ -101,9 +113,10 @@ final class HealthHandler: ChannelInboundHandler {
         return (String(uri[..<q]), query)
     }
 
-    private func respond(_ status: HTTPResponseStatus, _ body: String, _ request: HTTPRequestHead, _ context: ChannelHandlerContext) {
+    private func respond(_ status: HTTPResponseStatus, _ body: String, _ request: HTTPRequestHead, _ context: ChannelHandlerContext,
+                         contentType: String? = nil) {
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: body.hasPrefix("{") ? "application/json" : "text/plain")
+        headers.add(name: "Content-Type", value: contentType ?? (body.hasPrefix("{") ? "application/json" : "text/plain"))
         headers.add(name: "Content-Length", value: "\(body.utf8.count)")
         let keepAlive = request.isKeepAlive
         if !keepAlive { headers.add(name: "Connection", value: "close") }

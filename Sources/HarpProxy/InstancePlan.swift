@@ -55,6 +55,11 @@ public struct ClientCounters: Sendable, Equatable {
     public var total = 0
     /// Turned away: too many clients, no lead master in time, or the lead master unreachable.
     public var refused = 0
+    /// `refused` by reason: `max_client_conn`, `no_leader`, `leader_unreachable`.
+    public var refusedByReason: [String: Int] = [:]
+    /// Bytes passed from clients to the lead master, and back.
+    public var bytesToServer = 0
+    public var bytesToClient = 0
 
     public init() {}
 }

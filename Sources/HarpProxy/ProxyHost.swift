@@ -29,6 +29,10 @@ public actor ProxyHost {
         /// When the state name last changed.
         var since = Date()
         var statusWriter: StatusWriter
+        /// The last lead master routed to, how many times it has changed, and since when.
+        var lastLeader: LeaderTarget?
+        var leaderChanges = 0
+        var leaderSince: Date?
     }
 
     private var running: [String: Running] = [:]
@@ -126,7 +130,7 @@ public actor ProxyHost {
             let counters = await r.mode?.counters() ?? ClientCounters()
             result.append(InstanceStatus(name: instance.name, location: instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
                                          plan: r.plan, listen: await r.mode?.listening(), clients: counters, since: r.since,
-                                         pool: await r.mode?.poolSummary()))
+                                         pool: await r.mode?.poolSummary(), leaderChanges: r.leaderChanges, leaderSince: r.leaderSince))
         }
         return result
     }
@@ -163,6 +167,11 @@ public actor ProxyHost {
                 r.plan = nil
                 running[instance.name] = r
                 continue
+            }
+            if let target = plan.routing.target, !target.sameRoute(as: r.lastLeader) {
+                if r.lastLeader != nil { r.leaderChanges += 1 }
+                r.lastLeader = target
+                r.leaderSince = Date()
             }
             if r.plan != plan {
                 if r.plan?.stateName != plan.stateName { r.since = Date() }
@@ -294,6 +303,9 @@ public struct InstanceStatus: Sendable {
     public var since: Date
     /// PgBouncer's pools (pgbouncer mode).
     public var pool: PoolSummary? = nil
+    /// How many times the lead master has changed, and when it last did (or was first known).
+    public var leaderChanges = 0
+    public var leaderSince: Date? = nil
 }
 
 extension LogLevel {

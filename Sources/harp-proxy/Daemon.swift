@@ -49,7 +49,8 @@ struct Daemon {
         let currentInstances = InstanceList(configuration.instances)
         var health: (any Channel)?
         if configuration.http.enable {
-            let checks = DaemonHealth(host: host, instances: { currentInstances.value }, timeout: configuration.http.probeTimeout)
+            let checks = DaemonHealth(host: host, instances: { currentInstances.value }, timeout: configuration.http.probeTimeout,
+                                      figures: DaemonMetrics(host: host, session: session))
             do {
                 health = try await HealthServer(configuration: configuration.http, group: group, checks: checks, logger: logger).start()
             } catch {

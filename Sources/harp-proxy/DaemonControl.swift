@@ -74,6 +74,9 @@ struct DaemonHealth: HealthChecks {
     let host: ProxyHost
     let instances: @Sendable () async -> [InstanceConfiguration]
     let timeout: Duration
+    let figures: DaemonMetrics
+
+    func metrics() async -> String { await figures.text() }
 
     func readiness(only instance: String?) async -> [String: String?]? {
         let statuses = await host.status()

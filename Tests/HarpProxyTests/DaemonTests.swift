@@ -255,6 +255,93 @@ final class DaemonTests: XCTestCase {
         proxy.stop()
     }
 
+    /// Parses the Prometheus text format (version 0.0.4): every sample keyed by its name and
+    /// sorted labels, and every family's TYPE. A line that does not parse fails the test.
+    func parsePrometheus(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> (samples: [String: Double], types: [String: String]) {
+        var samples: [String: Double] = [:]
+        var types: [String: String] = [:]
+        for raw in text.split(separator: "\n") {
+            let l = String(raw)
+            if l.hasPrefix("# TYPE ") {
+                let parts = l.split(separator: " ")
+                if parts.count == 4 { types[String(parts[2])] = String(parts[3]) } else { XCTFail("bad TYPE line: \(l)", file: file, line: line) }
+                continue
+            }
+            if l.hasPrefix("#") { continue }
+            var name = "", labels: [String] = []
+            var rest = Substring(l)
+            if let brace = rest.firstIndex(of: "{") {
+                name = String(rest[..<brace])
+                guard let close = rest.lastIndex(of: "}") else { XCTFail("bad sample: \(l)", file: file, line: line); continue }
+                let inner = rest[rest.index(after: brace)..<close]
+                // label="value" pairs; values here hold no escaped quotes or commas.
+                for pair in inner.split(separator: ",") {
+                    let kv = pair.split(separator: "=", maxSplits: 1)
+                    guard kv.count == 2, kv[1].hasPrefix("\""), kv[1].hasSuffix("\"") else { XCTFail("bad label in: \(l)", file: file, line: line); continue }
+                    labels.append("\(kv[0])=\(kv[1].dropFirst().dropLast())")
+                }
+                rest = rest[rest.index(after: close)...]
+            } else {
+                let parts = rest.split(separator: " ", maxSplits: 1)
+                name = String(parts[0])
+                rest = parts.count > 1 ? " " + parts[1] : ""
+            }
+            guard name.range(of: "^[a-zA-Z_:][a-zA-Z0-9_:]*$", options: .regularExpression) != nil,
+                  let value = Double(rest.trimmingCharacters(in: .whitespaces)) else {
+                XCTFail("bad sample: \(l)", file: file, line: line)
+                continue
+            }
+            samples[name + "{" + labels.sorted().joined(separator: ",") + "}"] = value
+        }
+        return (samples, types)
+    }
+
+    func testMetricsInThePrometheusTextFormat() async throws {
+        let etcd = try await cluster()
+        let client = EtcdClient(configuration: etcd.dcsConfiguration())
+        let layout = DCSLayout(cluster: "d")
+        let dir = TemporaryDirectory()
+        let (pa, pb, http) = (freePort(), freePort(), freePort())
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", pa))
+        dir.write("conf.d/b.yml", instanceFile("b", "dc2", pb) + "  hold_timeout: 200\n")
+        let proxy = try start(dir, etcd: etcd, extra: "http: {enable: true, host: 127.0.0.1, port: \(http)}\n")
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: pa).get()) != nil }, proxy.log)
+        XCTAssertEqual(try serverPort(through: pa).get(), "\(Self.pg.port)")
+
+        try await client.delete(layout.leader(location: "dc2"))
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: pb, timeout: 2).get()) == nil })
+        try await client.put(layout.node("node3"), #"{"name":"node3","location":"dc1","dsn":"host=127.0.0.1 port=\#(Self.pg.port) dbname=postgres"}"#)
+        try await client.put(layout.leader(location: "dc1"), #"{"name":"node3"}"#)
+
+        var parsed: (samples: [String: Double], types: [String: String]) = ([:], [:])
+        XCTAssertTrue(eventually(timeout: 10) {
+            let response = httpGet(http, "/metrics")
+            guard response.status == 200 else { return false }
+            parsed = parsePrometheus(response.body)
+            return parsed.samples["harp_proxy_leader_changes_total{instance=a}"] == 1
+        }, "\(httpGet(http, "/metrics").body)\n\(proxy.log)")
+        let m = parsed.samples
+        XCTAssertGreaterThanOrEqual(m["harp_proxy_connections_total{instance=a}"] ?? 0, 2)
+        XCTAssertGreaterThan(m["harp_proxy_bytes_total{direction=client_to_server,instance=a}"] ?? 0, 0)
+        XCTAssertGreaterThan(m["harp_proxy_bytes_total{direction=server_to_client,instance=a}"] ?? 0, 0)
+        XCTAssertGreaterThanOrEqual(m["harp_proxy_refused_total{instance=b,reason=no_leader}"] ?? 0, 1)
+        XCTAssertEqual(m["harp_proxy_refused_total{instance=a,reason=max_client_conn}"], 0)
+        XCTAssertEqual(m["harp_proxy_state{instance=b,state=no-leader}"], 1)
+        XCTAssertEqual(m["harp_proxy_state{instance=b,state=routing}"], 0)
+        XCTAssertEqual(m["harp_proxy_state{instance=a,state=routing}"], 1)
+        XCTAssertEqual(m["harp_proxy_clients{instance=a}"], 0)
+        XCTAssertLessThan(m["harp_proxy_leader_age_seconds{instance=a}"] ?? -1, 60)
+        XCTAssertEqual(m["harp_proxy_dcs_connected{}"], 1)
+        XCTAssertGreaterThan(m["harp_proxy_dcs_watch_events_total{}"] ?? 0, 0)
+        XCTAssertNotNil(m["harp_proxy_dcs_request_errors_total{}"])
+        XCTAssertLessThan(m["harp_proxy_dcs_last_contact_age_seconds{}"] ?? 99, 10)
+        XCTAssertGreaterThan(m["harp_proxy_open_fds{}"] ?? 0, 0)
+        XCTAssertGreaterThanOrEqual(m["harp_proxy_max_fds{}"] ?? 0, m["harp_proxy_open_fds{}"] ?? 1)
+        XCTAssertEqual(parsed.types["harp_proxy_bytes_total"], "counter")
+        XCTAssertEqual(parsed.types["harp_proxy_clients"], "gauge")
+        proxy.stop()
+    }
+
     func testJSONLogsAreOneObjectPerLine() async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()

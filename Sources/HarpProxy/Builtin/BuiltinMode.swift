@@ -53,6 +53,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private var clients: [ObjectIdentifier: ClientEntry] = [:]
     /// Total and refused; `current` is `clients.count`, filled in by `counters()`.
     private var clientCounters = ClientCounters()
+    /// Bytes each way, added to by the connections' glue handlers on any event loop.
+    let traffic = Traffic()
     private var stopped = false
     private var refusalsNotLogged = 0
     private var lastRefusalLog: NIODeadline?
@@ -78,6 +80,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         (try? await loop.submit {
             var counters = self.clientCounters
             counters.current = self.clients.count
+            counters.bytesToServer = self.traffic.toServer.load(ordering: .relaxed)
+            counters.bytesToClient = self.traffic.toClient.load(ordering: .relaxed)
             return counters
         }.get()) ?? ClientCounters()
     }
@@ -156,7 +160,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private func admitOnLoop(_ channel: any Channel) -> EventLoopFuture<Admission> {
         guard !stopped, let plan else { return loop.makeFailedFuture(Refusal.shuttingDown) }
         guard clients.count < plan.maxClientConn else {
-            noteRefusal("too many connections", ["max_client_conn": "\(plan.maxClientConn)"])
+            noteRefusal("too many connections", reason: "max_client_conn", ["max_client_conn": "\(plan.maxClientConn)"])
             return loop.makeFailedFuture(Refusal.tooMany(instance: instance.name))
         }
         let id = ObjectIdentifier(channel)
@@ -178,7 +182,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let timeout = loop.scheduleTask(in: .milliseconds(plan.directives.holdTimeout.milliseconds)) {
             guard let waiter = entry.waiter else { return }
             entry.waiter = nil
-            self.noteRefusal("no lead master within hold_timeout", ["location": "\(plan.location)"])
+            self.noteRefusal("no lead master within hold_timeout", reason: "no_leader", ["location": "\(plan.location)"])
             var refusal = Refusal.noLeader(location: plan.location, instance: self.instance.name)
             refusal.message += reason
             waiter.promise.fail(refusal)
@@ -202,7 +206,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     /// A client that was admitted but could not be served (the lead master did not answer).
     func connectFailed(_ error: String, target: LeaderTarget) {
-        loop.execute { self.noteRefusal("cannot connect to the lead master", ["leader": "\(target)", "error": "\(error)"]) }
+        loop.execute { self.noteRefusal("cannot connect to the lead master", reason: "leader_unreachable", ["leader": "\(target)", "error": "\(error)"]) }
     }
 
     private func remove(_ id: ObjectIdentifier) {
@@ -215,8 +219,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     }
 
     /// Counts a refusal and logs at most one line per five seconds, with how many there were.
-    private func noteRefusal(_ what: String, _ metadata: Logger.Metadata) {
+    private func noteRefusal(_ what: String, reason: String, _ metadata: Logger.Metadata) {
         clientCounters.refused += 1
+        clientCounters.refusedByReason[reason, default: 0] += 1
         refusalsNotLogged += 1
         let now = NIODeadline.now()
         if let last = lastRefusalLog, now - last < .seconds(5) { return }

@@ -124,7 +124,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Joins the client to the lead master: the kept bytes go first, then the glue takes over.
     private func handOver(context: ChannelHandlerContext, to server: any Channel) {
-        let (clientSide, serverSide) = GlueHandler.matchedPair()
+        let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: mode.traffic)
         do {
             try server.pipeline.syncOperations.addHandler(serverSide)
             try context.pipeline.syncOperations.addHandler(clientSide)

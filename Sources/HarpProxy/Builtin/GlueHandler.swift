@@ -1,4 +1,11 @@
 import NIOCore
+import Synchronization
+
+/// Bytes one instance has passed each way, for /metrics.
+final class Traffic: Sendable {
+    let toServer = Atomic<Int>(0)
+    let toClient = Atomic<Int>(0)
+}
 
 /// Joins two channels on one event loop: what one reads, the other writes. The whole data path.
 ///
@@ -9,12 +16,27 @@ final class GlueHandler {
     private var partner: GlueHandler?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    /// Where this side's reads are counted: a local tally, added to the shared atomic every
+    /// 64 KiB and at the end, so that the two event loops do not share a cache line per read.
+    private let traffic: Traffic?
+    private let clientSide: Bool
+    private var unreported = 0
 
-    private init() {}
+    private init(traffic: Traffic?, clientSide: Bool) {
+        self.traffic = traffic
+        self.clientSide = clientSide
+    }
 
-    static func matchedPair() -> (GlueHandler, GlueHandler) {
-        let first = GlueHandler()
-        let second = GlueHandler()
+    private func report() {
+        guard unreported > 0, let traffic else { return }
+        if clientSide { traffic.toServer.add(unreported, ordering: .relaxed) } else { traffic.toClient.add(unreported, ordering: .relaxed) }
+        unreported = 0
+    }
+
+    /// The client's side first, then the lead master's.
+    static func matchedPair(traffic: Traffic? = nil) -> (GlueHandler, GlueHandler) {
+        let first = GlueHandler(traffic: traffic, clientSide: true)
+        let second = GlueHandler(traffic: traffic, clientSide: false)
         first.partner = second
         second.partner = first
         return (first, second)
@@ -36,7 +58,7 @@ final class GlueHandler {
 }
 
 extension GlueHandler: ChannelDuplexHandler {
-    typealias InboundIn = NIOAny
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = NIOAny
     typealias OutboundOut = NIOAny
 
@@ -45,11 +67,14 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        report()
         self.context = nil
         partner = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        unreported += Self.unwrapInboundIn(data).readableBytes
+        if unreported >= 65_536 { report() }
         partner?.partnerWrite(data)
     }
 

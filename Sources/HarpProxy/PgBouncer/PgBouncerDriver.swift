@@ -431,6 +431,8 @@ final class PgBouncerDriver: @unchecked Sendable {
             summary.svActive = sum(pools, "sv_active")
             summary.svIdle = sum(pools, "sv_idle")
             summary.totalXactCount = sum(stats, "total_xact_count")
+            summary.bytesReceived = sum(stats, "total_received")
+            summary.bytesSent = sum(stats, "total_sent")
             let queries = sum(stats, "total_query_count")
             summary.avgQueryTime = queries == 0 ? 0 : sum(stats, "total_query_time") / queries
             summary.paused = pause != .running || databases.contains { $0["paused"] == "1" }
@@ -468,6 +470,9 @@ public struct PoolSummary: Sendable, Equatable {
     /// Microseconds, over every query PgBouncer has counted.
     public var avgQueryTime = 0
     public var paused = false
+    /// Bytes PgBouncer received from clients and sent to them (`SHOW STATS`).
+    public var bytesReceived = 0
+    public var bytesSent = 0
 
     public init() {}
 

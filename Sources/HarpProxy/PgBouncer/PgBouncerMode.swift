@@ -21,7 +21,11 @@ public final class PgBouncerMode: ProxyMode {
     /// Clients PgBouncer holds now, active or waiting. PgBouncer counts no logins or refusals.
     public func counters() async -> ClientCounters {
         var counters = ClientCounters()
-        if let summary = driver.snapshot.summary { counters.current = summary.clActive + summary.clWaiting }
+        if let summary = driver.snapshot.summary {
+            counters.current = summary.clActive + summary.clWaiting
+            counters.bytesToServer = summary.bytesReceived
+            counters.bytesToClient = summary.bytesSent
+        }
         return counters
     }
 
