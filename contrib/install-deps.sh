@@ -7,7 +7,7 @@ packages=(
   libyaml-dev libcurl4-openssl-dev libssl-dev libpq-dev   # C libraries linked in
   etcd-server etcd-client                                 # the DCS the tests start
   postgresql-15 pgbouncer                                 # the servers the proxy routes to
-  socat openssl procps                                    # test tooling: relays, certificates
+  socat openssl procps curl                               # test tooling: relays, certificates, HTTPS
 )
 
 missing=()

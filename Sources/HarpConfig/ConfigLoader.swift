@@ -65,7 +65,14 @@ public enum ConfigLoader {
                 http.probeTimeout = probes.duration("timeout", unit: .seconds, errors: &errors) ?? http.probeTimeout
             }
             if http.secure, let entry = section.entries["secure"] {
-                errors.append(ConfigError(entry.value.location, "http.secure (HTTPS) is not supported by this build yet: serve the health endpoints on loopback, or put a TLS proxy in front"))
+                // HTTPS: both files, checked now like the DCS's.
+                if let cert = http.certFile, let key = http.keyFile, let certAt = section.entries["cert_file"]?.value.location,
+                   let keyAt = section.entries["key_file"]?.value.location {
+                    TLSFileCheck().certificateAndKey(cert: cert, certAt: certAt, key: key, keyAt: keyAt, names: ("http.cert_file", "http.key_file"),
+                                                     errors: &errors, warnings: &warnings)
+                } else {
+                    errors.append(ConfigError(entry.value.location, "'http.secure' needs 'http.cert_file' and 'http.key_file' (PEM certificate and unencrypted key)"))
+                }
             }
         }
 

@@ -25,26 +25,27 @@ struct TLSFileCheck {
     }
 
     func certificateAndKey(cert certPath: String, certAt: SourceLocation, key keyPath: String, keyAt: SourceLocation,
+                           names: (cert: String, key: String) = ("dcs.ssl_cert_file", "dcs.ssl_key_file"),
                            errors: inout [ConfigError], warnings: inout [ConfigWarning]) {
-        let certOK = readable(certPath, key: "dcs.ssl_cert_file", at: certAt, errors: &errors)
-        let keyOK = readable(keyPath, key: "dcs.ssl_key_file", at: keyAt, errors: &errors)
+        let certOK = readable(certPath, key: names.cert, at: certAt, errors: &errors)
+        let keyOK = readable(keyPath, key: names.key, at: keyAt, errors: &errors)
         guard certOK, keyOK else { return }
         let certificates = readCertificates(certPath)
         defer { certificates.forEach { X509_free($0) } }
         guard let certificate = certificates.first else {
-            errors.append(ConfigError(certAt, "'dcs.ssl_cert_file' \(certPath) holds no PEM certificate: \(opensslError())"))
+            errors.append(ConfigError(certAt, "'\(names.cert)' \(certPath) holds no PEM certificate: \(opensslError())"))
             return
         }
         guard let privateKey = readPrivateKey(keyPath) else {
-            errors.append(ConfigError(keyAt, "'dcs.ssl_key_file' \(keyPath) holds no unencrypted PEM private key: \(opensslError())"))
+            errors.append(ConfigError(keyAt, "'\(names.key)' \(keyPath) holds no unencrypted PEM private key: \(opensslError())"))
             return
         }
         defer { EVP_PKEY_free(privateKey) }
         if X509_check_private_key(certificate, privateKey) != 1 {
             ERR_clear_error()
-            errors.append(ConfigError(keyAt, "'dcs.ssl_key_file' \(keyPath) does not match the certificate in 'dcs.ssl_cert_file' \(certPath)"))
+            errors.append(ConfigError(keyAt, "'\(names.key)' \(keyPath) does not match the certificate in '\(names.cert)' \(certPath)"))
         }
-        expiry(certificate, key: "dcs.ssl_cert_file", path: certPath, at: certAt, fatal: true, errors: &errors, warnings: &warnings)
+        expiry(certificate, key: names.cert, path: certPath, at: certAt, fatal: true, errors: &errors, warnings: &warnings)
     }
 
     private func readable(_ path: String, key: String, at location: SourceLocation, errors: inout [ConfigError]) -> Bool {

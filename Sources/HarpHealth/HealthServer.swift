@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// What readiness asks of the daemon: each managed instance, and why it is not ready if it is not.
 public protocol HealthChecks: Sendable {
@@ -32,16 +33,29 @@ public final class HealthServer: Sendable {
 
     public func start() async throws -> any Channel {
         let checks = self.checks
+        // `http.secure`: TLS in front of the HTTP codec, with the files config.yml names (already
+        // checked at load time, read again here in case they changed).
+        var tls: NIOSSLContext?
+        if configuration.secure, let cert = configuration.certFile, let key = configuration.keyFile {
+            let chain = try NIOSSLCertificate.fromPEMFile(cert).map { NIOSSLCertificateSource.certificate($0) }
+            let configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+            tls = try NIOSSLContext(configuration: configuration)
+        }
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
+                do {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+                return channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
                     try channel.pipeline.syncOperations.addHandler(HealthHandler(checks: checks))
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
             .get()
-        logger.info("health endpoints listening", metadata: ["listen": "\(configuration.host):\(configuration.port)"])
+        logger.info("health endpoints listening", metadata: ["listen": "\(configuration.host):\(configuration.port)", "tls": "\(tls != nil)"])
         return channel
     }
 }

@@ -259,7 +259,9 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertEqual(c.instances[0].endpoint, "host=127.0.0.1 port=6432 user=probe")
 
         dir.write("config.yml", minimal + "http:\n  enable: on\n  secure: on\n  cert_file: a.crt\n  key_file: a.key\n")
-        assertError(errors(dir, includeInstances: false), line: 9, contains: "http.secure (HTTPS) is not supported by this build yet")
+        assertError(errors(dir, includeInstances: false), line: 10, contains: "'http.cert_file'")
+        dir.write("config.yml", minimal + "http:\n  enable: on\n  secure: on\n")
+        assertError(errors(dir, includeInstances: false), line: 9, contains: "'http.secure' needs 'http.cert_file' and 'http.key_file'")
     }
 
     func testPasswordWithoutUsername() {

@@ -342,6 +342,26 @@ final class DaemonTests: XCTestCase {
         proxy.stop()
     }
 
+    func testHealthEndpointsOverHTTPS() async throws {
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let certs = try TestCertificates.make(in: dir.path)
+        let (pa, https) = (freePort(), freePort())
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", pa))
+        let proxy = try start(dir, etcd: etcd, extra: "http: {enable: true, host: 127.0.0.1, port: \(https), secure: true, "
+                              + "cert_file: \(certs.serverCertFile), key_file: \(certs.serverKeyFile)}\n")
+        defer { proxy.stop() }
+        func curl(_ path: String, ca: String) -> (status: Int32, output: String) {
+            (try? runCommand("/usr/bin/curl", ["-sS", "--max-time", "5", "--cacert", ca, "-w", " %{http_code}", "https://127.0.0.1:\(https)\(path)"]))
+                ?? (-1, "curl did not run")
+        }
+        XCTAssertTrue(eventually(timeout: 10) { curl("/health/is-live", ca: certs.caFile).output == "true\n 200" }, "\(curl("/health/is-live", ca: certs.caFile))\n\(proxy.log)")
+        XCTAssertTrue(curl("/metrics", ca: certs.caFile).output.contains("harp_proxy_clients{instance=\"a\"}"))
+        let untrusted = curl("/health/is-live", ca: certs.otherCAFile)
+        XCTAssertNotEqual(untrusted.status, 0, "a client that does not trust the certificate is refused: \(untrusted.output)")
+        XCTAssertEqual(httpGet(https, "/health/is-live").status, 0, "no plain HTTP on the HTTPS port")
+    }
+
     func testJSONLogsAreOneObjectPerLine() async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
