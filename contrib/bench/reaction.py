@@ -121,4 +121,5 @@ def main():
     summary("  baseline: direct connect + SHOW port", direct)
 
 
-main()
+if __name__ == "__main__":
+    main()
