@@ -1,86 +1,103 @@
 #!/usr/bin/env bash
-# Live demo: real etcd, three real PostgreSQL servers, and one harp-proxy process with two
-# instances (locations dc1 and dc2). Clients go through the proxy while the lead master of dc1
-# moves; then dc2 loses its lead master. Installs what it needs and builds a release build.
+# Live demo: real etcd, two real PostgreSQL servers, and one harp-proxy process with two instances:
+# proxy-dc1 (builtin mode) and proxy-dc2 (pgbouncer mode). A writer goes through proxy-dc1 while
+# `harpctl promote` moves dc1's lead master; then a client of proxy-dc2 keeps its connection while
+# dc2's lead master moves. Installs what it needs and builds a release build.
 #   contrib/demo.sh          run, show what happened, clean up
+#   contrib/demo.sh --once   the same (what CI runs)
 #   contrib/demo.sh --keep   leave everything running and print commands to try
+# HARP_BUILD=debug uses the debug build instead (contrib/test.sh does, to save a release build).
 set -euo pipefail
 keep=false
-[ "${1:-}" = "--keep" ] && keep=true
+case "${1:-}" in
+  --keep) keep=true ;;
+  --once | "") ;;
+  *) echo "usage: $0 [--once | --keep]" >&2; exit 2 ;;
+esac
 source "$(dirname "$0")/lib.sh"
 if $keep; then trap - EXIT; fi
 
 step() { printf '\n== %s\n' "$*"; }
 psql_through() { "$pgbin/psql" -X -q -A -t -h 127.0.0.1 -p "$1" -U postgres -d postgres -c "$2" 2>&1; }
+harpctl() { "$bin/harpctl" -f "$work/config.yml" "$@"; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-n1=$(free_port 25432); n2=$(free_port $(( n1 + 1 ))); n3=$(free_port $(( n2 + 1 )))
-step "starting PostgreSQL node1 (:$n1) and node2 (:$n2) in dc1, node3 (:$n3) in dc2, and etcd (:$etcd_port)"
-start_postgres node1 "$n1"; start_postgres node2 "$n2"; start_postgres node3 "$n3"
+a=$(free_port 25432); b=$(free_port $(( a + 1 )))
+step "starting PostgreSQL A (:$a) and B (:$b), and etcd (:$etcd_port)"
+start_postgres A "$a"; start_postgres B "$b"
 start_etcd
-
-step "seeding the DCS (the keys harp-manager would write)"
-etcdput /harp/demo/nodes/node1 "{\"name\":\"node1\",\"location\":\"dc1\",\"dsn\":\"host=127.0.0.1 port=$n1 dbname=postgres\"}"
-etcdput /harp/demo/nodes/node2 "{\"name\":\"node2\",\"location\":\"dc1\",\"dsn\":\"postgresql://postgres@127.0.0.1:$n2/postgres\"}"
-etcdput /harp/demo/nodes/node3 "{\"name\":\"node3\",\"location\":\"dc2\",\"dsn\":\"host=$work/node3 port=$n3\"}"
-etcdput /harp/demo/locations/dc1/leader '{"name":"node1"}'
-etcdput /harp/demo/locations/dc2/leader '{"name":"node3"}'
-ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" get --prefix /harp/demo/ | paste - - | sed 's/^/   /'
+for port in "$a" "$b"; do psql_through "$port" "CREATE TABLE demo_writes(at timestamptz DEFAULT now(), node int)" >/dev/null; done
 
 p1=$(free_port 16432); p2=$(free_port $(( p1 + 1 )))
-add_instance proxy-dc1 dc1 "$p1"
-add_instance proxy-dc2 dc2 "$p2"
-run_harp_proxy demo info
-step "harp-proxy --check -f config.yml (config.yml plus one conf.d file per instance)"
-"$bin/harp-proxy" --check -f "$work/config.yml"
-for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$p1" && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$p2" && break; sleep 0.1; done
+fill() { sed -e "s|@PORT_A@|$a|g" -e "s|@PORT_B@|$b|g" -e "s|@SOCKET_A@|$work/A|g" -e "s|@SOCKET_B@|$work/B|g" \
+             -e "s|@PROXY_DC1@|$p1|g" -e "s|@PROXY_DC2@|$p2|g" -e "s|@WORK@|$work|g" "$1"; }
+mkdir -p "$work/conf.d"
+fill contrib/demo/bootstrap.yml >"$work/bootstrap.yml"
+for f in contrib/demo/conf.d/*.yml; do fill "$f" >"$work/conf.d/$(basename "$f")"; done
+printf '"postgres" ""\n' >"$work/users.txt"
+run_harp_proxy demo info   # writes config.yml; the proxy waits for its leaders
 
-step "clients through each instance (SELECT current_setting('port'))"
-echo "   proxy-dc1 :$p1 -> port $(psql_through "$p1" "SELECT current_setting('port')")   (node1 is :$n1)"
-echo "   proxy-dc2 :$p2 -> port $(psql_through "$p2" "SELECT current_setting('port')")   (node3 is :$n3, over its Unix socket)"
+step "harpctl apply bootstrap.yml (contrib/demo/bootstrap.yml: two locations, four nodes, proxy directives)"
+harpctl apply "$work/bootstrap.yml" | sed 's/^/   /'
+step "harpctl promote node1 (dc1) and node3 (dc2)"
+harpctl promote node1 | sed 's/^/   /'
+harpctl promote node3 | sed 's/^/   /'
+harpctl get nodes | sed 's/^/   /'
+for _ in $(seq 200); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$p1" && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$p2" && break; sleep 0.1; done
 
-step "a transaction is open through proxy-dc1 while dc1's lead master moves to node2"
-"$pgbin/psql" -X -h 127.0.0.1 -p "$p1" -U postgres -d postgres -c "BEGIN; SELECT pg_sleep(30); COMMIT;" >"$work/open-session.log" 2>&1 &
-session=$!
-sleep 0.5
-t0=$(date +%s%N)
-etcdput /harp/demo/locations/dc1/leader '{"name":"node2"}'
-wait "$session" 2>/dev/null || true
-t1=$(date +%s%N)
-echo "   the open session was cut $(( (t1 - t0) / 1000000 )) ms after the etcd write (as the shell saw it): $(tr '\n' ' ' <"$work/open-session.log" | cut -c1-90)"
-echo "   the next client lands on port $(psql_through "$p1" "SELECT current_setting('port')")   (node2 is :$n2)"
+step "harp-proxy runs two instances (conf.d/proxy-dc1.yml: builtin, conf.d/proxy-dc2.yml: pgbouncer)"
+echo "   proxy-dc1 :$p1 -> port $(psql_through "$p1" "SELECT current_setting('port')")   (node1 is A :$a)"
+echo "   proxy-dc2 :$p2 -> port $(psql_through "$p2" "SELECT current_setting('port')")   (node3 is A, over its Unix socket)"
 
-step "a writer through proxy-dc1 while the lead master moves back to node1"
-"$pgbin/psql" -X -q -h 127.0.0.1 -p "$n1" -U postgres -d postgres -c "CREATE TABLE IF NOT EXISTS demo(at timestamptz default now(), node text)" >/dev/null
-"$pgbin/psql" -X -q -h 127.0.0.1 -p "$n2" -U postgres -d postgres -c "CREATE TABLE IF NOT EXISTS demo(at timestamptz default now(), node text)" >/dev/null
-ok=0; failed=0; before=""; after=""
-for i in $(seq 40); do
-  [ "$i" -eq 20 ] && { etcdput /harp/demo/locations/dc1/leader '{"name":"node1"}'; echo "   (write $i: leader key set to node1)"; }
-  if out=$(psql_through "$p1" "INSERT INTO demo(node) VALUES (current_setting('port')) RETURNING node"); then
-    ok=$((ok + 1)); [ "$i" -lt 20 ] && before=$out || after=$out
-  else
-    failed=$((failed + 1))
-  fi
-  sleep 0.05
-done
-echo "   $ok writes succeeded, $failed failed; before the switch they reached :$before, after it :$after"
+step "a writer goes through proxy-dc1 (a new connection per write) while harpctl promote node2 runs"
+writes="$work/writes.log"
+( for i in $(seq 150); do
+    if out=$(psql_through "$p1" "INSERT INTO demo_writes(node) VALUES (current_setting('port')::int) RETURNING node"); then
+      echo "$(now_ms) ok $out"
+    else
+      echo "$(now_ms) failed $(echo "$out" | head -1)"
+    fi
+    sleep 0.01
+  done ) >"$writes" &
+writer=$!
+sleep 1
+promoted_at=$(now_ms)
+harpctl promote node2 | sed 's/^/   /'
+wait "$writer"
+before=$(awk -v t="$promoted_at" '$1 < t && $2 == "ok" {n=$3} END {print n}' "$writes")
+after=$(awk '$2 == "ok" {n=$3} END {print n}' "$writes")
+ok=$(grep -c " ok " "$writes" || true); failed=$(grep -c " failed " "$writes" || true)
+last_old=$(awk -v p="$before" '$2 == "ok" && $3 == p {t=$1} END {print t}' "$writes")
+first_new=$(awk -v p="$after" '$2 == "ok" && $3 == p {print $1; exit}' "$writes")
+[ "$before" = "$a" ] && [ "$after" = "$b" ] && [ -n "$first_new" ] || { echo "error: the writes did not move from A to B:" >&2; cat "$writes" >&2; exit 1; }
+echo "   before the switchover writes reached port $before (A), after it port $after (B)"
+echo "   $ok writes succeeded, $failed failed; writes paused for $(( first_new - last_old )) ms between the last write on A and the first on B"
+echo "   (each write is a new psql process, ~10 ms apart: the proxy cut over within that)"
 
-step "dc2 loses its lead master: a new client is held for hold_timeout (5 s), then told why"
-ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" del /harp/demo/locations/dc2/leader >/dev/null
-echo "   $(psql_through "$p2" "SELECT 1" | head -1)"
+step "proxy-dc2 (PgBouncer): one client connection, dc2's lead master moves from node3 (A) to node4 (B)"
+held=$("$pgbin/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$p2" -U postgres -d postgres 2>&1 <<SQL
+SELECT 'before: port ' || current_setting('port');
+\\! $bin/harpctl -f $work/config.yml promote node4 >/dev/null; sleep 1
+SELECT 'after, same client connection: port ' || current_setting('port');
+SQL
+) || { echo "error: the client of proxy-dc2 failed: $held" >&2; exit 1; }
+echo "$held" | sed 's/^/   /'
+[ "$(echo "$held" | tail -1)" = "after, same client connection: port $b" ] || { echo "error: proxy-dc2 did not move to B" >&2; exit 1; }
+echo "   (PgBouncer was PAUSEd, pointed at B, RELOADed and RESUMEd; the client never reconnected)"
 
-step "the control socket: echo 'status proxy-dc1' | socat - UNIX-CONNECT:$work/control.sock"
-echo "   $(echo 'status proxy-dc1' | socat -t 2 - "UNIX-CONNECT:$work/control.sock")"
+step "the control socket: echo 'status proxy-dc2' | socat - UNIX-CONNECT:$work/control.sock"
+echo "   $(echo 'status proxy-dc2' | socat -t 2 - "UNIX-CONNECT:$work/control.sock")"
 
-step "what harp-proxy logged"
-sed 's/^/   /' "$work/harp-proxy.log"
+step "what harp-proxy logged (leader changes)"
+grep -E "lead master changed|PgBouncer|PAUSE" "$work/harp-proxy.log" | sed 's/^/   /'
 
 if $keep; then
   cat <<TXT
 
 Everything keeps running in $work. Try:
   psql -h 127.0.0.1 -p $p1 -U postgres -c "SELECT current_setting('port')"
-  ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:$etcd_port put /harp/demo/locations/dc2/leader '{"name":"node3"}'
-  $bin/harpctl -f $work/config.yml get leader dc1
+  $bin/harpctl -f $work/config.yml get proxies
+  $bin/harpctl -f $work/config.yml promote node1
   echo status | socat - UNIX-CONNECT:$work/control.sock
   echo 'unmanage proxy-dc1' | socat - UNIX-CONNECT:$work/control.sock
   tail -f $work/harp-proxy.log

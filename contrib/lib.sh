@@ -5,15 +5,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source contrib/install-deps.sh
 pgbin=/usr/lib/postgresql/15/bin
 
-echo "== building harp-proxy (release)" >&2
-swift build -c release --product harp-proxy >/dev/null
-swift build -c release --product harpctl >/dev/null
-bin=$(swift build -c release --show-bin-path)
+# HARP_BUILD=debug reuses the debug build (contrib/test.sh runs the demo so); benchmarks want release.
+build=${HARP_BUILD:-release}
+echo "== building harp-proxy ($build)" >&2
+swift build -c "$build" --product harp-proxy >/dev/null
+swift build -c "$build" --product harpctl >/dev/null
+bin=$(swift build -c "$build" --show-bin-path)
 
 work=$(mktemp -d /tmp/harp-XXXXXX)
 chmod 755 "$work"
 pids=()
+datadirs=()
 cleanup() {
+  # PostgreSQL first, with pg_ctl: the pid we hold may be a subshell or runuser, not the postmaster.
+  for dir in "${datadirs[@]}"; do as_postgres "$pgbin/pg_ctl" -D "$dir" -m immediate -w -t 10 stop >/dev/null 2>&1 || true; done
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for _ in $(seq 50); do
     alive=0
@@ -35,6 +40,7 @@ start_postgres() {
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
   as_postgres "$pgbin/initdb" -D "$dir/data" -A trust -U postgres --no-sync >/dev/null
+  datadirs+=("$dir/data")
   as_postgres "$pgbin/postgres" -D "$dir/data" -p "$2" -k "$dir" -c listen_addresses=127.0.0.1 -c fsync=off \
       -c synchronous_commit=off -c max_connections=200 >"$work/$1.log" 2>&1 &
   pids+=($!)
