@@ -17,6 +17,8 @@ chmod 755 "$work"
 pids=()
 datadirs=()
 cleanup() {
+  # HARP_KEEP_LOG=FILE keeps harp-proxy's log; HARP_LOG_LEVEL sets its level (default warning).
+  if [ -n "${HARP_KEEP_LOG:-}" ] && [ -f "$work/harp-proxy.log" ]; then cp "$work/harp-proxy.log" "$HARP_KEEP_LOG"; fi
   # PostgreSQL first, with pg_ctl: the pid we hold may be a subshell or runuser, not the postmaster.
   for dir in "${datadirs[@]}"; do as_postgres "$pgbin/pg_ctl" -D "$dir" -m immediate -w -t 10 stop >/dev/null 2>&1 || true; done
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -69,7 +71,7 @@ add_instance() {
 # run_harp_proxy CLUSTER [LOG_LEVEL]: harp-proxy with config.yml and every instance added.
 run_harp_proxy() {
   printf 'cluster: {name: %s}\ndcs: {driver: etcd, endpoints: [127.0.0.1:%s]}\ncontrol: {socket: %s/control.sock}\nlog_level: %s\n' \
-    "$1" "$etcd_port" "$work" "${2:-warning}" >"$work/config.yml"
+    "$1" "$etcd_port" "$work" "${2:-${HARP_LOG_LEVEL:-warning}}" >"$work/config.yml"
   "$bin/harp-proxy" -f "$work/config.yml" >"$work/harp-proxy.log" 2>&1 &
   harp_pid=$!
   pids+=($harp_pid)

@@ -26,6 +26,8 @@ final class PgBouncerDriver: @unchecked Sendable {
     // Shared with callers, under `condition`.
     private let condition = NSCondition()
     private var desired: InstancePlan?
+    /// Set by `apply`, so that a plan that comes while a step runs is not waited past.
+    private var planChanged = false
     private var stopRequested = false
     private var published = Published()
     private var exitWaiters: [CheckedContinuation<Void, Never>] = []
@@ -92,6 +94,7 @@ final class PgBouncerDriver: @unchecked Sendable {
     func apply(_ plan: InstancePlan) {
         condition.withLock {
             desired = plan
+            planChanged = true
             condition.signal()
         }
     }
@@ -115,8 +118,14 @@ final class PgBouncerDriver: @unchecked Sendable {
     private func run() {
         while true {
             condition.lock()
-            let busy = process == nil || admin == nil || freshStart || pause != .running
-            _ = condition.wait(until: Date(timeIntervalSinceNow: busy ? 0.01 : 0.2))
+            // Poll briskly only while something is under way (PgBouncer starting, a PAUSE waiting
+            // for its answer); otherwise wake for supervision, or at once for a new plan.
+            let managed = desired?.managed ?? false
+            let busy = process != nil && (admin == nil || (freshStart && managed) || pause != .running)
+            if !planChanged && !stopRequested {
+                _ = condition.wait(until: Date(timeIntervalSinceNow: busy ? 0.01 : process == nil ? 0.05 : 0.2))
+            }
+            planChanged = false
             let plan = desired
             let stopping = stopRequested
             condition.unlock()
