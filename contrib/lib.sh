@@ -83,4 +83,20 @@ start_harp_proxy() {
   run_harp_proxy bench
 }
 
+# two_node_location: PostgreSQL node1 ($a_port) and node2 ($b_port) in location dc1 of cluster
+# "bench", node1 leading, etcd, and harp-proxy on $harp_port following dc1, ready for clients.
+two_node_location() {
+  a_port=$(free_port 25432)
+  b_port=$(free_port $(( a_port + 1 )))
+  start_postgres node1 "$a_port"
+  start_postgres node2 "$b_port"
+  start_etcd
+  harp_port=$(free_port 26432)
+  etcdput /harp/bench/nodes/node1 "{\"name\":\"node1\",\"location\":\"dc1\",\"dsn\":\"host=127.0.0.1 port=$a_port dbname=postgres\"}"
+  etcdput /harp/bench/nodes/node2 "{\"name\":\"node2\",\"location\":\"dc1\",\"dsn\":\"host=127.0.0.1 port=$b_port dbname=postgres\"}"
+  etcdput /harp/bench/locations/dc1/leader '{"name":"node1"}'
+  start_harp_proxy "$harp_port" dc1
+  for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" && return; sleep 0.1; done
+}
+
 etcd_port=$(free_port 24790)

@@ -32,6 +32,7 @@ final class PgBouncerModeTests: XCTestCase {
     func rig(port: Int, in dir: TemporaryDirectory, _ extra: [String: DirectiveValue] = [:]) async throws -> ProxyRig {
         let users = dir.write("userlist.txt", "\"postgres\" \"\"\n")
         let rig = try ProxyRig([("pgb", "dc1", directives(port: port, ["auth_file": .string(users)].merging(extra) { $1 }))], configDirectory: dir.path)
+        rig.keepAlive.append(dir)
         addTeardownBlock { await rig.stop() }
         try await rig.node("node1", location: "dc1", server: a)
         try await rig.node("node2", location: "dc1", server: b)
@@ -40,6 +41,15 @@ final class PgBouncerModeTests: XCTestCase {
         // without a lead master.
         XCTAssertTrue(eventually(timeout: 20) { self.logged(rig, "now resumed on the lead master") }, logText(rig))
         return rig
+    }
+
+    /// A rig whose PgBouncer already serves node1: the folder, the port and the rig.
+    func servingRig(_ extra: [String: DirectiveValue] = [:]) async throws -> (TemporaryDirectory, Int, ProxyRig) {
+        let dir = configFolder()
+        let port = freePort()
+        let rig = try await rig(port: port, in: dir, extra)
+        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        return (dir, port, rig)
     }
 
     func session(_ port: Int, user: String = "postgres", password: String? = nil) throws -> PGSession {
@@ -58,10 +68,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testPlannedSwitchoverWithATransactionOpenKeepsTheClientConnection() async throws {
-        let dir = configFolder()
-        let port = freePort()
-        let rig = try await rig(port: port, in: dir)
-        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let (dir, port, rig) = try await servingRig()
 
         let client = try session(port)
         XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(a.port)")
@@ -85,10 +92,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testALeaderGoneForTwoSecondsMakesAQueryWaitThenSucceed() async throws {
-        let dir = configFolder()
-        let port = freePort()
-        let rig = try await rig(port: port, in: dir)
-        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let (_, port, rig) = try await servingRig()
         let client = try session(port)
         XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(a.port)")
 
@@ -106,10 +110,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testServerTransferTimeoutEndsInKill() async throws {
-        let dir = configFolder()
-        let port = freePort()
-        let rig = try await rig(port: port, in: dir, ["server_transfer_timeout": .duration(.seconds(1))])
-        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let (_, port, rig) = try await servingRig(["server_transfer_timeout": .duration(.seconds(1))])
         let stuck = try session(port)
         try stuck.query("BEGIN")
         XCTAssertEqual(try stuck.query("SELECT current_setting('port')"), "\(a.port)")
@@ -125,10 +126,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testAPgBouncerKilledWithSignal9IsRestartedPausedAndResumed() async throws {
-        let dir = configFolder()
-        let port = freePort()
-        let rig = try await rig(port: port, in: dir)
-        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let (dir, port, rig) = try await servingRig()
         let pidFile = dir.file("pgbouncer-pgb.d/pgbouncer.pid")
         let first = try XCTUnwrap(pid_t((try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""))
 
@@ -143,10 +141,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testAnUnmanagedInstanceLeavesPgBouncerAlone() async throws {
-        let dir = configFolder()
-        let port = freePort()
-        let rig = try await rig(port: port, in: dir)
-        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let (_, port, rig) = try await servingRig()
         try await rig.client.put(rig.layout.proxyManaged("pgb"), "false")
         let unmanaged = await eventuallyAsync { await rig.host.status().first?.plan?.managed == false }
         XCTAssertTrue(unmanaged)
@@ -162,10 +157,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testIniInjectionThroughTheDCSFailsSafely() async throws {
-        let dir = configFolder()
-        let port = freePort()
-        let rig = try await rig(port: port, in: dir)
-        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let (dir, port, rig) = try await servingRig()
         // Each value tries to end its line and start a setting or an include of its own.
         let attack = #"{"ignore_startup_parameters": "extra_float_digits\nadmin_users = mallory", "auth_query": "SELECT 1\n%include /etc/passwd", "database_name": "postgres\r\n[databases]\nevil = host=10.0.0.1", "client_tls_ca_file": "/x\u0000y", "default_pool_size": 7}"#
         try await rig.client.put(rig.layout.proxyConfig("pgb"), attack)
@@ -188,10 +180,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testFencingPausesPgBouncerUntilTheDCSIsBack() async throws {
-        let dir = configFolder()
-        let port = freePort()
-        let rig = try await rig(port: port, in: dir, ["leader_lease_duration": .duration(.seconds(1))])
-        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let (_, port, rig) = try await servingRig(["leader_lease_duration": .duration(.seconds(1))])
         let client = try session(port)
         XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(a.port)")
 
@@ -206,10 +195,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testSessionTransferModeFastKillsOpenTransactionsAtOnce() async throws {
-        let dir = configFolder()
-        let port = freePort()
-        let rig = try await rig(port: port, in: dir, ["session_transfer_mode": .string("fast")])
-        XCTAssertTrue(waitUntilServed(port, by: a), logText(rig))
+        let (_, port, rig) = try await servingRig(["session_transfer_mode": .string("fast")])
         let stuck = try session(port)
         try stuck.query("BEGIN")
         XCTAssertEqual(try stuck.query("SELECT current_setting('port')"), "\(a.port)")

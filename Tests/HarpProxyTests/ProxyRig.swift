@@ -18,6 +18,8 @@ final class ProxyRig: @unchecked Sendable {
     let host: ProxyHost
     let capture = LogCapture()
     private var routing: Task<Void, Never>?
+    /// Things that must live as long as the rig, such as the folder its PgBouncers write to.
+    var keepAlive: [AnyObject] = []
 
     /// - Parameter instances: name, location and local directives of each instance.
     /// - Parameter configDirectory: where config.yml would be: pgbouncer instances write their files there.

@@ -7,10 +7,10 @@ gateway timestamps each etcd write, as any watcher sees it. Per switchover: the 
 write to the first successful write on the new leader. Writes a timeline for gnuplot.
 Usage: switchover.py HARPCTL CONFIG ETCD_PORT CLUSTER LOCATION PROXY_PORT NODE_A:PORT_A NODE_B:PORT_B SWITCHOVERS OUT_DIR
 """
-import base64, http.client, json, os, statistics, struct, subprocess, sys, threading, time
+import os, struct, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reaction import read_until_ready, startup, summary  # noqa: E402
+from reaction import read_until_ready, startup, summary, watch  # noqa: E402
 
 INSERT = b"INSERT INTO bench_writes(node) VALUES (current_setting('port')::int) RETURNING node\0"
 
@@ -31,23 +31,6 @@ def writer(port, events, stop):
                 sock.close()
                 sock = None
             time.sleep(0.001)
-
-
-def watch(etcd_port, key, writes, ready):
-    """Appends the arrival time of every change of `key`, through a gateway watch stream."""
-    conn = http.client.HTTPConnection("127.0.0.1", etcd_port, timeout=None)
-    body = json.dumps({"create_request": {"key": base64.b64encode(key.encode()).decode()}})
-    conn.request("POST", "/v3/watch", body=body, headers={"Content-Type": "application/json"})
-    response = conn.getresponse()
-    while True:
-        line = response.readline()
-        if not line:
-            return
-        result = json.loads(line).get("result", {})
-        if result.get("created"):
-            ready.set()
-        for _ in result.get("events", []):
-            writes.append(time.monotonic())
 
 
 def main():

@@ -10,20 +10,10 @@ need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v gnuplot >/dev/null || need+=(gnuplot-nox)
 if [ ${#need[@]} -gt 0 ]; then sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq "${need[@]}" >/dev/null; fi
-a_port=$(free_port 25432)
-b_port=$(free_port $(( a_port + 1 )))
-start_postgres node1 "$a_port"
-start_postgres node2 "$b_port"
+two_node_location
 for port in "$a_port" "$b_port"; do
   "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE TABLE bench_writes(at timestamptz DEFAULT now(), node int)"
 done
-start_etcd
-harp_port=$(free_port 26432)
-etcdput /harp/bench/nodes/node1 "{\"name\":\"node1\",\"location\":\"dc1\",\"dsn\":\"host=127.0.0.1 port=$a_port dbname=postgres\"}"
-etcdput /harp/bench/nodes/node2 "{\"name\":\"node2\",\"location\":\"dc1\",\"dsn\":\"host=127.0.0.1 port=$b_port dbname=postgres\"}"
-etcdput /harp/bench/locations/dc1/leader '{"name":"node1"}'
-start_harp_proxy "$harp_port" dc1
-for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" && break; sleep 0.1; done
 python3 contrib/bench/switchover.py "$bin/harpctl" "$work/config.yml" "$etcd_port" bench dc1 "$harp_port" \
   "node1:$a_port" "node2:$b_port" "${1:-20}" "$work"
 gnuplot <<GP
