@@ -218,6 +218,37 @@ final class PgBouncerModeTests: XCTestCase {
         XCTAssertTrue(logged(rig, "restarting PgBouncer"), logText(rig))
     }
 
+    func testSessionPoolingHoldsTheOldLeaderUntilTheKill() async throws {
+        let (_, port, rig) = try await servingRig(["pool_mode": .string("session"), "server_transfer_timeout": .duration(.seconds(1))])
+        let held = try session(port)
+        XCTAssertEqual(try held.query("SELECT current_setting('port')"), "\(a.port)")
+        try await rig.leader("dc1", "node2")
+        XCTAssertTrue(eventually(timeout: 5) { self.logged(rig, "PAUSE: in-flight") }, logText(rig))
+        // As README says: a session-pooled client keeps its server until the KILL.
+        XCTAssertEqual(try held.query("SELECT current_setting('port')"), "\(a.port)")
+        XCTAssertTrue(eventually(timeout: 10) { self.logged(rig, "server_transfer_timeout passed") }, logText(rig))
+        XCTAssertThrowsError(try held.query("SELECT 1"))
+        XCTAssertTrue(waitUntilServed(port, by: b), logText(rig))
+    }
+
+    func testClientTLSDirectivesReachPgBouncer() async throws {
+        let dir = configFolder()
+        let tls = dir.path + "/tls"
+        mkdir(tls, 0o755)
+        let certs = try TestCertificates.make(in: tls)
+        if getuid() == 0, let pw = getpwnam("postgres") {
+            for file in [certs.serverCertFile, certs.serverKeyFile] { chown(file, pw.pointee.pw_uid, pw.pointee.pw_gid) }
+        }
+        let port = freePort()
+        let rig = try await rig(port: port, in: dir, [
+            "client_tls_sslmode": .string("require"), "client_tls_cert_file": .string(certs.serverCertFile),
+            "client_tls_key_file": .string(certs.serverKeyFile),
+        ])
+        let verified = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres sslmode=verify-full sslrootcert=\(certs.caFile) connect_timeout=10")
+        XCTAssertEqual(try verified.query("SELECT current_setting('port')"), "\(a.port)", logText(rig))
+        XCTAssertThrowsError(try session(port), "client_tls_sslmode require turns a plain-text client away")
+    }
+
     func testPassthroughAuthenticationWithAuthUserAndAuthQueryAgainstAScramPassword() async throws {
         // As README shows: a SECURITY DEFINER function that only auth_user may run.
         for sql in [
