@@ -33,7 +33,7 @@ public struct StatusRecord: Sendable {
         maxClientConn = status.plan?.maxClientConn ?? 0
         since = status.since
         pool = status.pool
-        if type == "pgbouncer", let d = status.plan?.directives {
+        if type == PgBouncerMode.typeName, let d = status.plan?.directives {
             pooling = ["pool_mode": .string(d.string("pool_mode") ?? "session"), "auth_type": .string(d.string("auth_type") ?? "md5"),
                        "default_pool_size": .integer(d.integer("default_pool_size") ?? 25)]
         }
