@@ -77,7 +77,7 @@ final class PgBouncerModeTests: XCTestCase {
         XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(a.port)")
 
         try await rig.leader("dc1", "node2")
-        XCTAssertTrue(eventually(timeout: 5) { self.logged(rig, "PAUSE") }, logText(rig))
+        XCTAssertTrue(eventually(timeout: 5) { self.logged(rig, "PAUSE: in-flight") }, logText(rig))
         // The open transaction still runs on the old leader, and commits there.
         XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(a.port)")
         try client.query("COMMIT")
@@ -150,7 +150,7 @@ final class PgBouncerModeTests: XCTestCase {
         XCTAssertTrue(planned)
         try await Task.sleep(for: .milliseconds(500))
         XCTAssertEqual(try serverPort(through: port).get(), "\(a.port)", "unmanaged: PgBouncer still points where it did")
-        XCTAssertFalse(logged(rig, "PAUSE"), "no PAUSE while unmanaged:\n\(logText(rig))")
+        XCTAssertFalse(logged(rig, "PAUSE: in-flight"), "no PAUSE while unmanaged:\n\(logText(rig))")
 
         try await rig.client.put(rig.layout.proxyManaged("pgb"), "true")
         XCTAssertTrue(waitUntilServed(port, by: b), "managed again: it follows the lead master:\n\(logText(rig))")
@@ -205,6 +205,21 @@ final class PgBouncerModeTests: XCTestCase {
         XCTAssertLessThan(ContinuousClock.now - moved, .seconds(10), "not the 30 s server_transfer_timeout")
         XCTAssertTrue(logged(rig, "KILL"), logText(rig))
         XCTAssertThrowsError(try stuck.query("SELECT 1"))
+    }
+
+    func testSessionTransferModeReconnectMovesWithoutPausing() async throws {
+        let (_, port, rig) = try await servingRig(["session_transfer_mode": .string("reconnect")])
+        let client = try session(port)
+        try client.query("BEGIN")
+        XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(a.port)")
+        try await rig.leader("dc1", "node2")
+        XCTAssertTrue(eventually(timeout: 5) { self.logged(rig, "session_transfer_mode reconnect") }, logText(rig))
+        // New clients go to the new leader at once, while the open transaction goes on on the old one.
+        XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)")
+        XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(a.port)")
+        try client.query("COMMIT")
+        XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(b.port)", "the next transaction runs on the new leader")
+        XCTAssertFalse(logged(rig, "PAUSE: in-flight"), "no PAUSE in reconnect mode:\n\(logText(rig))")
     }
 
     func testANewListenPortRestartsPgBouncerThere() async throws {
