@@ -122,6 +122,14 @@ public actor ProxyHost {
         }
     }
 
+    /// Writes one instance's record at once: a new state or lead master should not wait for the
+    /// next `monitor_interval` to reach `harpctl get proxies`.
+    private func reportStatusNow(_ name: String) async {
+        let interval = running.values.compactMap { $0.plan?.directives.monitorInterval }.min() ?? .seconds(5)
+        guard let s = await status().first(where: { $0.name == name }), let r = running[name], r.plan != nil else { return }
+        await r.statusWriter.write(StatusRecord(s), interval: interval)
+    }
+
     /// Each instance's plan and counters, for status output.
     public func status() async -> [InstanceStatus] {
         var result: [InstanceStatus] = []
@@ -174,6 +182,11 @@ public actor ProxyHost {
                 r.leaderSince = Date()
             }
             if r.plan != plan {
+                let leaderMoved = r.plan?.routing.target.map { !$0.sameRoute(as: plan.routing.target) } ?? (plan.routing.target != nil)
+                if r.plan?.stateName != plan.stateName || leaderMoved {
+                    let name = instance.name
+                    Task { await self.reportStatusNow(name) }
+                }
                 if r.plan?.stateName != plan.stateName { r.since = Date() }
                 logTransition(from: r.plan, to: plan, logger: r.logger)
                 r.plan = plan

@@ -54,6 +54,26 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    func testTheStatusRecordFollowsALeaderChangeWithoutWaitingForMonitorInterval() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "monitor_interval": .duration(.seconds(60))])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.node("node2", location: "dc1", server: b)
+        try await rig.leader("dc1", "node1")
+        @Sendable func recordedLeader() async -> String? {
+            guard let value = try? await rig.client.range(rig.layout.proxyStatus("p1")).kvs.first?.value,
+                  let object = try? JSONSerialization.jsonObject(with: Data(value.utf8)) as? [String: Any] else { return nil }
+            return (object["leader"] as? [String: Any])?["name"] as? String
+        }
+        let first = await eventuallyAsync(timeout: .seconds(10)) { await recordedLeader() == "node1" }
+        XCTAssertTrue(first)
+        try await rig.leader("dc1", "node2")
+        let second = await eventuallyAsync(timeout: .seconds(5)) { await recordedLeader() == "node2" }
+        XCTAssertTrue(second, "written at the change, not a minute later")
+        await rig.stop()
+    }
+
     func testTheSameLeaderOnANewLeaseCutsNobody() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
