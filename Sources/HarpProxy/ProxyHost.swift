@@ -126,7 +126,7 @@ public actor ProxyHost {
     /// next `monitor_interval` to reach `harpctl get proxies`.
     private func reportStatusNow(_ name: String) async {
         let interval = running.values.compactMap { $0.plan?.directives.monitorInterval }.min() ?? .seconds(5)
-        guard let s = await status().first(where: { $0.name == name }), let r = running[name], r.plan != nil else { return }
+        guard let s = await status(of: name), let r = running[name], r.plan != nil else { return }
         await r.statusWriter.write(StatusRecord(s), interval: interval)
     }
 
@@ -134,13 +134,16 @@ public actor ProxyHost {
     public func status() async -> [InstanceStatus] {
         var result: [InstanceStatus] = []
         for instance in instances {
-            guard let r = running[instance.name] else { continue }
-            let counters = await r.mode?.counters() ?? ClientCounters()
-            result.append(InstanceStatus(name: instance.name, location: instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
-                                         plan: r.plan, listen: await r.mode?.listening(), clients: counters, since: r.since,
-                                         pool: await r.mode?.poolSummary(), leaderChanges: r.leaderChanges, leaderSince: r.leaderSince))
+            if let s = await status(of: instance.name) { result.append(s) }
         }
         return result
+    }
+
+    private func status(of name: String) async -> InstanceStatus? {
+        guard let instance = instances.first(where: { $0.name == name }), let r = running[name] else { return nil }
+        return InstanceStatus(name: name, location: instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
+                              plan: r.plan, listen: await r.mode?.listening(), clients: await r.mode?.counters() ?? ClientCounters(),
+                              since: r.since, pool: await r.mode?.poolSummary(), leaderChanges: r.leaderChanges, leaderSince: r.leaderSince)
     }
 
     // MARK: - Reconcile
@@ -148,10 +151,11 @@ public actor ProxyHost {
     private func reconcile(_ snapshot: DCSSnapshot, observedAt: ContinuousClock.Instant) {
         latest = snapshot
         let state = view.state(of: snapshot)
-        // Only builtin instances hold client descriptors in this process; PgBouncer has its own.
+        // Only modes whose clients' connections live in this process count against its descriptors.
         let wanted = Dictionary(uniqueKeysWithValues: instances.compactMap { instance -> (String, Int)? in
             let directives = state.effectiveDirectives(for: instance)
-            return directives.type == PgBouncerMode.typeName ? nil : (instance.name, directives.maxClientConn)
+            guard ProxyModes.named(directives.type)?.holdsClientConnections ?? false else { return nil }
+            return (instance.name, directives.maxClientConn)
         })
         let newCaps = DescriptorBudget.caps(for: wanted, limit: descriptorLimit)
         for (name, cap) in newCaps where cap < wanted[name]! && caps[name] != cap {
@@ -167,7 +171,7 @@ public actor ProxyHost {
             let (routing, deadline) = routing(for: instance, in: state, snapshot: snapshot, directives: directives, logger: r.logger)
             if let deadline { nextDeadline = min(nextDeadline ?? deadline, deadline) }
             let plan = InstancePlan(location: instance.location, directives: directives, managed: state.isManaged(instance.name), routing: routing,
-                                    maxClientConn: min(caps[instance.name] ?? directives.maxClientConn, directives.maxClientConn), dcsRead: snapshot.synced,
+                                    maxClientConn: caps[instance.name] ?? directives.maxClientConn, dcsRead: snapshot.synced,
                                     observedAt: observedAt)
             ensureMode(named: directives.type, for: instance, &r)
             guard r.mode != nil else {

@@ -10,6 +10,10 @@ public protocol ProxyMode: AnyObject, Sendable {
     /// The value of the `type` directive that selects this mode.
     static var typeName: String { get }
 
+    /// Whether clients' connections pass through this process (two descriptors each), so that
+    /// `max_client_conn` must fit its descriptor limit. A mode that drives another process does not.
+    static var holdsClientConnections: Bool { get }
+
     init(instance: InstanceConfiguration, group: any EventLoopGroup, logger: Logger)
 
     /// Level-triggered: called with the full desired state on every change. Must return at once.

@@ -89,7 +89,7 @@ actor DaemonMetrics {
     /// Sets a gauge; returns its key.
     private func gauge(_ name: String, _ labels: [(String, String)], _ value: Double, _ help: String) -> String {
         let key = Self.key(name, labels)
-        let gauge = gauges[key] ?? registry.makeGauge(name: name, labels: labels, help: help)
+        let gauge = gauges[key] ?? registry.makeGauge(descriptor: Self.descriptor(name, help), labels: labels)
         gauges[key] = gauge
         gauge.set(value)
         return key
@@ -98,11 +98,16 @@ actor DaemonMetrics {
     /// Sets a counter to a running total kept elsewhere; returns its key.
     private func counter(_ name: String, _ labels: [(String, String)], _ value: Int, _ help: String) -> String {
         let key = Self.key(name, labels)
-        let counter = counters[key] ?? registry.makeCounter(name: name, labels: labels, help: help)
+        let counter = counters[key] ?? registry.makeCounter(descriptor: Self.descriptor(name, help), labels: labels)
         counters[key] = counter
         counter.reset()
         counter.increment(by: Int64(value))
         return key
+    }
+
+    /// The whole name goes in `metricName`: an empty unit adds no suffix.
+    private static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
     private static func key(_ name: String, _ labels: [(String, String)]) -> String {

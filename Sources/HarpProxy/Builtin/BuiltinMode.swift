@@ -12,6 +12,7 @@ import NIOPosix
 /// All mutable state lives on one event loop (`loop`); connections run on every loop of the group.
 final class BuiltinMode: ProxyMode, @unchecked Sendable {
     static let typeName = "builtin"
+    static let holdsClientConnections = true
 
     let instance: InstanceConfiguration
     let group: any EventLoopGroup

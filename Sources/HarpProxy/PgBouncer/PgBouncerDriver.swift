@@ -268,8 +268,8 @@ final class PgBouncerDriver: @unchecked Sendable {
             return true
         } catch {
             adminFailures += 1
-            // PgBouncer takes a moment to open its socket; say something only if it lasts.
-            if adminFailures == 300 || ContinuousClock.now - process.startedAt > .seconds(3) && adminFailures % 300 == 1 {
+            // PgBouncer takes a moment to open its socket: say so only past 3 s, then every 300 tries.
+            if ContinuousClock.now - process.startedAt > .seconds(3), adminFailures % 300 == 1 {
                 logger.warning("cannot reach PgBouncer's admin console", metadata: ["socket": "\(paths.socket(port: settings.listenPort))", "error": "\(error.message)"])
             }
             return false
@@ -282,8 +282,6 @@ final class PgBouncerDriver: @unchecked Sendable {
         if settings.needsRestart(from: applied.settings) {
             logger.warning("listen_address or listen_port changed: restarting PgBouncer, whose clients are disconnected",
                            metadata: ["listen": "\(settings.listenAddress):\(settings.listenPort)"])
-            pauseConsole = nil
-            admin = nil
             process.stop()
             forgetProcess()
             nextStartAt = .now

@@ -7,6 +7,8 @@ import NIOCore
 /// Clients keep their connection to PgBouncer; only the server connection behind it is new.
 public final class PgBouncerMode: ProxyMode {
     public static let typeName = "pgbouncer"
+    /// Clients connect to PgBouncer, a process of its own with its own descriptor limit.
+    public static let holdsClientConnections = false
 
     private let driver: PgBouncerDriver
 
