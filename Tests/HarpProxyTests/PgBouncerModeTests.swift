@@ -264,6 +264,18 @@ final class PgBouncerModeTests: XCTestCase {
         XCTAssertThrowsError(try session(port), "client_tls_sslmode require turns a plain-text client away")
     }
 
+    func testAUserAddedToAuthFileCanLogInWithoutARestart() async throws {
+        _ = try a.query("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'late_user') THEN CREATE ROLE late_user LOGIN; END IF; END $$")
+        let (dir, port, rig) = try await servingRig(["monitor_interval": .duration(.seconds(1))])
+        XCTAssertThrowsError(try session(port, user: "late_user"), "not in the auth file yet")
+        let pid = try String(contentsOfFile: dir.file("pgbouncer-pgb.d/pgbouncer.pid"), encoding: .utf8)
+        // The operator's file gains a user; harp-proxy copies it over and reloads PgBouncer.
+        _ = dir.write("userlist.txt", "\"postgres\" \"\"\n\"late_user\" \"\"\n")
+        XCTAssertTrue(eventually(timeout: 10) { self.logged(rig, "auth_file changed: PgBouncer reloaded") }, logText(rig))
+        XCTAssertEqual(try session(port, user: "late_user").query("SELECT current_user"), "late_user")
+        XCTAssertEqual(try String(contentsOfFile: dir.file("pgbouncer-pgb.d/pgbouncer.pid"), encoding: .utf8), pid, "no restart")
+    }
+
     func testPassthroughAuthenticationWithAuthUserAndAuthQueryAgainstAScramPassword() async throws {
         // As README shows: a SECURITY DEFINER function that only auth_user may run.
         for sql in [
