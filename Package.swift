@@ -33,6 +33,8 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         // posix_spawn's closefrom action (glibc 2.34+), so that children inherit no descriptor of ours.
         .target(name: "CSpawn"),
+        // The kernel data path: BPF sock hashes and an sk_skb verdict program, by the bpf() system call.
+        .target(name: "CSockmap"),
 
         .target(name: "HarpConfig", dependencies: ["CYAML", "COpenSSL"]),
         .target(name: "HarpDCS", dependencies: [
@@ -44,7 +46,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "HarpProxy", dependencies: [
-            "HarpConfig", "HarpDCS", "HarpCluster", "CLibPQ", "CSpawn",
+            "HarpConfig", "HarpDCS", "HarpCluster", "CLibPQ", "CSpawn", "CSockmap",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),

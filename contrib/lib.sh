@@ -62,10 +62,11 @@ start_etcd() {
 
 etcdput() { ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" put "$@" >/dev/null; }
 
-# add_instance NAME LOCATION PORT: one builtin instance in conf.d.
+# add_instance NAME LOCATION PORT [DIRECTIVE: VALUE ...]: one builtin instance in conf.d.
 add_instance() {
   mkdir -p "$work/conf.d"
   printf 'proxy:\n  name: %s\n  location: %s\n  listen_address: 127.0.0.1\n  listen_port: %s\n  max_client_conn: 1000\n' "$1" "$2" "$3" >"$work/conf.d/$1.yml"
+  local extra; for extra in "${@:4}"; do printf '  %s\n' "$extra" >>"$work/conf.d/$1.yml"; done
 }
 
 # run_harp_proxy CLUSTER [LOG_LEVEL]: harp-proxy with config.yml and every instance added.

@@ -233,6 +233,7 @@ public struct EffectiveDirectives: Sendable, Equatable {
     public var connectTimeout: Duration { duration("timeout") ?? .seconds(1) }
     public var holdTimeout: Duration { duration("hold_timeout") ?? .seconds(5) }
     public var dcsFailurePolicy: String { string("dcs_failure_policy") ?? "fence" }
+    public var dataPath: String { string("data_path") ?? "userspace" }
     public var leaderLeaseDuration: Duration { duration("leader_lease_duration") ?? .seconds(6) }
     public var monitorInterval: Duration { duration("monitor_interval") ?? .seconds(5) }
     public var serverTransferTimeout: Duration { duration("server_transfer_timeout") ?? .seconds(30) }

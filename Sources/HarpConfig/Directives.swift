@@ -130,8 +130,8 @@ public struct DirectiveValueError: Error, Sendable, CustomStringConvertible {
 }
 
 /// HARP's proxy directives: set in the DCS (`proxies/global/config`, `proxies/<name>/config`) or as
-/// local defaults in a `proxy:` stanza. Names and defaults follow HARP 2; `hold_timeout` and
-/// `dcs_failure_policy` are this implementation's additions.
+/// local defaults in a `proxy:` stanza. Names and defaults follow HARP 2; `hold_timeout`,
+/// `dcs_failure_policy`, `data_path`, `pool_mode` are this implementation's additions.
 public enum ProxyDirectives {
     public static let all: [DirectiveSpec] = [
         .init(name: "type", kind: .choice(["builtin", "pgbouncer"]), defaultValue: .string("builtin"), summary: "proxy mode"),
@@ -141,6 +141,7 @@ public enum ProxyDirectives {
         .init(name: "keepalive", kind: .duration(.seconds), defaultValue: .duration(.seconds(5)), summary: "builtin: TCP keepalive idle time on leader and client sockets"),
         .init(name: "timeout", kind: .duration(.seconds), defaultValue: .duration(.seconds(1)), summary: "builtin: connect timeout to the lead master"),
         .init(name: "hold_timeout", kind: .duration(.milliseconds), defaultValue: .duration(.milliseconds(5000)), summary: "how long a new client waits for a lead master to appear"),
+        .init(name: "data_path", kind: .choice(["userspace", "kernel"]), defaultValue: .string("userspace"), summary: "builtin: pass bytes in this process (userspace) or inside the kernel through a BPF sockmap (kernel: needs CAP_BPF and CAP_NET_ADMIN, else userspace)"),
         .init(name: "dcs_failure_policy", kind: .choice(["fence", "keep"]), defaultValue: .string("fence"), summary: "what to do when the DCS is unreachable past the lease"),
         .init(name: "leader_lease_duration", kind: .duration(.seconds), defaultValue: .duration(.seconds(6)), summary: "lease TTL assumed when the leader key has no lease"),
         .init(name: "monitor_interval", kind: .duration(.seconds), defaultValue: .duration(.seconds(5)), summary: "how often the proxy writes its status"),

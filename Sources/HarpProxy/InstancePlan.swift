@@ -60,6 +60,8 @@ public struct ClientCounters: Sendable, Equatable {
     /// Bytes passed from clients to the lead master, and back.
     public var bytesToServer = 0
     public var bytesToClient = 0
+    /// Of `current`, those joined to the lead master in the kernel (`data_path: kernel`).
+    public var inKernel = 0
 
     public init() {}
 }

@@ -41,6 +41,7 @@ actor DaemonMetrics {
                 keys.insert(counter(name, i + labels, value, help))
             }
             g("harp_proxy_clients", [], Double(s.clients.current), "Clients connected or waiting now")
+            g("harp_proxy_kernel_clients", [], Double(s.clients.inKernel), "Of those, clients joined to the lead master in the kernel (data_path kernel)")
             c("harp_proxy_connections_total", [], s.clients.total, "Clients accepted since start")
             for reason in ["max_client_conn", "no_leader", "leader_unreachable"] {
                 c("harp_proxy_refused_total", [("reason", reason)], s.clients.refusedByReason[reason] ?? 0, "Clients turned away, by reason")

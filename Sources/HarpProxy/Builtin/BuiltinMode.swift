@@ -19,11 +19,16 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     let loop: any EventLoop
     let logger: Logger
 
+    enum JoinOutcome: Sendable { case joined, notJoined, leaderMoved }
+
     /// What a client gets once admitted: where to connect, and how.
     struct Admission: Sendable {
         var target: LeaderTarget
         var connectTimeout: TimeAmount
         var keepaliveSeconds: Int
+        /// Set when the instance's `data_path` is kernel, the kernel path is open and the lead
+        /// master is reached over TCP: the client is then joined to it in the kernel.
+        var kernel: KernelDataPath?
     }
 
     private struct ListenAddress: Equatable, CustomStringConvertible {
@@ -34,10 +39,13 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     /// Touched only on `loop`; Sendable so that `loop`'s own closures may hold it.
     private final class ClientEntry: @unchecked Sendable {
-        let channel: any Channel
+        /// The client's NIO channel; once joined in the kernel, the closed one it had until then.
+        var channel: any Channel
         /// nil while the client waits for a lead master.
         var target: LeaderTarget?
         var server: (any Channel)?
+        /// Set while the client and its lead master are joined in the kernel (`data_path: kernel`).
+        var pair: (path: KernelDataPath, pair: KernelDataPath.Pair)?
         var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?
 
         init(channel: any Channel) { self.channel = channel }
@@ -59,6 +67,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private var stopped = false
     private var refusalsNotLogged = 0
     private var lastRefusalLog: NIODeadline?
+    /// The kernel data path when `data_path` is kernel and it could be opened.
+    private var kernelPath: KernelDataPath?
+    private var kernelPathUnavailableLogged = false
 
     init(instance: InstanceConfiguration, group: any EventLoopGroup, logger: Logger) {
         self.instance = instance
@@ -81,6 +92,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         (try? await loop.submit {
             var counters = self.clientCounters
             counters.current = self.clients.count
+            counters.inKernel = self.clients.values.count { $0.pair != nil }
             counters.bytesToServer = self.traffic.toServer.load(ordering: .relaxed)
             counters.bytesToClient = self.traffic.toClient.load(ordering: .relaxed)
             return counters
@@ -96,6 +108,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private func reconcile(_ plan: InstancePlan) {
         guard !stopped else { return }
         self.plan = plan
+        reconcileDataPath(plan)
         reconcileListener(plan)
         // Unmanaged: keep the current target and every connection, whatever the DCS says.
         guard plan.managed else { return }
@@ -117,6 +130,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         var closed: [EventLoopFuture<Void>] = []
         for entry in victims {
             entry.target = nil
+            if let (path, pair) = entry.pair {
+                path.close(pair)  // synchronous: both sockets are closed when it returns
+                continue
+            }
             entry.channel.close(promise: nil)
             closed.append(entry.channel.closeFuture)
             if let server = entry.server {
@@ -146,9 +163,31 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     }
 
     private func admission(_ target: LeaderTarget, _ plan: InstancePlan) -> Admission {
-        Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
-                  // TCP_KEEPIDLE takes 1 to 32767 s; beyond that setsockopt fails and so would every connect.
-                  keepaliveSeconds: Int(min(32767, max(1, plan.directives.keepalive.milliseconds / 1000))))
+        var kernel: KernelDataPath?
+        if case .tcp = target.address { kernel = kernelPath }
+        return Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
+                         // TCP_KEEPIDLE takes 1 to 32767 s; beyond that setsockopt fails and so would every connect.
+                         keepaliveSeconds: Int(min(32767, max(1, plan.directives.keepalive.milliseconds / 1000))),
+                         kernel: kernel)
+    }
+
+    /// Opens the kernel data path when `data_path` asks for it; says once why it cannot.
+    private func reconcileDataPath(_ plan: InstancePlan) {
+        guard plan.directives.dataPath == "kernel" else {
+            kernelPath = nil  // new clients only; joined pairs stay joined
+            return
+        }
+        guard kernelPath == nil else { return }
+        switch KernelDataPath.shared() {
+        case .success(let path):
+            kernelPath = path
+            logger.info("data_path kernel: clients are joined to the lead master in the kernel (BPF sockmap)")
+        case .failure(let error):
+            if !kernelPathUnavailableLogged {
+                logger.warning("data_path kernel is not available; passing bytes in user space", metadata: ["reason": "\(error)"])
+                kernelPathUnavailableLogged = true
+            }
+        }
     }
 
     // MARK: - Clients (called by ClientHandler)
@@ -205,12 +244,103 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         }
     }
 
+    /// Joins a client to its lead master in the kernel, on this instance's loop so that a leader
+    /// change cannot slip between the check and the join. `client` and `server` are duplicates of
+    /// the channels' descriptors: on true the kernel path owns them, on false the caller does.
+    func join(_ channel: any Channel, target: LeaderTarget, path: KernelDataPath, client: CInt, server: CInt) -> EventLoopFuture<JoinOutcome> {
+        loop.submit {
+            let id = ObjectIdentifier(channel)
+            guard !self.stopped, let entry = self.clients[id], target.sameRoute(as: entry.target), target.sameRoute(as: self.target) else {
+                return .leaderMoved
+            }
+            let traffic = self.traffic
+            let joined = path.join(client: client, server: server, onBytes: { toServer, toClient in
+                traffic.toServer.add(toServer, ordering: .relaxed)
+                traffic.toClient.add(toClient, ordering: .relaxed)
+            }, onEnd: { end in
+                self.loop.execute { self.pairEnded(id, end) }
+            })
+            switch joined {
+            case .success(let pair):
+                entry.pair = (path, pair)
+                entry.server = nil
+                return .joined
+            case .failure(let error):
+                self.logger.warning("cannot join a client in the kernel; passing its bytes in user space", metadata: ["error": "\(error)"])
+                return .notJoined
+            }
+        }
+    }
+
+    /// A kernel-joined pair ended: closed, or handed back to user space because a reader fell behind.
+    private func pairEnded(_ id: ObjectIdentifier, _ end: KernelDataPath.End) {
+        guard let entry = clients[id], entry.pair != nil else {
+            if case .demoted(let client, let server) = end {
+                close(client)
+                close(server)
+            }
+            return
+        }
+        entry.pair = nil
+        switch end {
+        case .closed:
+            clients[id] = nil
+        case .demoted(let clientFD, let serverFD):
+            guard !stopped, entry.target != nil else {
+                clients[id] = nil
+                close(clientFD)
+                close(serverFD)
+                return
+            }
+            let channelLoop = group.next()
+            func adopt(_ fd: CInt) -> EventLoopFuture<any Channel> {
+                ClientBootstrap(group: channelLoop)
+                    .channelOption(.allowRemoteHalfClosure, value: true)
+                    .channelOption(.autoRead, value: false)
+                    .withConnectedSocket(fd)
+            }
+            let client = adopt(clientFD)
+            let server = adopt(serverFD)
+            client.and(server).hop(to: self.loop).whenComplete { result in
+                guard case .success(let (client, server)) = result, let entry = self.clients[id], entry.target != nil, !self.stopped else {
+                    if case .success(let (client, server)) = result {
+                        client.close(promise: nil)
+                        server.close(promise: nil)
+                    } else {
+                        client.whenSuccess { $0.close(promise: nil) }
+                        server.whenSuccess { $0.close(promise: nil) }
+                    }
+                    self.clients[id] = nil
+                    return
+                }
+                entry.channel = client
+                entry.server = server
+                client.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id) } }
+                channelLoop.execute {
+                    let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic)
+                    do {
+                        try server.pipeline.syncOperations.addHandler(serverSide)
+                        try client.pipeline.syncOperations.addHandler(clientSide)
+                        try client.syncOptions?.setOption(.autoRead, value: true)
+                        try server.syncOptions?.setOption(.autoRead, value: true)
+                    } catch {
+                        client.close(promise: nil)
+                        server.close(promise: nil)
+                    }
+                }
+            }
+            logger.info("a reader fell behind by more than \(KernelDataPath.highWater >> 20) MiB: its connection moved from the kernel data path to user space, where it is flow-controlled")
+        }
+    }
+
     /// A client that was admitted but could not be served (the lead master did not answer).
     func connectFailed(_ error: String, target: LeaderTarget) {
         loop.execute { self.noteRefusal("cannot connect to the lead master", reason: "leader_unreachable", ["leader": "\(target)", "error": "\(error)"]) }
     }
 
     private func remove(_ id: ObjectIdentifier) {
+        // A client joined in the kernel has left its NIO channel behind; it ends with its pair.
+        if let entry = clients[id], entry.pair != nil { return }
         guard let entry = clients.removeValue(forKey: id) else { return }
         if let waiter = entry.waiter {
             waiter.timeout.cancel()
@@ -313,6 +443,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 entry.waiter = nil
                 waiter.timeout.cancel()
                 waiter.promise.fail(Refusal.shuttingDown)
+            }
+            if let (path, pair) = entry.pair {
+                path.close(pair)
+                continue
             }
             entry.channel.close(promise: nil)
             closing.append(entry.channel.closeFuture)

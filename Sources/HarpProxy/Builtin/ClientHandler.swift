@@ -15,7 +15,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private enum State { case admitting, connecting, refusing, handedOver }
+    private enum State { case admitting, connecting, joining, refusing, handedOver }
 
     /// More than this before the lead master is connected is not a PostgreSQL client.
     static let maximumBuffered = 64 * 1024
@@ -76,6 +76,8 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
         var bootstrap = ClientBootstrap(group: context.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
+            // For the kernel path nothing may be read from the lead master in user space.
+            .channelOption(.autoRead, value: admission.kernel == nil)
             .connectTimeout(admission.connectTimeout)
         let connecting: EventLoopFuture<any Channel>
         switch admission.target.address {
@@ -101,7 +103,11 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                         context.close(promise: nil)
                         return
                     }
-                    handler.handOver(context: context, to: server)
+                    if let kernel = admission.kernel {
+                        handler.join(context: context, server: server, kernel: kernel, target: admission.target)
+                    } else {
+                        handler.handOver(context: context, to: server)
+                    }
                 }
             case .failure(let error):
                 let reason = Self.connectFailure(error, timeout: admission.connectTimeout)
@@ -120,6 +126,76 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let io = underlying as? IOError { return String(cString: strerror(io.errnoCode)) }
         if case ChannelError.connectTimeout = underlying { return "no answer within \(timeout.nanoseconds / 1_000_000) ms (timeout)" }
         return "\(underlying)"
+    }
+
+    /// `data_path: kernel`: the kept bytes go first, written here; then the two sockets are joined
+    /// in the kernel, which also passes on, in order, whatever arrived since (nothing more is read
+    /// here), and the NIO channels let go of their descriptors. If the join cannot be made, the
+    /// glue takes over as usual.
+    private func join(context: ChannelHandlerContext, server: any Channel, kernel: KernelDataPath, target: LeaderTarget) {
+        state = .joining
+        _ = try? context.channel.syncOptions?.setOption(.autoRead, value: false)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        if var kept = buffer, kept.readableBytes > 0 {
+            // Bytes read before reading stopped may still come in while this write is under way;
+            // they are kept and written on the next round.
+            buffer = nil
+            let chunk = kept.readSlice(length: kept.readableBytes)!
+            server.writeAndFlush(chunk).hop(to: context.eventLoop).whenComplete { result in
+                let (handler, context) = bound.value
+                guard case .success = result, context.channel.isActive, server.isActive else {
+                    server.close(promise: nil)
+                    context.close(promise: nil)
+                    return
+                }
+                handler.join(context: context, server: server, kernel: kernel, target: target)
+            }
+            return
+        }
+        guard let clientFD = ChannelDescriptor.of(context.channel), let serverFD = ChannelDescriptor.of(server) else {
+            fallBackToGlue(context: context, server: server)
+            return
+        }
+        let client = fcntl(clientFD, F_DUPFD_CLOEXEC, 0)
+        let leader = fcntl(serverFD, F_DUPFD_CLOEXEC, 0)
+        guard client >= 0, leader >= 0 else {
+            if client >= 0 { close(client) }
+            if leader >= 0 { close(leader) }
+            fallBackToGlue(context: context, server: server)
+            return
+        }
+        mode.join(context.channel, target: target, path: kernel, client: client, server: leader).hop(to: context.eventLoop).whenComplete { joined in
+            let (handler, context) = bound.value
+            switch joined {
+            case .success(.joined):
+                // The kernel path holds the sockets through the duplicates; NIO's descriptors go.
+                handler.state = .handedOver
+                server.close(promise: nil)
+                context.close(promise: nil)
+            case .success(.notJoined):
+                close(client)
+                close(leader)
+                handler.fallBackToGlue(context: context, server: server)
+            default:
+                // The lead master moved meanwhile: not a byte more to the old one.
+                close(client)
+                close(leader)
+                server.close(promise: nil)
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    private func fallBackToGlue(context: ChannelHandlerContext, server: any Channel) {
+        guard context.channel.isActive, server.isActive else {
+            server.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        let client = context.channel
+        handOver(context: context, to: server)
+        _ = try? server.syncOptions?.setOption(.autoRead, value: true)
+        _ = try? client.syncOptions?.setOption(.autoRead, value: true)
     }
 
     /// Joins the client to the lead master: the kept bytes go first, then the glue takes over.

@@ -1,0 +1,47 @@
+#include <stdint.h>
+
+/// The kernel data path: two BPF sock hashes and one sk_skb verdict program that hands every
+/// byte a joined socket receives straight to its partner's send queue, with no copy to user
+/// space and no wake-up of this process.
+///
+///   targets:  cookie(socket) -> partner   (no program; the socket to send to)
+///   readers:  cookie(socket) -> socket    (the verdict program runs on these sockets' input)
+///
+/// Taking a socket out of `readers` stops the kernel reading it: its input then stays in its TCP
+/// receive queue, where TCP flow control holds the sender back.
+struct harp_sockmap {
+    int targets;
+    int readers;
+    int program;
+};
+
+/// Creates the maps and loads and attaches the program. 0, or -errno with `error` describing
+/// the step that failed (and the verifier's log, if it refused the program).
+int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size);
+void harp_sockmap_close(struct harp_sockmap *map);
+
+/// Joins two connected TCP sockets both ways, then has the kernel read whatever already waits
+/// in their receive queues. 0, or -errno with nothing left joined.
+int harp_sockmap_join(const struct harp_sockmap *map, int a, int b);
+
+/// Stops the kernel reading `fd` (its input waits in its receive queue from now on).
+int harp_sockmap_stop_reading(const struct harp_sockmap *map, int fd);
+
+/// Takes `fd` out of both maps: after this, and once its partner is out too, both are plain sockets.
+int harp_sockmap_leave(const struct harp_sockmap *map, int fd);
+
+/// Payload bytes taken out of `fd`'s receive queue (by the kernel data path, or by a read), and
+/// bytes that have entered its send queue (acknowledged plus still queued). -errno on failure.
+int harp_socket_counts(int fd, uint64_t *received, uint64_t *written);
+
+/// The socket's cookie (SO_COOKIE), 0 on failure.
+uint64_t harp_socket_cookie(int fd);
+
+/// epoll for the thread that watches joined pairs (Swift's Glibc module has no sys/epoll.h).
+enum { HARP_WATCH_EOF = 1, HARP_WATCH_ERROR = 2 };
+int harp_watch_create(void);
+/// Edge-triggered: end of input (FIN) and errors.
+int harp_watch_add(int watch, int fd);
+int harp_watch_remove(int watch, int fd);
+/// Up to `max` events: their descriptors and HARP_WATCH_* flags. -errno on failure (EINTR included).
+int harp_watch_wait(int watch, int *fds, int *flags, int max, int timeout_ms);

@@ -1,0 +1,105 @@
+import Foundation
+import HarpCluster
+import HarpConfig
+import HarpProxy
+import HarpTestFixtures
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `data_path: kernel`: clients joined to the lead master by a BPF sockmap, through real etcd and
+/// real PostgreSQL. The tests run as root (CI does); elsewhere the kernel path cannot be opened
+/// and they are skipped, since the instance then passes bytes in user space as the others test.
+final class KernelDataPathTests: XCTestCase {
+    var a: PostgresServer { SharedPostgres.first }
+    var b: PostgresServer { SharedPostgres.second }
+
+    private func kernelRig(port: Int, _ extra: [String: DirectiveValue] = [:]) async throws -> ProxyRig {
+        try XCTSkipUnless(getuid() == 0, "the kernel data path needs CAP_BPF and CAP_NET_ADMIN")
+        var directives: [String: DirectiveValue] = ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                                    "data_path": .string("kernel"), "max_client_conn": .integer(2000)]
+        directives.merge(extra) { $1 }
+        let rig = try ProxyRig([("p1", "dc1", directives)])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.node("node2", location: "dc1", server: b)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        XCTAssertFalse(rig.capture.all.contains { $0.message.contains("data_path kernel is not available") },
+                       "\(rig.capture.all.filter { $0.message.contains("data_path kernel") }.map { "\($0.metadata)" })")
+        return rig
+    }
+
+    func testAClientIsJoinedInTheKernelAndCutAtASwitchover() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        XCTAssertEqual(try serverPort(through: port).get(), "\(a.port)")
+
+        let session = try openSession(through: port, tag: "kernel-switchover", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "kernel-switchover"), "the transaction is open on node1, through the kernel path")
+        let joined = await rig.counters("p1")
+        XCTAssertEqual(joined.current, 1)
+        XCTAssertEqual(joined.inKernel, 1, "the session is joined in the kernel, not glued in user space")
+
+        try await rig.leader("dc1", "node2")
+        XCTAssertTrue(eventually(timeout: 5) { !session.isRunning }, "the joined session is cut when the leader key changes")
+        XCTAssertNotEqual(session.waitForExit(), 0)
+        XCTAssertTrue(waitForActivity(on: a, "kernel-switchover", count: 0, timeout: 5), "node1's side is closed too")
+        XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)", "the next connection lands on node2")
+
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained)
+        let after = await rig.counters("p1")
+        XCTAssertEqual(after.inKernel, 0)
+        XCTAssertGreaterThan(after.bytesToServer, 100, "bytes passed in the kernel are counted")
+        XCTAssertGreaterThan(after.bytesToClient, 100)
+        await rig.stop()
+    }
+
+    /// A result far larger than the kernel may hold for a reader that does not read: the pair moves
+    /// to user space, and the client still gets every byte, in order.
+    func testASlowReaderMovesToUserSpaceAndGetsEveryByteInOrder() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        let copy = "COPY (SELECT g, md5(g::text) FROM generate_series(1, 1500000) g) TO STDOUT"
+        func checksum(_ port: Int, slow: Bool) throws -> String {
+            let psql = "\(PostgresServer.binDirectory)/psql -X -h 127.0.0.1 -p \(port) -U postgres -d postgres -c \"\(copy)\""
+            // `sleep` before `cat`: psql's output pipe fills, psql stops reading its socket, and the
+            // lead master's rows pile up in front of the client.
+            let reader = slow ? "(sleep 2; cat)" : "cat"
+            let result = try runCommand("/bin/bash", ["-c", "set -o pipefail; \(psql) | \(reader) | md5sum"],
+                                        environment: ["PATH": "/usr/bin:/bin", "PGSSLMODE": "disable"])
+            guard result.status == 0 else { throw FixtureError(result.output) }
+            return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let direct = try checksum(a.port, slow: false)
+        let proxied = try checksum(port, slow: true)
+        XCTAssertEqual(proxied, direct, "every byte arrived, in order")
+        XCTAssertTrue(rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") },
+                      "the pair left the kernel when its reader fell behind")
+        let fast = try checksum(port, slow: false)
+        XCTAssertEqual(fast, direct)
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained)
+        let counters = await rig.counters("p1")
+        XCTAssertGreaterThan(counters.bytesToClient, 2 * 50_000_000, "both results counted, in the kernel and after the move")
+        await rig.stop()
+    }
+
+    func testNoDescriptorLeakAfterManyJoinedConnections() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        _ = try serverPort(through: port).get()
+        try await Task.sleep(for: .milliseconds(300))
+        let before = openDescriptors()
+        for _ in 0..<300 { loopbackConnect(port: port, send: []) }
+        for _ in 0..<20 { XCTAssertEqual(try serverPort(through: port).get(), "\(a.port)") }
+        let drained = await eventuallyAsync(timeout: .seconds(20)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained)
+        try await Task.sleep(for: .milliseconds(500))
+        let after = openDescriptors()
+        XCTAssertLessThanOrEqual(after, before + 4, "descriptors before: \(before), after 320 connections: \(after)")
+        await rig.stop()
+    }
+}
