@@ -129,12 +129,15 @@ static void kick(int fd) {
     setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 }
 
-int harp_sockmap_join(const struct harp_sockmap *map, int a, int b) {
+int harp_sockmap_join(const struct harp_sockmap *map, int a, int b, int *started) {
+    *started = 0;
     uint64_t ca = harp_socket_cookie(a), cb = harp_socket_cookie(b);
     if (ca == 0 || cb == 0) return -EBADF;
     int result;
     if ((result = map_put(map->targets, ca, b)) != 0) goto fail;
     if ((result = map_put(map->targets, cb, a)) != 0) goto fail;
+    // From here the kernel may take input from `a` into `b`'s queue, which leaving would drop.
+    *started = 1;
     if ((result = map_put(map->readers, ca, a)) != 0) goto fail;
     if ((result = map_put(map->readers, cb, b)) != 0) goto fail;
     kick(a);
@@ -163,21 +166,31 @@ int harp_sockmap_leave(const struct harp_sockmap *map, int fd) {
 }
 
 int harp_socket_counts(int fd, uint64_t *received, uint64_t *written) {
-    struct tcp_info info;
-    memset(&info, 0, sizeof(info));
-    socklen_t length = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return -errno;
-    int queued = 0;
-    if (ioctl(fd, SIOCOUTQ, &queued) != 0) return -errno;
-    // What waits in the receive queue. Not SIOCINQ: on a socket in a sockmap it reports the BPF
-    // side's queue, not TCP's. A peek with MSG_TRUNC counts the bytes without copying them.
+    // What waits in the receive queue, first: bytes that arrive before TCP_INFO is read then make
+    // the count too high, never too low (the safe side: a flush waits a little longer). Not
+    // SIOCINQ: on a socket in a sockmap it reports the BPF side's queue, not TCP's. A peek with
+    // MSG_TRUNC counts the bytes without copying them; this holds while the program never passes
+    // input up to the socket's own BPF queue (it only redirects), whose reader ignores MSG_TRUNC.
     static char sink;
     ssize_t unread = recv(fd, &sink, 1 << 30, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
     if (unread < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
         unread = 0;
     }
-    *received = info.tcpi_bytes_received - (uint64_t)unread;
+    struct tcp_info info;
+    memset(&info, 0, sizeof(info));
+    socklen_t length = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return -errno;
+    int queued = 0;
+    if (ioctl(fd, SIOCOUTQ, &queued) != 0) return -errno;
+    uint64_t in = info.tcpi_bytes_received;
+    // A received FIN takes one sequence number, which bytes_received counts.
+    switch (info.tcpi_state) {
+    case 6: /* TIME_WAIT */ case 7: /* CLOSE */ case 8: /* CLOSE_WAIT */ case 9: /* LAST_ACK */ case 11: /* CLOSING */
+        if (in > 0) in -= 1;
+        break;
+    }
+    *received = in > (uint64_t)unread ? in - (uint64_t)unread : 0;
     *written = info.tcpi_bytes_acked + (uint64_t)queued;
     return 0;
 }
@@ -189,11 +202,11 @@ int harp_watch_create(void) {
     return fd >= 0 ? fd : -errno;
 }
 
-int harp_watch_add(int watch, int fd) {
+int harp_watch_add(int watch, int fd, uint64_t token) {
     struct epoll_event event;
     memset(&event, 0, sizeof(event));
     event.events = EPOLLRDHUP | EPOLLET;
-    event.data.fd = fd;
+    event.data.u64 = token;
     return epoll_ctl(watch, EPOLL_CTL_ADD, fd, &event) == 0 ? 0 : -errno;
 }
 
@@ -201,15 +214,27 @@ int harp_watch_remove(int watch, int fd) {
     return epoll_ctl(watch, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
 }
 
-int harp_watch_wait(int watch, int *fds, int *flags, int max, int timeout_ms) {
+int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeout_ms) {
     struct epoll_event events[128];
     if (max > 128) max = 128;
     int n = epoll_wait(watch, events, max, timeout_ms);
     if (n < 0) return -errno;
     for (int i = 0; i < n; i++) {
-        fds[i] = events[i].data.fd;
+        tokens[i] = events[i].data.u64;
         flags[i] = ((events[i].events & (EPOLLRDHUP | EPOLLHUP)) ? HARP_WATCH_EOF : 0) |
                    ((events[i].events & EPOLLERR) ? HARP_WATCH_ERROR : 0);
     }
     return n;
+}
+
+int harp_socket_error(int fd) {
+    int error = 0;
+    socklen_t length = sizeof(error);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) return errno;
+    return error;
+}
+
+int harp_socket_at_eof(int fd) {
+    char byte;
+    return recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ? 1 : 0;
 }

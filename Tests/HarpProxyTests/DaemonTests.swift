@@ -342,6 +342,27 @@ final class DaemonTests: XCTestCase {
         proxy.stop()
     }
 
+    /// `data_path: kernel` in a process without CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (which
+    /// stands for both): one WARNING with the reason, and the instance serves in user space.
+    func testDataPathKernelWithoutCapabilitiesFallsBackToUserSpace() async throws {
+        try XCTSkipUnless(getuid() == 0, "needs root to drop the capabilities from")
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port) + "  data_path: kernel\n")
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
+                  + "control: {socket: \(dir.path)/run/control.sock}\n")
+        let proxy = try TestProcess(name: "harp-proxy", executable: "/usr/bin/setpriv",
+                                    arguments: ["--bounding-set", "-bpf,-net_admin,-sys_admin", "--inh-caps", "-bpf,-net_admin,-sys_admin", "--",
+                                                builtExecutable("harp-proxy"), "-f", dir.file("config.yml")],
+                                    logDirectory: dir.path)
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
+        XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)")
+        XCTAssertTrue(proxy.log.contains("data_path kernel is not available"), proxy.log)
+        XCTAssertTrue(proxy.log.contains("Operation not permitted"), proxy.log)
+        proxy.stop()
+    }
+
     func testHealthEndpointsOverHTTPS() async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()

@@ -87,6 +87,54 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
+    /// A client that sends 6 MB and half-closes, to an echo server that answers everything and
+    /// closes after the client's FIN: every byte comes back before the EOF, both ways.
+    func testAHalfCloseIsPassedOnOnlyAfterEveryByteBeforeIt() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        let echoPort = freePort()
+        let echo = try TestProcess(name: "echo", executable: "/usr/bin/socat",
+                                   arguments: ["TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"],
+                                   logDirectory: rig.etcd.directory.path)
+        defer { echo.stop() }
+        XCTAssertTrue(eventually(timeout: 5) { canConnect(port: echoPort) })
+        try await rig.node("echo", location: "dc1", dsn: "host=127.0.0.1 port=\(echoPort)")
+        try await rig.leader("dc1", "echo")
+        let routed = await rig.waitUntilRouting("p1", to: "echo")
+        XCTAssertTrue(routed)
+
+        let fd = try XCTUnwrap(connectedLoopbackSocket(port: port))
+        defer { close(fd) }
+        // A first word, answered, so that the join is made before the flood (a client may send
+        // only 64 KiB before the lead master is connected).
+        writeAll(fd, Array("hello".utf8))
+        var answer = [UInt8](repeating: 0, count: 5)
+        XCTAssertEqual(recv(fd, &answer, 5, CInt(MSG_WAITALL)), 5)
+        XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
+        let joined = await rig.counters("p1")
+        XCTAssertEqual(joined.inKernel, 1)
+
+        let payload = (0..<(6 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+        let writer = Thread {
+            writeAll(fd, payload)
+            shutdown(fd, CInt(SHUT_WR))
+        }
+        writer.start()
+        var received: [UInt8] = []
+        received.reserveCapacity(payload.count)
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &chunk, chunk.count, 0)
+            if n <= 0 { break }
+            received.append(contentsOf: chunk[0..<n])
+        }
+        XCTAssertEqual(received.count, payload.count, "every byte came back before the EOF")
+        XCTAssertTrue(received == payload, "in order")
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained, "the pair ends once both sides have closed")
+        await rig.stop()
+    }
+
     func testNoDescriptorLeakAfterManyJoinedConnections() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)

@@ -21,8 +21,9 @@ int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size);
 void harp_sockmap_close(struct harp_sockmap *map);
 
 /// Joins two connected TCP sockets both ways, then has the kernel read whatever already waits
-/// in their receive queues. 0, or -errno with nothing left joined.
-int harp_sockmap_join(const struct harp_sockmap *map, int a, int b);
+/// in their receive queues. 0, or -errno with nothing left joined; then `started` says whether
+/// the kernel may already have taken input (the sockets can then not be used on their own).
+int harp_sockmap_join(const struct harp_sockmap *map, int a, int b, int *started);
 
 /// Stops the kernel reading `fd` (its input waits in its receive queue from now on).
 int harp_sockmap_stop_reading(const struct harp_sockmap *map, int fd);
@@ -31,7 +32,8 @@ int harp_sockmap_stop_reading(const struct harp_sockmap *map, int fd);
 int harp_sockmap_leave(const struct harp_sockmap *map, int fd);
 
 /// Payload bytes taken out of `fd`'s receive queue (by the kernel data path, or by a read), and
-/// bytes that have entered its send queue (acknowledged plus still queued). -errno on failure.
+/// bytes that have entered its send queue (acknowledged plus still queued; a connecting socket's
+/// SYN counts as one, so compare differences). -errno on failure.
 int harp_socket_counts(int fd, uint64_t *received, uint64_t *written);
 
 /// The socket's cookie (SO_COOKIE), 0 on failure.
@@ -40,8 +42,13 @@ uint64_t harp_socket_cookie(int fd);
 /// epoll for the thread that watches joined pairs (Swift's Glibc module has no sys/epoll.h).
 enum { HARP_WATCH_EOF = 1, HARP_WATCH_ERROR = 2 };
 int harp_watch_create(void);
-/// Edge-triggered: end of input (FIN) and errors.
-int harp_watch_add(int watch, int fd);
+/// Edge-triggered: end of input (FIN) and errors, reported with `token`.
+int harp_watch_add(int watch, int fd, uint64_t token);
 int harp_watch_remove(int watch, int fd);
-/// Up to `max` events: their descriptors and HARP_WATCH_* flags. -errno on failure (EINTR included).
-int harp_watch_wait(int watch, int *fds, int *flags, int max, int timeout_ms);
+/// Up to `max` events: their tokens and HARP_WATCH_* flags. -errno on failure (EINTR included).
+int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeout_ms);
+
+/// The socket's pending error (SO_ERROR, which reading clears), 0 if none.
+int harp_socket_error(int fd);
+/// 1 if the socket has nothing left to read and its peer has sent FIN, else 0.
+int harp_socket_at_eof(int fd);

@@ -1,3 +1,4 @@
+import CSockmap
 import Foundation
 import HarpCluster
 import HarpConfig
@@ -19,7 +20,16 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     let loop: any EventLoop
     let logger: Logger
 
-    enum JoinOutcome: Sendable { case joined, notJoined, leaderMoved }
+    enum JoinOutcome: Sendable {
+        case joined
+        /// Not joined; the caller keeps its descriptors and may glue the channels.
+        case notJoined
+        /// The lead master moved meanwhile: the caller closes everything.
+        case leaderMoved
+        /// The join failed after the kernel could have taken bytes: the path has closed the
+        /// sockets, and the caller closes its channels.
+        case broken
+    }
 
     /// What a client gets once admitted: where to connect, and how.
     struct Admission: Sendable {
@@ -39,7 +49,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     /// Touched only on `loop`; Sendable so that `loop`'s own closures may hold it.
     private final class ClientEntry: @unchecked Sendable {
-        /// The client's NIO channel; once joined in the kernel, the closed one it had until then.
+        /// The channel the client was accepted on. Kept for the entry's life: its identity is the
+        /// entry's key, so it must not be freed (and its address reused) while the entry lives.
+        let accepted: any Channel
+        /// The client's live channel: `accepted`, or the one it got back from the kernel path.
         var channel: any Channel
         /// nil while the client waits for a lead master.
         var target: LeaderTarget?
@@ -48,7 +61,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         var pair: (path: KernelDataPath, pair: KernelDataPath.Pair)?
         var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?
 
-        init(channel: any Channel) { self.channel = channel }
+        init(channel: any Channel) {
+            accepted = channel
+            self.channel = channel
+        }
     }
 
     // Confined to `loop`.
@@ -248,6 +264,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// change cannot slip between the check and the join. `client` and `server` are duplicates of
     /// the channels' descriptors: on true the kernel path owns them, on false the caller does.
     func join(_ channel: any Channel, target: LeaderTarget, path: KernelDataPath, client: CInt, server: CInt) -> EventLoopFuture<JoinOutcome> {
+        // On .leaderMoved and .notJoined the caller still owns `client` and `server`.
         loop.submit {
             let id = ObjectIdentifier(channel)
             guard !self.stopped, let entry = self.clients[id], target.sameRoute(as: entry.target), target.sameRoute(as: self.target) else {
@@ -261,13 +278,16 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 self.loop.execute { self.pairEnded(id, end) }
             })
             switch joined {
-            case .success(let pair):
+            case .joined(let pair):
                 entry.pair = (path, pair)
                 entry.server = nil
                 return .joined
-            case .failure(let error):
+            case .notJoined(let error):
                 self.logger.warning("cannot join a client in the kernel; passing its bytes in user space", metadata: ["error": "\(error)"])
                 return .notJoined
+            case .broken(let error):
+                self.logger.warning("joining a client in the kernel failed half-way; its connection is closed", metadata: ["error": "\(error)"])
+                return .broken
             }
         }
     }
@@ -294,10 +314,17 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             }
             let channelLoop = group.next()
             func adopt(_ fd: CInt) -> EventLoopFuture<any Channel> {
-                ClientBootstrap(group: channelLoop)
+                let cookie = harp_socket_cookie(fd)
+                let adopted = ClientBootstrap(group: channelLoop)
                     .channelOption(.allowRemoteHalfClosure, value: true)
                     .channelOption(.autoRead, value: false)
                     .withConnectedSocket(fd)
+                // NIO owns the descriptor only once its channel exists; if it failed before, the
+                // descriptor is still ours (the same socket, by its cookie) and is closed here.
+                adopted.whenFailure { _ in
+                    if fcntl(fd, F_GETFD) != -1, harp_socket_cookie(fd) == cookie { close(fd) }
+                }
+                return adopted
             }
             let client = adopt(clientFD)
             let server = adopt(serverFD)

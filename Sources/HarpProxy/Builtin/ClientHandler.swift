@@ -76,9 +76,15 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
         var bootstrap = ClientBootstrap(group: context.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            // For the kernel path nothing may be read from the lead master in user space.
+            // For the kernel path nothing is read from the lead master in user space; what NIO
+            // reads anyway (an answer and a FIN, read at end of input) is kept by a ServerHold.
             .channelOption(.autoRead, value: admission.kernel == nil)
             .connectTimeout(admission.connectTimeout)
+        if admission.kernel != nil {
+            bootstrap = bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(ServerHold()) }
+            }
+        }
         let connecting: EventLoopFuture<any Channel>
         switch admission.target.address {
         case .tcp(let host, let port):
@@ -152,7 +158,11 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             return
         }
-        guard let clientFD = ChannelDescriptor.of(context.channel), let serverFD = ChannelDescriptor.of(server) else {
+        // The lead master already answered (an error and a FIN, say) and NIO read it: no join,
+        // the glue passes it on.
+        let hold = try? server.pipeline.syncOperations.handler(type: ServerHold.self)
+        guard let hold, !hold.heldAnything, let clientFD = ChannelDescriptor.of(context.channel),
+              let serverFD = ChannelDescriptor.of(server) else {
             fallBackToGlue(context: context, server: server)
             return
         }
@@ -176,8 +186,12 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 close(client)
                 close(leader)
                 handler.fallBackToGlue(context: context, server: server)
+            case .success(.broken):
+                server.close(promise: nil)
+                context.close(promise: nil)
             default:
-                // The lead master moved meanwhile: not a byte more to the old one.
+                // The lead master moved meanwhile (not a byte more to the old one), or the join
+                // broke half-way (the kernel path has closed the sockets).
                 close(client)
                 close(leader)
                 server.close(promise: nil)
@@ -194,6 +208,10 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         let client = context.channel
         handOver(context: context, to: server)
+        // What the hold kept goes to the glue now, in order, before anything read after.
+        if let hold = try? server.pipeline.syncOperations.handler(type: ServerHold.self) {
+            hold.release()
+        }
         _ = try? server.syncOptions?.setOption(.autoRead, value: true)
         _ = try? client.syncOptions?.setOption(.autoRead, value: true)
     }
@@ -248,5 +266,42 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
         }
+    }
+}
+
+/// On the lead master's channel while a kernel join is prepared: keeps what NIO reads anyway
+/// (NIO reads a socket to its end when a FIN arrives, whatever `autoRead` says), so that a
+/// PostgreSQL error sent before the join reaches the client through the glue instead.
+final class ServerHold: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    private var held: [NIOAny] = []
+    private var inputClosed = false
+    private var context: ChannelHandlerContext?
+
+    var heldAnything: Bool { !held.isEmpty || inputClosed }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { held.append(data) }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            inputClosed = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Passes what it kept on to the handlers after it, and leaves the pipeline.
+    func release() {
+        guard let context else { return }
+        let kept = held
+        held = []
+        for data in kept { context.fireChannelRead(data) }
+        if !kept.isEmpty { context.fireChannelReadComplete() }
+        if inputClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }

@@ -33,10 +33,29 @@ final class KernelDataPath: @unchecked Sendable {
         case demoted(client: CInt, server: CInt)
     }
 
-    /// One joined pair. Its fields are touched only under the path's lock.
+    enum JoinResult: Sendable {
+        case joined(Pair)
+        /// Nothing happened; the caller still owns the descriptors and may use them in user space.
+        case notJoined(IOError)
+        /// The kernel may already have taken input, so the sockets cannot go on without it: both
+        /// descriptors are closed.
+        case broken(IOError)
+    }
+
+    /// What one look at a pair found: each side's counts since the join (see `harp_socket_counts`).
+    fileprivate struct Counts {
+        var clientIn: UInt64 = 0, clientOut: UInt64 = 0, serverIn: UInt64 = 0, serverOut: UInt64 = 0
+        var failed = false
+    }
+
+    /// One joined pair. Its mutable fields are touched only under the path's lock.
     final class Pair: @unchecked Sendable {
+        let id: UInt64
         let client: CInt
         let server: CInt
+        /// Counts at the join: bytes before it (the client's first message, written by NIO) and a
+        /// connecting socket's SYN are not the kernel path's.
+        fileprivate let base: Counts
         fileprivate var clientEOF = false
         fileprivate var serverEOF = false
         fileprivate var shutToServer = false
@@ -49,9 +68,12 @@ final class KernelDataPath: @unchecked Sendable {
         fileprivate let onBytes: @Sendable (_ toServer: Int, _ toClient: Int) -> Void
         fileprivate let onEnd: @Sendable (End) -> Void
 
-        fileprivate init(client: CInt, server: CInt, onBytes: @escaping @Sendable (Int, Int) -> Void, onEnd: @escaping @Sendable (End) -> Void) {
+        fileprivate init(id: UInt64, client: CInt, server: CInt, base: Counts,
+                         onBytes: @escaping @Sendable (Int, Int) -> Void, onEnd: @escaping @Sendable (End) -> Void) {
+            self.id = id
             self.client = client
             self.server = server
+            self.base = base
             self.onBytes = onBytes
             self.onEnd = onEnd
         }
@@ -60,7 +82,8 @@ final class KernelDataPath: @unchecked Sendable {
     private var map = harp_sockmap()
     private let epoll: CInt
     private let lock = NSLock()
-    private var pairs: [CInt: Pair] = [:]
+    private var pairs: [UInt64: Pair] = [:]
+    private var nextID: UInt64 = 1
     private var thread: Thread?
 
     // MARK: - Opening, once per process
@@ -97,100 +120,127 @@ final class KernelDataPath: @unchecked Sendable {
 
     // MARK: - Joining and closing
 
-    /// Joins two connected TCP sockets. On success the path owns both descriptors until it calls
-    /// `onEnd`; on failure (an errno) the caller still owns them.
-    func join(client: CInt, server: CInt, onBytes: @escaping @Sendable (Int, Int) -> Void, onEnd: @escaping @Sendable (End) -> Void) -> Result<Pair, IOError> {
+    /// Joins two connected TCP sockets; see `JoinResult` for who owns the descriptors after.
+    func join(client: CInt, server: CInt, onBytes: @escaping @Sendable (Int, Int) -> Void, onEnd: @escaping @Sendable (End) -> Void) -> JoinResult {
         lock.lock()
         defer { lock.unlock() }
-        let joined = harp_sockmap_join(&map, client, server)
-        guard joined == 0 else { return .failure(IOError(errnoCode: -joined, reason: "joining the sockets in the BPF sockmap")) }
-        for fd in [client, server] {
-            let added = harp_watch_add(epoll, fd)
+        let id = nextID
+        nextID += 1
+        // Counted before the kernel reads anything, so that everything after is the path's.
+        let base = Self.measure(client: client, server: server)
+        guard !base.failed else { return .notJoined(IOError(errnoCode: EBADF, reason: "reading the sockets' counters")) }
+        // Watched before they are joined: once the kernel reads them there is no way back.
+        for (fd, side) in [(client, UInt64(0)), (server, UInt64(1))] {
+            let added = harp_watch_add(epoll, fd, id << 1 | side)
             if added != 0 {
-                _ = harp_sockmap_leave(&map, client)
-                _ = harp_sockmap_leave(&map, server)
                 _ = harp_watch_remove(epoll, client)
-                return .failure(IOError(errnoCode: -added, reason: "epoll_ctl"))
+                return .notJoined(IOError(errnoCode: -added, reason: "epoll_ctl"))
             }
         }
-        let pair = Pair(client: client, server: server, onBytes: onBytes, onEnd: onEnd)
-        pairs[client] = pair
-        pairs[server] = pair
-        return .success(pair)
+        var started: CInt = 0
+        let joined = harp_sockmap_join(&map, client, server, &started)
+        guard joined == 0 else {
+            _ = harp_watch_remove(epoll, client)
+            _ = harp_watch_remove(epoll, server)
+            let error = IOError(errnoCode: -joined, reason: "joining the sockets in the BPF sockmap")
+            if started != 0 {
+                Glibc.close(client)
+                Glibc.close(server)
+                return .broken(error)
+            }
+            return .notJoined(error)
+        }
+        let pair = Pair(id: id, client: client, server: server, base: base, onBytes: onBytes, onEnd: onEnd)
+        pairs[id] = pair
+        return .joined(pair)
     }
 
     /// Closes both sockets now (the lead master moved, or the instance stops). Does nothing if
     /// the pair has already ended.
     func close(_ pair: Pair) {
         lock.lock()
-        let ended = pairs[pair.client] === pair ? finish(pair, demote: false) : nil
+        let ended = pairs[pair.id] === pair ? finish(pair, demote: false, counts: nil) : nil
         lock.unlock()
         ended?()
-    }
-
-    /// How many pairs are joined now.
-    var count: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return pairs.count / 2
     }
 
     // MARK: - The watching thread
 
     private func run() {
-        var fds = [CInt](repeating: 0, count: 128)
+        var tokens = [UInt64](repeating: 0, count: 128)
         var flags = [CInt](repeating: 0, count: 128)
         var nextTick = ContinuousClock.now + Self.tick
         while true {
             let wait = max(0, Int((nextTick - ContinuousClock.now).fractionalMilliseconds.rounded(.up)))
-            let n = harp_watch_wait(epoll, &fds, &flags, CInt(fds.count), CInt(wait))
+            let n = harp_watch_wait(epoll, &tokens, &flags, CInt(tokens.count), CInt(wait))
             var endings: [() -> Void] = []
+            var toLook: [Pair] = []
+
+            // Events first, under the lock: they only set flags (and read an error).
             lock.lock()
             if n > 0 {
-                for (fd, flag) in zip(fds[0..<Int(n)], flags[0..<Int(n)]) {
-                    guard let pair = pairs[fd] else { continue }
-                    // A reset: nothing more can be delivered either way. (Not while demoting: the
-                    // glue will read the error from the socket itself.)
+                for (token, flag) in zip(tokens[0..<Int(n)], flags[0..<Int(n)]) {
+                    guard let pair = pairs[token >> 1] else { continue }  // ended meanwhile
+                    let isClient = token & 1 == 0
+                    let fd = isClient ? pair.client : pair.server
+                    let partner = isClient ? pair.server : pair.client
                     if flag & CInt(HARP_WATCH_ERROR) != 0, !pair.demoting {
-                        endings.append(finish(pair, demote: false))
-                        continue
+                        // The kernel passes a FIN on as an empty message, which the partner's send
+                        // path takes for a broken pipe (EPIPE) once everything before it is sent.
+                        // That is the other side's end of input, not a failure: pass it on as usual.
+                        if harp_socket_error(fd) == EPIPE, harp_socket_at_eof(partner) == 1 {
+                            if isClient { pair.serverEOF = true } else { pair.clientEOF = true }
+                        } else {
+                            // A reset: nothing more can be delivered either way. (Not while
+                            // demoting: the glue will read the error from the socket itself.)
+                            endings.append(finish(pair, demote: false, counts: nil))
+                            continue
+                        }
                     }
-                    // A FIN (with HUP when our own half was already shut): flushed before it is passed on.
                     if flag & CInt(HARP_WATCH_EOF) != 0 {
-                        if fd == pair.client { pair.clientEOF = true } else { pair.serverEOF = true }
-                        if let ending = step(pair) { endings.append(ending) }
+                        if isClient { pair.clientEOF = true } else { pair.serverEOF = true }
                     }
+                    toLook.append(pair)
                 }
             }
             if ContinuousClock.now >= nextTick {
                 nextTick = ContinuousClock.now + Self.tick
-                var seen = Set<ObjectIdentifier>()
-                for pair in pairs.values where seen.insert(ObjectIdentifier(pair)).inserted {
-                    if let ending = step(pair) { endings.append(ending) }
-                }
+                toLook = Array(pairs.values)
+            }
+            lock.unlock()
+
+            // The counters, outside the lock: six system calls a pair must not hold up joins and
+            // closes on the event loops. A pair closed meanwhile is skipped below.
+            let looks = toLook.map { ($0, Self.measure(client: $0.client, server: $0.server)) }
+
+            lock.lock()
+            for (pair, counts) in looks where pairs[pair.id] === pair {
+                if let ending = step(pair, counts) { endings.append(ending) }
             }
             lock.unlock()
             for ending in endings { ending() }
         }
     }
 
+    private static func measure(client: CInt, server: CInt) -> Counts {
+        var counts = Counts()
+        counts.failed = harp_socket_counts(client, &counts.clientIn, &counts.clientOut) != 0
+            || harp_socket_counts(server, &counts.serverIn, &counts.serverOut) != 0
+        return counts
+    }
+
     /// One look at a pair: counts its bytes, passes a half-close on once everything before it has
     /// reached the partner, and moves it to user space when a reader falls behind. Under the lock;
     /// returns what to call after it, if the pair ended.
-    private func step(_ pair: Pair) -> (() -> Void)? {
-        var clientIn: UInt64 = 0, clientOut: UInt64 = 0, serverIn: UInt64 = 0, serverOut: UInt64 = 0
-        guard harp_socket_counts(pair.client, &clientIn, &clientOut) == 0,
-              harp_socket_counts(pair.server, &serverIn, &serverOut) == 0 else {
-            return finish(pair, demote: false)
-        }
-        if clientIn > pair.countedToServer || serverIn > pair.countedToClient {
-            pair.onBytes(Int(clientIn &- pair.countedToServer), Int(serverIn &- pair.countedToClient))
-            pair.countedToServer = max(pair.countedToServer, clientIn)
-            pair.countedToClient = max(pair.countedToClient, serverIn)
-        }
+    private func step(_ pair: Pair, _ now: Counts) -> (() -> Void)? {
+        guard !now.failed else { return finish(pair, demote: false, counts: nil) }
+        func since(_ value: UInt64, _ base: UInt64) -> UInt64 { value > base ? value - base : 0 }
+        let clientIn = since(now.clientIn, pair.base.clientIn), clientOut = since(now.clientOut, pair.base.clientOut)
+        let serverIn = since(now.serverIn, pair.base.serverIn), serverOut = since(now.serverOut, pair.base.serverOut)
+        count(pair, toServer: clientIn, toClient: serverIn)
         // Bytes taken from one side that have not yet reached the other's send queue.
-        let toServerUnderway = clientIn > serverOut ? clientIn - serverOut : 0
-        let toClientUnderway = serverIn > clientOut ? serverIn - clientOut : 0
+        let toServerUnderway = since(clientIn, serverOut)
+        let toClientUnderway = since(serverIn, clientOut)
         if pair.demoting {
             // The slow side keeps its kernel reader until everything for it has been sent: taking a
             // socket out of `readers` while the kernel still has bytes queued for it can leave them
@@ -206,7 +256,7 @@ final class KernelDataPath: @unchecked Sendable {
                 _ = harp_sockmap_stop_reading(&map, pair.server)
                 return nil
             }
-            return finish(pair, demote: true)
+            return finish(pair, demote: true, counts: now)
         }
         if pair.clientEOF, !pair.shutToServer, toServerUnderway == 0 {
             shutdown(pair.server, CInt(SHUT_WR))
@@ -216,7 +266,7 @@ final class KernelDataPath: @unchecked Sendable {
             shutdown(pair.client, CInt(SHUT_WR))
             pair.shutToClient = true
         }
-        if pair.shutToServer && pair.shutToClient { return finish(pair, demote: false) }
+        if pair.shutToServer && pair.shutToClient { return finish(pair, demote: false, counts: now) }
         if !pair.clientEOF, !pair.serverEOF, max(toServerUnderway, toClientUnderway) > Self.highWater {
             // Stop the kernel reading the side that sends faster than its partner takes.
             pair.demoting = true
@@ -232,17 +282,26 @@ final class KernelDataPath: @unchecked Sendable {
         return nil
     }
 
+    /// Reports the bytes passed since the last report (never a negative amount).
+    private func count(_ pair: Pair, toServer: UInt64, toClient: UInt64) {
+        let up = toServer > pair.countedToServer ? toServer - pair.countedToServer : 0
+        let down = toClient > pair.countedToClient ? toClient - pair.countedToClient : 0
+        guard up > 0 || down > 0 else { return }
+        pair.countedToServer += up
+        pair.countedToClient += down
+        pair.onBytes(Int(clamping: up), Int(clamping: down))
+    }
+
     /// Takes a pair out; under the lock. Closed: both descriptors are closed here. Demoted: out of
     /// the maps, handed to `onEnd`.
-    private func finish(_ pair: Pair, demote: Bool) -> () -> Void {
-        pairs[pair.client] = nil
-        pairs[pair.server] = nil
+    private func finish(_ pair: Pair, demote: Bool, counts: Counts?) -> () -> Void {
+        pairs[pair.id] = nil
         _ = harp_watch_remove(epoll, pair.client)
         _ = harp_watch_remove(epoll, pair.server)
-        var clientIn: UInt64 = 0, serverIn: UInt64 = 0, unused: UInt64 = 0
-        if harp_socket_counts(pair.client, &clientIn, &unused) == 0, harp_socket_counts(pair.server, &serverIn, &unused) == 0,
-           clientIn > pair.countedToServer || serverIn > pair.countedToClient {
-            pair.onBytes(Int(clientIn &- min(clientIn, pair.countedToServer)), Int(serverIn &- min(serverIn, pair.countedToClient)))
+        let last = counts ?? Self.measure(client: pair.client, server: pair.server)
+        if !last.failed {
+            count(pair, toServer: last.clientIn > pair.base.clientIn ? last.clientIn - pair.base.clientIn : 0,
+                  toClient: last.serverIn > pair.base.serverIn ? last.serverIn - pair.base.serverIn : 0)
         }
         if demote {
             _ = harp_sockmap_leave(&map, pair.client)
