@@ -165,17 +165,20 @@ int harp_sockmap_leave(const struct harp_sockmap *map, int fd) {
     return r1 != 0 ? r1 : r2;
 }
 
-int harp_socket_counts(int fd, uint64_t *received, uint64_t *written) {
+int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *written) {
     // What waits in the receive queue, first: bytes that arrive before TCP_INFO is read then make
-    // the count too high, never too low (the safe side: a flush waits a little longer). Not
-    // SIOCINQ: on a socket in a sockmap it reports the BPF side's queue, not TCP's. A peek with
-    // MSG_TRUNC counts the bytes without copying them; this holds while the program never passes
-    // input up to the socket's own BPF queue (it only redirects), whose reader ignores MSG_TRUNC.
-    static char sink;
-    ssize_t unread = recv(fd, &sink, 1 << 30, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
-    if (unread < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
-        unread = 0;
+    // the count too high, never too low (the safe side: a flush waits a little longer). A socket
+    // the kernel path still reads has an empty queue (its input is taken as it arrives), and is
+    // not peeked: a peek would return, and so clear, a pending error (the EPIPE by which the
+    // kernel tells of a FIN passed on). Not SIOCINQ: on a socket in a sockmap it reports the BPF
+    // side's queue, not TCP's. A peek with MSG_TRUNC counts the bytes without copying them; this
+    // holds while the program never passes input up to the socket's own BPF queue (it only
+    // redirects), whose reader ignores MSG_TRUNC.
+    ssize_t unread = 0;
+    if (!kernel_reads) {
+        static char sink;
+        unread = recv(fd, &sink, 1 << 30, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+        if (unread < 0) unread = 0;  // nothing queued, or an error the socket's next user will see
     }
     struct tcp_info info;
     memset(&info, 0, sizeof(info));

@@ -34,7 +34,9 @@ int harp_sockmap_leave(const struct harp_sockmap *map, int fd);
 /// Payload bytes taken out of `fd`'s receive queue (by the kernel data path, or by a read), and
 /// bytes that have entered its send queue (acknowledged plus still queued; a connecting socket's
 /// SYN counts as one, so compare differences). -errno on failure.
-int harp_socket_counts(int fd, uint64_t *received, uint64_t *written);
+/// `kernel_reads`: the socket is still read by the kernel path (its receive queue is then empty
+/// and not looked at).
+int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *written);
 
 /// The socket's cookie (SO_COOKIE), 0 on failure.
 uint64_t harp_socket_cookie(int fd);

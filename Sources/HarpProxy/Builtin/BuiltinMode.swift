@@ -20,17 +20,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     let loop: any EventLoop
     let logger: Logger
 
-    enum JoinOutcome: Sendable {
-        case joined
-        /// Not joined; the caller keeps its descriptors and may glue the channels.
-        case notJoined
-        /// The lead master moved meanwhile: the caller closes everything.
-        case leaderMoved
-        /// The join failed after the kernel could have taken bytes: the path has closed the
-        /// sockets, and the caller closes its channels.
-        case broken
-    }
-
     /// What a client gets once admitted: where to connect, and how.
     struct Admission: Sendable {
         var target: LeaderTarget
@@ -59,6 +48,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         var server: (any Channel)?
         /// Set while the client and its lead master are joined in the kernel (`data_path: kernel`).
         var pair: (path: KernelDataPath, pair: KernelDataPath.Pair)?
+        /// Between leaving the kernel and getting its new channels.
+        var adopting = false
         var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?
 
         init(channel: any Channel) {
@@ -86,6 +77,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// The kernel data path when `data_path` is kernel and it could be opened.
     private var kernelPath: KernelDataPath?
     private var kernelPathUnavailableLogged = false
+    /// Pairs that ended before `register` took them on, and pairs `register` turned away whose
+    /// end is still to come.
+    private var earlyEnds: [UInt64: KernelDataPath.End] = [:]
+    private var rejected: Set<UInt64> = []
 
     init(instance: InstanceConfiguration, group: any EventLoopGroup, logger: Logger) {
         self.instance = instance
@@ -223,7 +218,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let entry = ClientEntry(channel: channel)
         clients[id] = entry
         clientCounters.total += 1
-        channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id) } }
+        channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: channel) } }
         if let target {
             entry.target = target
             return loop.makeSucceededFuture(admission(target, plan))
@@ -260,44 +255,70 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         }
     }
 
-    /// Joins a client to its lead master in the kernel, on this instance's loop so that a leader
-    /// change cannot slip between the check and the join. `client` and `server` are duplicates of
-    /// the channels' descriptors: on true the kernel path owns them, on false the caller does.
-    func join(_ channel: any Channel, target: LeaderTarget, path: KernelDataPath, client: CInt, server: CInt) -> EventLoopFuture<JoinOutcome> {
-        // On .leaderMoved and .notJoined the caller still owns `client` and `server`.
+    /// What a pair joined for `channel`'s client reports: its bytes, and its end (on this loop).
+    func pairCallbacks(for channel: any Channel) -> (onBytes: @Sendable (Int, Int) -> Void, onEnd: @Sendable (KernelDataPath.Pair, KernelDataPath.End) -> Void) {
+        let id = ObjectIdentifier(channel)
+        let traffic = traffic
+        return ({ toServer, toClient in
+            traffic.toServer.add(toServer, ordering: .relaxed)
+            traffic.toClient.add(toClient, ordering: .relaxed)
+        }, { pair, end in
+            self.loop.execute { self.pairEnded(id, pair, end) }
+        })
+    }
+
+    /// Takes on a pair the client's loop has just joined (there, in one step with its last look
+    /// at what NIO had read). False if the client is gone or the lead master moved meanwhile: the
+    /// pair is then closed before another byte passes, as a connection being set up would be.
+    func register(_ channel: any Channel, target: LeaderTarget, path: KernelDataPath, pair: KernelDataPath.Pair) -> EventLoopFuture<Bool> {
         loop.submit {
             let id = ObjectIdentifier(channel)
             guard !self.stopped, let entry = self.clients[id], target.sameRoute(as: entry.target), target.sameRoute(as: self.target) else {
-                return .leaderMoved
+                path.close(pair)
+                if let end = self.earlyEnds.removeValue(forKey: pair.id) {
+                    Self.closeDemoted(end)
+                } else if self.clients[id] != nil {
+                    self.rejected.insert(pair.id)  // its end is on its way to `pairEnded`
+                }
+                return false
             }
-            let traffic = self.traffic
-            let joined = path.join(client: client, server: server, onBytes: { toServer, toClient in
-                traffic.toServer.add(toServer, ordering: .relaxed)
-                traffic.toClient.add(toClient, ordering: .relaxed)
-            }, onEnd: { end in
-                self.loop.execute { self.pairEnded(id, end) }
-            })
-            switch joined {
-            case .joined(let pair):
-                entry.pair = (path, pair)
-                entry.server = nil
-                return .joined
-            case .notJoined(let error):
-                self.logger.warning("cannot join a client in the kernel; passing its bytes in user space", metadata: ["error": "\(error)"])
-                return .notJoined
-            case .broken(let error):
+            entry.pair = (path, pair)
+            entry.server = nil
+            if let end = self.earlyEnds.removeValue(forKey: pair.id) { self.pairEnded(id, pair, end) }
+            return true
+        }
+    }
+
+    /// Says why a client could not be joined in the kernel (it then goes on in user space, or,
+    /// `broken`, is closed).
+    func joinFailed(_ error: IOError, broken: Bool) {
+        loop.execute {
+            if broken {
                 self.logger.warning("joining a client in the kernel failed half-way; its connection is closed", metadata: ["error": "\(error)"])
-                return .broken
+            } else {
+                self.logger.warning("cannot join a client in the kernel; passing its bytes in user space", metadata: ["error": "\(error)"])
             }
         }
     }
 
+    private static func closeDemoted(_ end: KernelDataPath.End) {
+        if case .demoted(let client, let server) = end {
+            close(client)
+            close(server)
+        }
+    }
+
     /// A kernel-joined pair ended: closed, or handed back to user space because a reader fell behind.
-    private func pairEnded(_ id: ObjectIdentifier, _ end: KernelDataPath.End) {
-        guard let entry = clients[id], entry.pair != nil else {
-            if case .demoted(let client, let server) = end {
-                close(client)
-                close(server)
+    private func pairEnded(_ id: ObjectIdentifier, _ pair: KernelDataPath.Pair, _ end: KernelDataPath.End) {
+        guard let entry = clients[id] else {
+            Self.closeDemoted(end)
+            return
+        }
+        guard let (_, registered) = entry.pair, registered === pair else {
+            if rejected.remove(pair.id) != nil {
+                Self.closeDemoted(end)
+            } else {
+                earlyEnds[pair.id] = end  // joined on the client's loop; `register` is on its way
             }
             return
         }
@@ -312,6 +333,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 close(serverFD)
                 return
             }
+            entry.adopting = true
             let channelLoop = group.next()
             func adopt(_ fd: CInt) -> EventLoopFuture<any Channel> {
                 let cookie = harp_socket_cookie(fd)
@@ -329,6 +351,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             let client = adopt(clientFD)
             let server = adopt(serverFD)
             client.and(server).hop(to: self.loop).whenComplete { result in
+                self.clients[id]?.adopting = false
                 guard case .success(let (client, server)) = result, let entry = self.clients[id], entry.target != nil, !self.stopped else {
                     if case .success(let (client, server)) = result {
                         client.close(promise: nil)
@@ -342,7 +365,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 }
                 entry.channel = client
                 entry.server = server
-                client.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id) } }
+                client.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: client) } }
                 channelLoop.execute {
                     let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic)
                     do {
@@ -365,9 +388,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         loop.execute { self.noteRefusal("cannot connect to the lead master", reason: "leader_unreachable", ["leader": "\(target)", "error": "\(error)"]) }
     }
 
-    private func remove(_ id: ObjectIdentifier) {
-        // A client joined in the kernel has left its NIO channel behind; it ends with its pair.
-        if let entry = clients[id], entry.pair != nil { return }
+    private func remove(_ id: ObjectIdentifier, closing channel: any Channel) {
+        // A client joined in the kernel, or on its way back from it, has left its first NIO
+        // channel behind; it ends with its pair, or with the channel it gets back.
+        if let entry = clients[id], entry.pair != nil || entry.adopting || entry.channel !== channel { return }
         guard let entry = clients.removeValue(forKey: id) else { return }
         if let waiter = entry.waiter {
             waiter.timeout.cancel()

@@ -59,6 +59,8 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// would sit half-closed forever (remote half-closure is on for the data path's sake).
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
+            // Joining or joined in the kernel: the end of input is the kernel path's to pass on.
+            if state == .joining || state == .handedOver { return }
             context.close(promise: nil)
             return
         }
@@ -174,26 +176,26 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             fallBackToGlue(context: context, server: server)
             return
         }
-        mode.join(context.channel, target: target, path: kernel, client: client, server: leader).hop(to: context.eventLoop).whenComplete { joined in
-            let (handler, context) = bound.value
-            switch joined {
-            case .success(.joined):
-                // The kernel path holds the sockets through the duplicates; NIO's descriptors go.
-                handler.state = .handedOver
-                server.close(promise: nil)
-                context.close(promise: nil)
-            case .success(.notJoined):
-                close(client)
-                close(leader)
-                handler.fallBackToGlue(context: context, server: server)
-            case .success(.broken):
-                server.close(promise: nil)
-                context.close(promise: nil)
-            default:
-                // The lead master moved meanwhile (not a byte more to the old one), or the join
-                // broke half-way (the kernel path has closed the sockets).
-                close(client)
-                close(leader)
+        // The join, here on the client's loop, in one step with the last looks at what NIO read
+        // (nothing can be read in between); the instance's loop then takes the pair on, or closes
+        // it if the lead master moved meanwhile.
+        let callbacks = mode.pairCallbacks(for: context.channel)
+        switch kernel.join(client: client, server: leader, onBytes: callbacks.onBytes, onEnd: callbacks.onEnd) {
+        case .notJoined(let error):
+            close(client)
+            close(leader)
+            mode.joinFailed(error, broken: false)
+            fallBackToGlue(context: context, server: server)
+        case .broken(let error):
+            mode.joinFailed(error, broken: true)
+            server.close(promise: nil)
+            context.close(promise: nil)
+        case .joined(let pair):
+            state = .handedOver
+            mode.register(context.channel, target: target, path: kernel, pair: pair).hop(to: context.eventLoop).whenComplete { _ in
+                // Joined or turned away, NIO's descriptors go: the kernel path holds the sockets
+                // through the duplicates (and has closed them if turned away).
+                let (_, context) = bound.value
                 server.close(promise: nil)
                 context.close(promise: nil)
             }

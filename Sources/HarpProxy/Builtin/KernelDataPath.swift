@@ -66,10 +66,15 @@ final class KernelDataPath: @unchecked Sendable {
         fileprivate var countedToServer: UInt64 = 0
         fileprivate var countedToClient: UInt64 = 0
         fileprivate let onBytes: @Sendable (_ toServer: Int, _ toClient: Int) -> Void
-        fileprivate let onEnd: @Sendable (End) -> Void
+        fileprivate let onEnd: @Sendable (Pair, End) -> Void
+        /// Held while the watcher reads the pair's counters outside the path's lock, and while the
+        /// descriptors are closed, so that no counter is read from a descriptor number reused by
+        /// another socket.
+        fileprivate let descriptors = NSLock()
+        fileprivate var descriptorsClosed = false
 
         fileprivate init(id: UInt64, client: CInt, server: CInt, base: Counts,
-                         onBytes: @escaping @Sendable (Int, Int) -> Void, onEnd: @escaping @Sendable (End) -> Void) {
+                         onBytes: @escaping @Sendable (Int, Int) -> Void, onEnd: @escaping @Sendable (Pair, End) -> Void) {
             self.id = id
             self.client = client
             self.server = server
@@ -121,13 +126,13 @@ final class KernelDataPath: @unchecked Sendable {
     // MARK: - Joining and closing
 
     /// Joins two connected TCP sockets; see `JoinResult` for who owns the descriptors after.
-    func join(client: CInt, server: CInt, onBytes: @escaping @Sendable (Int, Int) -> Void, onEnd: @escaping @Sendable (End) -> Void) -> JoinResult {
+    func join(client: CInt, server: CInt, onBytes: @escaping @Sendable (Int, Int) -> Void, onEnd: @escaping @Sendable (Pair, End) -> Void) -> JoinResult {
         lock.lock()
         defer { lock.unlock() }
         let id = nextID
         nextID += 1
         // Counted before the kernel reads anything, so that everything after is the path's.
-        let base = Self.measure(client: client, server: server)
+        let base = Self.measure(client: client, server: server, clientRead: false, serverRead: false)
         guard !base.failed else { return .notJoined(IOError(errnoCode: EBADF, reason: "reading the sockets' counters")) }
         // Watched before they are joined: once the kernel reads them there is no way back.
         for (fd, side) in [(client, UInt64(0)), (server, UInt64(1))] {
@@ -206,12 +211,25 @@ final class KernelDataPath: @unchecked Sendable {
             if ContinuousClock.now >= nextTick {
                 nextTick = ContinuousClock.now + Self.tick
                 toLook = Array(pairs.values)
+            } else {
+                var seen = Set<UInt64>()
+                toLook = toLook.filter { seen.insert($0.id).inserted }
             }
+            let readers = toLook.map { (!$0.clientStopped, !$0.serverStopped) }
             lock.unlock()
 
-            // The counters, outside the lock: six system calls a pair must not hold up joins and
-            // closes on the event loops. A pair closed meanwhile is skipped below.
-            let looks = toLook.map { ($0, Self.measure(client: $0.client, server: $0.server)) }
+            // The counters, outside the path's lock: the system calls for every pair must not hold
+            // up joins and closes on the event loops. A pair closed meanwhile is skipped.
+            let looks = zip(toLook, readers).map { pair, reading in
+                pair.descriptors.lock()
+                defer { pair.descriptors.unlock() }
+                var counts = Counts()
+                counts.failed = true
+                if !pair.descriptorsClosed {
+                    counts = Self.measure(client: pair.client, server: pair.server, clientRead: reading.0, serverRead: reading.1)
+                }
+                return (pair, counts)
+            }
 
             lock.lock()
             for (pair, counts) in looks where pairs[pair.id] === pair {
@@ -222,10 +240,10 @@ final class KernelDataPath: @unchecked Sendable {
         }
     }
 
-    private static func measure(client: CInt, server: CInt) -> Counts {
+    private static func measure(client: CInt, server: CInt, clientRead: Bool, serverRead: Bool) -> Counts {
         var counts = Counts()
-        counts.failed = harp_socket_counts(client, &counts.clientIn, &counts.clientOut) != 0
-            || harp_socket_counts(server, &counts.serverIn, &counts.serverOut) != 0
+        counts.failed = harp_socket_counts(client, clientRead ? 1 : 0, &counts.clientIn, &counts.clientOut) != 0
+            || harp_socket_counts(server, serverRead ? 1 : 0, &counts.serverIn, &counts.serverOut) != 0
         return counts
     }
 
@@ -298,7 +316,7 @@ final class KernelDataPath: @unchecked Sendable {
         pairs[pair.id] = nil
         _ = harp_watch_remove(epoll, pair.client)
         _ = harp_watch_remove(epoll, pair.server)
-        let last = counts ?? Self.measure(client: pair.client, server: pair.server)
+        let last = counts ?? Self.measure(client: pair.client, server: pair.server, clientRead: !pair.clientStopped, serverRead: !pair.serverStopped)
         if !last.failed {
             count(pair, toServer: last.clientIn > pair.base.clientIn ? last.clientIn - pair.base.clientIn : 0,
                   toClient: last.serverIn > pair.base.serverIn ? last.serverIn - pair.base.serverIn : 0)
@@ -306,11 +324,17 @@ final class KernelDataPath: @unchecked Sendable {
         if demote {
             _ = harp_sockmap_leave(&map, pair.client)
             _ = harp_sockmap_leave(&map, pair.server)
-            return { pair.onEnd(.demoted(client: pair.client, server: pair.server)) }
+            pair.descriptors.lock()
+            pair.descriptorsClosed = true  // no longer ours to read
+            pair.descriptors.unlock()
+            return { pair.onEnd(pair, .demoted(client: pair.client, server: pair.server)) }
         }
+        pair.descriptors.lock()
+        pair.descriptorsClosed = true
         Glibc.close(pair.client)
         Glibc.close(pair.server)
-        return { pair.onEnd(.closed) }
+        pair.descriptors.unlock()
+        return { pair.onEnd(pair, .closed) }
     }
 }
 
