@@ -310,16 +310,16 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     /// A kernel-joined pair ended: closed, or handed back to user space because a reader fell behind.
     private func pairEnded(_ id: ObjectIdentifier, _ pair: KernelDataPath.Pair, _ end: KernelDataPath.End) {
+        if rejected.remove(pair.id) != nil {
+            Self.closeDemoted(end)
+            return
+        }
         guard let entry = clients[id] else {
             Self.closeDemoted(end)
             return
         }
         guard let (_, registered) = entry.pair, registered === pair else {
-            if rejected.remove(pair.id) != nil {
-                Self.closeDemoted(end)
-            } else {
-                earlyEnds[pair.id] = end  // joined on the client's loop; `register` is on its way
-            }
+            earlyEnds[pair.id] = end  // joined on the client's loop; `register` is on its way
             return
         }
         entry.pair = nil

@@ -26,6 +26,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var state = State.admitting
     private var buffer: ByteBuffer?
     private var refusal: Refusal?
+    private var inputClosedWhileJoining = false
 
     init(mode: BuiltinMode) { self.mode = mode }
 
@@ -59,8 +60,12 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// would sit half-closed forever (remote half-closure is on for the data path's sake).
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
-            // Joining or joined in the kernel: the end of input is the kernel path's to pass on.
-            if state == .joining || state == .handedOver { return }
+            // Joining or joined in the kernel: the end of input is the kernel path's to pass on,
+            // or, if the join falls back to user space, the glue's (see `fallBackToGlue`).
+            if state == .joining || state == .handedOver {
+                inputClosedWhileJoining = true
+                return
+            }
             context.close(promise: nil)
             return
         }
@@ -192,13 +197,12 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
         case .joined(let pair):
             state = .handedOver
-            mode.register(context.channel, target: target, path: kernel, pair: pair).hop(to: context.eventLoop).whenComplete { _ in
-                // Joined or turned away, NIO's descriptors go: the kernel path holds the sockets
-                // through the duplicates (and has closed them if turned away).
-                let (_, context) = bound.value
-                server.close(promise: nil)
-                context.close(promise: nil)
-            }
+            // Registered first (the accepted channel's close then reaches the instance's loop
+            // after it), then NIO's descriptors go at once: the kernel path holds the sockets
+            // through the duplicates, and NIO must not read them or take their errors.
+            _ = mode.register(context.channel, target: target, path: kernel, pair: pair)
+            server.close(promise: nil)
+            context.close(promise: nil)
         }
     }
 
@@ -209,7 +213,10 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let client = context.channel
+        let inputClosed = inputClosedWhileJoining
         handOver(context: context, to: server)
+        // NIO says "input closed" once: if it came while joining, the glue hears it now.
+        if inputClosed { client.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         // What the hold kept goes to the glue now, in order, before anything read after.
         if let hold = try? server.pipeline.syncOperations.handler(type: ServerHold.self) {
             hold.release()
