@@ -151,6 +151,12 @@ def main():
         show_port(nodes[0][1])
         direct.append((time.monotonic() - t) * 1000)
     summary("  baseline: direct connect + SHOW port", direct)
+    proxied = []
+    for _ in range(50):
+        t = time.monotonic()
+        show_port(proxy_port)
+        proxied.append((time.monotonic() - t) * 1000)
+    summary("  baseline: the same through the proxy", proxied)
 
 
 if __name__ == "__main__":
