@@ -5,6 +5,7 @@ import HarpConfig
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// HARP's default mode: a layer-4 pass-through. Each client is joined to the lead master known
 /// when it connects; when the lead master changes or goes, every connection to the old one is
@@ -77,6 +78,21 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// The kernel data path when `data_path` is kernel and it could be opened.
     private var kernelPath: KernelDataPath?
     private var kernelPathUnavailableLogged = false
+    /// What a new client gets when there is a lead master, published by `loop` after every
+    /// reconcile so that the client's own loop can admit it without a hop (two thread wake-ups
+    /// per connection less); `generation` changes with every move of the lead master.
+    private struct Route: Sendable {
+        var admission: Admission?
+        var generation: UInt64 = 0
+        var maxClientConn = 0
+        var stopped = false
+    }
+    private let route = Mutex(Route())
+    private var generation: UInt64 = 0
+    /// Clients admitted and not yet gone, for `max_client_conn`: `clients` plus admissions on
+    /// their way to `loop`. Taken by any loop, given back on `loop` when an entry leaves.
+    private let admitted = Atomic<Int>(0)
+
     /// Pairs that ended before `register` took them on, and pairs `register` turned away whose
     /// end is still to come.
     private var earlyEnds: [UInt64: KernelDataPath.End] = [:]
@@ -118,6 +134,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     private func reconcile(_ plan: InstancePlan) {
         guard !stopped else { return }
+        defer { publishRoute() }
         self.plan = plan
         reconcileDataPath(plan)
         reconcileListener(plan)
@@ -128,6 +145,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         if moved {
             let previous = target
             target = next
+            generation += 1
             closeConnections(from: previous, to: next, observedAt: plan.observedAt)
         } else {
             target = next  // the same node; its lease may be new
@@ -161,6 +179,33 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             m["ms_since_dcs_event"] = "\(String(format: "%.2f", (ContinuousClock.now - observedAt).fractionalMilliseconds))"
             logger.info("lead master changed: connections to the old one closed", metadata: m)
         }
+    }
+
+    private func publishRoute() {
+        let admission = target.flatMap { target in plan.map { self.admission(target, $0) } }
+        // Unmanaged too: the instance keeps routing new clients to the target it had.
+        let route = Route(admission: stopped ? nil : admission, generation: generation,
+                          maxClientConn: plan?.maxClientConn ?? 0, stopped: stopped)
+        self.route.withLock { $0 = route }
+    }
+
+    /// One place for `max_client_conn`: takes a slot if one is free.
+    private func takeSlot(max: Int) -> Bool {
+        var current = admitted.load(ordering: .relaxed)
+        while current < max {
+            let (exchanged, original) = admitted.compareExchange(expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Takes a client out of `clients` and gives its slot back.
+    @discardableResult
+    private func dropClient(_ id: ObjectIdentifier) -> ClientEntry? {
+        guard let entry = clients.removeValue(forKey: id) else { return nil }
+        admitted.subtract(1, ordering: .relaxed)
+        return entry
     }
 
     private func admitWaiters(to target: LeaderTarget, plan: InstancePlan) {
@@ -204,13 +249,35 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     // MARK: - Clients (called by ClientHandler)
 
     /// Decides what a new client gets: a lead master now, one within `hold_timeout`, or a refusal.
+    ///
+    /// With a lead master known, on the client's own loop and at once; `loop` enters the client
+    /// in `clients` next, and closes it then if the lead master moved in between. Otherwise (no
+    /// lead master, the limit reached, stopping) on `loop`.
     func admit(_ channel: any Channel) -> EventLoopFuture<Admission> {
-        loop.flatSubmit { self.admitOnLoop(channel) }
+        let route = route.withLock { $0 }
+        if !route.stopped, let admission = route.admission, takeSlot(max: route.maxClientConn) {
+            loop.execute { self.enter(channel, admission: admission, generation: route.generation) }
+            return channel.eventLoop.makeSucceededFuture(admission)
+        }
+        return loop.flatSubmit { self.admitOnLoop(channel) }
+    }
+
+    private func enter(_ channel: any Channel, admission: Admission, generation: UInt64) {
+        let id = ObjectIdentifier(channel)
+        let entry = ClientEntry(channel: channel)
+        clients[id] = entry
+        clientCounters.total += 1
+        channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: channel) } }
+        guard !stopped, generation == self.generation, admission.target.sameRoute(as: target) else {
+            channel.close(promise: nil)  // the lead master moved since: not a byte to the old one
+            return
+        }
+        entry.target = admission.target
     }
 
     private func admitOnLoop(_ channel: any Channel) -> EventLoopFuture<Admission> {
         guard !stopped, let plan else { return loop.makeFailedFuture(Refusal.shuttingDown) }
-        guard clients.count < plan.maxClientConn else {
+        guard takeSlot(max: plan.maxClientConn) else {
             noteRefusal("too many connections", reason: "max_client_conn", ["max_client_conn": "\(plan.maxClientConn)"])
             return loop.makeFailedFuture(Refusal.tooMany(instance: instance.name))
         }
@@ -242,17 +309,23 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         return promise.futureResult
     }
 
-    /// Called once the connection to `target` is up: false if the lead master moved meanwhile,
-    /// and the caller must close both sides rather than pass a byte.
-    func attach(_ client: any Channel, server: any Channel, target: LeaderTarget) -> EventLoopFuture<Bool> {
-        loop.submit {
+    /// Called on the client's loop once the connection to `target` is up: false if the lead
+    /// master moved meanwhile, and the caller must close both sides rather than pass a byte. A
+    /// move after this check closes both: `loop` closes the client (whose glue closes the
+    /// server), or finds the server here.
+    func attach(_ client: any Channel, server: any Channel, target: LeaderTarget) -> Bool {
+        let route = route.withLock { $0 }
+        guard !route.stopped, let current = route.admission, current.target.sameRoute(as: target) else { return false }
+        loop.execute {
             guard !self.stopped, let entry = self.clients[ObjectIdentifier(client)], target.sameRoute(as: entry.target),
                   target.sameRoute(as: self.target) else {
-                return false
+                server.close(promise: nil)
+                client.close(promise: nil)
+                return
             }
             entry.server = server
-            return true
         }
+        return true
     }
 
     /// What a pair joined for `channel`'s client reports: its bytes, and its end (on this loop).
@@ -325,10 +398,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         entry.pair = nil
         switch end {
         case .closed:
-            clients[id] = nil
+            dropClient(id)
         case .demoted(let clientFD, let serverFD):
             guard !stopped, entry.target != nil else {
-                clients[id] = nil
+                dropClient(id)
                 close(clientFD)
                 close(serverFD)
                 return
@@ -360,7 +433,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                         client.whenSuccess { $0.close(promise: nil) }
                         server.whenSuccess { $0.close(promise: nil) }
                     }
-                    self.clients[id] = nil
+                    self.dropClient(id)
                     return
                 }
                 entry.channel = client
@@ -392,7 +465,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         // A client joined in the kernel, or on its way back from it, has left its first NIO
         // channel behind; it ends with its pair, or with the channel it gets back.
         if let entry = clients[id], entry.pair != nil || entry.adopting || entry.channel !== channel { return }
-        guard let entry = clients.removeValue(forKey: id) else { return }
+        guard let entry = dropClient(id) else { return }
         if let waiter = entry.waiter {
             waiter.timeout.cancel()
             waiter.promise.fail(Refusal.shuttingDown)
@@ -483,6 +556,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     private func stop() -> EventLoopFuture<Void> {
         stopped = true
+        publishRoute()
         bindRetry?.cancel()
         var closing: [EventLoopFuture<Void>] = []
         if let listener {

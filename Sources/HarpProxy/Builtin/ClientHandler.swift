@@ -109,18 +109,15 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             let (handler, context) = bound.value
             switch result {
             case .success(let server):
-                mode.attach(context.channel, server: server, target: admission.target).hop(to: context.eventLoop).whenComplete { attached in
-                    let (handler, context) = bound.value
-                    guard case .success(true) = attached, context.channel.isActive else {
-                        server.close(promise: nil)
-                        context.close(promise: nil)
-                        return
-                    }
-                    if let kernel = admission.kernel {
-                        handler.join(context: context, server: server, kernel: kernel, target: admission.target)
-                    } else {
-                        handler.handOver(context: context, to: server)
-                    }
+                guard context.channel.isActive, mode.attach(context.channel, server: server, target: admission.target) else {
+                    server.close(promise: nil)
+                    context.close(promise: nil)
+                    return
+                }
+                if let kernel = admission.kernel {
+                    handler.join(context: context, server: server, kernel: kernel, target: admission.target)
+                } else {
+                    handler.handOver(context: context, to: server)
                 }
             case .failure(let error):
                 let reason = Self.connectFailure(error, timeout: admission.connectTimeout)

@@ -58,6 +58,9 @@ final class PgBouncerDriver: @unchecked Sendable {
     private var password = generatedPassword()
     /// A PgBouncer just started or adopted is paused before anything else.
     private var freshStart = false
+    /// The running PgBouncer's `[databases]` is known to be the one just written: we started it,
+    /// or the one we adopted already had it. No PAUSE is needed to put it on the lead master.
+    private var knownOnTarget = false
     private var firstStart = true
     private var backoff: Duration = .seconds(1)
     private var nextStartAt = ContinuousClock.now
@@ -204,16 +207,21 @@ final class PgBouncerDriver: @unchecked Sendable {
         guard dcsRead, ContinuousClock.now >= nextStartAt else { return false }
         do throws(PgBouncerProcess.Failure) {
             try PrivateFiles.makeDirectory(paths.runDirectory, owner: owner)
+            let previousDatabases = Self.databasesSection(of: paths.ini)
             try writeFiles(settings: settings, target: target)
             if firstStart, let running = PgBouncerProcess.adopt(pidFile: paths.pidFile) {
                 // An earlier harp-proxy left it running: it re-reads the files (and so learns the
                 // new admin password) on SIGHUP, then is driven like one of ours.
                 running.signal(SIGHUP)
                 process = running
+                // Its clients' sessions stay: a PAUSE would wait on every session-pooled client
+                // until KILL. It needs one only if it pointed somewhere else.
+                knownOnTarget = previousDatabases != nil && previousDatabases == Self.databasesSection(of: paths.ini)
                 logger.info("adopted the running PgBouncer named by its pidfile", metadata: ["pid": "\(running.pid)", "pidfile": "\(paths.pidFile)"])
             } else {
                 let started = try PgBouncerProcess.start(binary: binary, ini: paths.ini)
                 process = started
+                knownOnTarget = true
                 logger.info("started PgBouncer", metadata: ["pid": "\(started.pid)", "ini": "\(paths.ini)", "listen": "\(settings.listenAddress):\(settings.listenPort)"])
             }
             firstStart = false
@@ -237,6 +245,19 @@ final class PgBouncerDriver: @unchecked Sendable {
         pause = .running
         killed = []
         condition.withLock { published = Published() }
+    }
+
+    /// The `[databases]` section of an ini file, nil if there is none to read.
+    static func databasesSection(of path: String) -> String? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        var inside = false
+        var lines: [Substring] = []
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasPrefix("[") { inside = trimmed == "[databases]" }
+            else if inside { lines.append(line) }
+        }
+        return lines.isEmpty ? nil : lines.joined(separator: "\n")
     }
 
     private func writeFiles(settings: PgBouncerSettings, target: LeaderTarget?) throws(PgBouncerProcess.Failure) {
@@ -303,6 +324,16 @@ final class PgBouncerDriver: @unchecked Sendable {
     private func follow(_ target: LeaderTarget?, plan: InstancePlan) {
         guard let admin, let applied else { return }
         let onTarget = target != nil && target!.sameRoute(as: applied.target)
+        if freshStart, knownOnTarget, onTarget, pause == .running, let target {
+            // Started (or adopted) with its ini already on the lead master: nothing to PAUSE for.
+            // (A PAUSE here would close the server connection of a client that arrived in the
+            // first milliseconds, and PgBouncer would then wait server_login_retry, 15 s, for
+            // that pool; an adopted one's session clients would wait for KILL.)
+            freshStart = false
+            logger.info("PgBouncer started on the lead master", metadata: ["leader": "\(target)", "ms": "\((ContinuousClock.now - plan.observedAt).milliseconds)"])
+            nextMonitorAt = .now
+            return
+        }
         do {
             if case .pausing = pause, onTarget, !freshStart {
                 // The lead master came back before the PAUSE finished: carry on where we were.
