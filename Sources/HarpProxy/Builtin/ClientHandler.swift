@@ -99,7 +99,13 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .channelOption(.socketOption(.so_keepalive), value: 1)
                 .channelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
-            connecting = bootstrap.connect(host: host, port: port)
+            // An address as written: no resolver (NIO's runs getaddrinfo off the loop and
+            // races A and AAAA, a few thread hand-offs per connection); a name: resolved.
+            if let address = try? SocketAddress(ipAddress: host, port: port) {
+                connecting = bootstrap.connect(to: address)
+            } else {
+                connecting = bootstrap.connect(host: host, port: port)
+            }
         case .unixSocket(let directory, let port):
             connecting = bootstrap.connect(unixDomainSocketPath: "\(directory)/.s.PGSQL.\(port)")
         }
