@@ -13,9 +13,9 @@ import Glibc
 /// The kernel gives no flow control on this path: a socket's input is taken as it arrives, and
 /// what the partner cannot send yet waits in the kernel, however much it grows. So a thread of
 /// ours looks at every joined pair each `tick`, and when more than `highWater` bytes wait for a
-/// slow reader, it stops the kernel reading both sockets (their input then stays in their TCP
-/// receive queues, and TCP holds the senders back), waits until what is under way has reached the
-/// send queues, takes the sockets out of the maps and gives them back to NIO, where the glue
+/// slow reader, it stops the kernel reading the fast side (its input then stays in its TCP
+/// receive queue, and TCP holds the sender back), waits until what is under way has reached the
+/// send queue, takes the sockets out of the maps and gives them back to NIO, where the glue
 /// forwards them with exact backpressure. A half-close is passed on the same way: the FIN is sent
 /// only once every byte before it has reached the partner's send queue. Nothing is lost.
 ///
@@ -46,6 +46,13 @@ final class KernelDataPath: @unchecked Sendable {
     fileprivate struct Counts {
         var clientIn: UInt64 = 0, clientOut: UInt64 = 0, serverIn: UInt64 = 0, serverOut: UInt64 = 0
         var failed = false
+
+        /// These counts less `base`'s, none below zero.
+        func since(_ base: Counts) -> Counts {
+            func since(_ value: UInt64, _ base: UInt64) -> UInt64 { value > base ? value - base : 0 }
+            return Counts(clientIn: since(clientIn, base.clientIn), clientOut: since(clientOut, base.clientOut),
+                          serverIn: since(serverIn, base.serverIn), serverOut: since(serverOut, base.serverOut), failed: failed)
+        }
     }
 
     /// One joined pair. Its mutable fields are touched only under the path's lock.
@@ -252,13 +259,11 @@ final class KernelDataPath: @unchecked Sendable {
     /// returns what to call after it, if the pair ended.
     private func step(_ pair: Pair, _ now: Counts) -> (() -> Void)? {
         guard !now.failed else { return finish(pair, demote: false, counts: nil) }
-        func since(_ value: UInt64, _ base: UInt64) -> UInt64 { value > base ? value - base : 0 }
-        let clientIn = since(now.clientIn, pair.base.clientIn), clientOut = since(now.clientOut, pair.base.clientOut)
-        let serverIn = since(now.serverIn, pair.base.serverIn), serverOut = since(now.serverOut, pair.base.serverOut)
-        count(pair, toServer: clientIn, toClient: serverIn)
+        let c = now.since(pair.base)
+        count(pair, toServer: c.clientIn, toClient: c.serverIn)
         // Bytes taken from one side that have not yet reached the other's send queue.
-        let toServerUnderway = since(clientIn, serverOut)
-        let toClientUnderway = since(serverIn, clientOut)
+        let toServerUnderway = c.clientIn > c.serverOut ? c.clientIn - c.serverOut : 0
+        let toClientUnderway = c.serverIn > c.clientOut ? c.serverIn - c.clientOut : 0
         if pair.demoting {
             // The slow side keeps its kernel reader until everything for it has been sent: taking a
             // socket out of `readers` while the kernel still has bytes queued for it can leave them
@@ -318,8 +323,8 @@ final class KernelDataPath: @unchecked Sendable {
         _ = harp_watch_remove(epoll, pair.server)
         let last = counts ?? Self.measure(client: pair.client, server: pair.server, clientRead: !pair.clientStopped, serverRead: !pair.serverStopped)
         if !last.failed {
-            count(pair, toServer: last.clientIn > pair.base.clientIn ? last.clientIn - pair.base.clientIn : 0,
-                  toClient: last.serverIn > pair.base.serverIn ? last.serverIn - pair.base.serverIn : 0)
+            let c = last.since(pair.base)
+            count(pair, toServer: c.clientIn, toClient: c.serverIn)
         }
         if demote {
             _ = harp_sockmap_leave(&map, pair.client)
