@@ -150,7 +150,11 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         } else {
             target = next  // the same node; its lease may be new
         }
-        if let next { admitWaiters(to: next, plan: plan) }
+        guard let next else { return }
+        // Published before the waiters go: a waiter's connect can finish on its own loop before
+        // this returns, and `attach` checks it against the published route.
+        publishRoute()
+        admitWaiters(to: next, plan: plan)
     }
 
     /// Closes every connection of a lead master that is no longer the one, both sides.
