@@ -142,38 +142,51 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         guard plan.managed else { return }
         let next = plan.routing.target
         let moved = next.map { !$0.sameRoute(as: target) } ?? (target != nil)
-        if moved {
-            let previous = target
-            target = next
-            generation += 1
-            closeConnections(from: previous, to: next, observedAt: plan.observedAt)
-        } else {
-            target = next  // the same node; its lease may be new
-        }
-        guard let next else { return }
-        // Published before the waiters go: a waiter's connect can finish on its own loop before
-        // this returns, and `attach` checks it against the published route.
+        let previous = target
+        target = next  // if it did not move: the same node, its lease may be new
+        if moved { generation += 1 }
+        // Published first: from here on a new client goes to `next` (or waits for one), and one
+        // admitted to `previous` just before is turned away by `attach` or `enter`. Then the
+        // waiters: a waiter's connect can finish on its own loop before this returns, and
+        // `attach` checks it against the published route.
         publishRoute()
-        admitWaiters(to: next, plan: plan)
+        if moved { closeConnections(from: previous, to: next, observedAt: plan.observedAt) }
+        if let next { admitWaiters(to: next, plan: plan) }
     }
 
-    /// Closes every connection of a lead master that is no longer the one, both sides.
+    /// Closes every connection of a lead master that is no longer the one, both sides: every
+    /// client first, then every lead-master side. Each server-side close wakes a backend that
+    /// exits and competes for the CPU; the clients should not wait behind that.
     private func closeConnections(from previous: LeaderTarget?, to next: LeaderTarget?, observedAt: ContinuousClock.Instant) {
         let victims = clients.values.filter { $0.target != nil }
         var closed: [EventLoopFuture<Void>] = []
+        var joined: [ObjectIdentifier: (KernelDataPath, [KernelDataPath.Pair])] = [:]
+        var byLoop: [ObjectIdentifier: (any EventLoop, [any Channel])] = [:]
+        var servers: [any Channel] = []
         for entry in victims {
             entry.target = nil
             if let (path, pair) = entry.pair {
-                path.close(pair)  // synchronous: both sockets are closed when it returns
+                joined[ObjectIdentifier(path), default: (path, [])].1.append(pair)
                 continue
             }
-            entry.channel.close(promise: nil)
+            let loop = entry.channel.eventLoop
+            byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append(entry.channel)
             closed.append(entry.channel.closeFuture)
             if let server = entry.server {
-                server.close(promise: nil)
+                servers.append(server)
                 closed.append(server.closeFuture)
             }
         }
+        for (path, pairs) in joined.values { path.close(pairs) }  // synchronous: closed when it returns
+        // One task per event loop; the glue closes each lead-master side a step later.
+        for (loop, channels) in byLoop.values {
+            if loop.inEventLoop {
+                for channel in channels { channel.close(promise: nil) }
+            } else {
+                loop.execute { for channel in channels { channel.close(promise: nil) } }
+            }
+        }
+        for server in servers { server.close(promise: nil) }
         let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
         guard previous != nil else { return }
         let count = victims.count

@@ -83,7 +83,14 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        partner?.partnerCloseFull()
+        guard clientSide, let partner else {
+            partner?.partnerCloseFull()
+            return
+        }
+        // The client went: its lead-master side closes a step later on this loop, so that a
+        // batch of client closes (a leader change) is not held up by the backends they wake.
+        let bound = NIOLoopBound(partner, eventLoop: context.eventLoop)
+        context.eventLoop.execute { bound.value.partnerCloseFull() }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

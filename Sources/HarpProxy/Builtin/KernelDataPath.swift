@@ -169,11 +169,25 @@ final class KernelDataPath: @unchecked Sendable {
 
     /// Closes both sockets now (the lead master moved, or the instance stops). Does nothing if
     /// the pair has already ended.
-    func close(_ pair: Pair) {
+    func close(_ pair: Pair) { close([pair]) }
+
+    /// Closes pairs at once: every client socket first, then every lead-master socket (see
+    /// `BuiltinMode.closeConnections`).
+    func close(_ batch: [Pair]) {
         lock.lock()
-        let ended = pairs[pair.id] === pair ? finish(pair, demote: false, counts: nil) : nil
+        var endings: [() -> Void] = []
+        var servers: [Pair] = []
+        for pair in batch where pairs[pair.id] === pair {
+            endings.append(finish(pair, demote: false, counts: nil, closeServer: false))
+            servers.append(pair)
+        }
+        for pair in servers {
+            pair.descriptors.lock()
+            Glibc.close(pair.server)
+            pair.descriptors.unlock()
+        }
         lock.unlock()
-        ended?()
+        for ended in endings { ended() }
     }
 
     // MARK: - The watching thread
@@ -317,7 +331,8 @@ final class KernelDataPath: @unchecked Sendable {
 
     /// Takes a pair out; under the lock. Closed: both descriptors are closed here. Demoted: out of
     /// the maps, handed to `onEnd`.
-    private func finish(_ pair: Pair, demote: Bool, counts: Counts?) -> () -> Void {
+    /// `closeServer: false` leaves the lead-master socket open (marked closed) for the caller to close.
+    private func finish(_ pair: Pair, demote: Bool, counts: Counts?, closeServer: Bool = true) -> () -> Void {
         pairs[pair.id] = nil
         _ = harp_watch_remove(epoll, pair.client)
         _ = harp_watch_remove(epoll, pair.server)
@@ -337,7 +352,7 @@ final class KernelDataPath: @unchecked Sendable {
         pair.descriptors.lock()
         pair.descriptorsClosed = true
         Glibc.close(pair.client)
-        Glibc.close(pair.server)
+        if closeServer { Glibc.close(pair.server) }
         pair.descriptors.unlock()
         return { pair.onEnd(pair, .closed) }
     }
