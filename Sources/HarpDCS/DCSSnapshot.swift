@@ -13,8 +13,12 @@ public struct DCSSnapshot: Sendable {
     public let reachable: Bool
     /// When the DCS stopped answering; nil while it answers.
     public let unreachableSince: Date?
+    /// When the session made it: for a watch event, the moment the event reached this process.
+    public let madeAt: ContinuousClock.Instant
 
-    public init(revision: Int64, values: [String: KeyValue], synced: Bool = true, reachable: Bool = true, unreachableSince: Date? = nil) {
+    public init(revision: Int64, values: [String: KeyValue], synced: Bool = true, reachable: Bool = true, unreachableSince: Date? = nil,
+                madeAt: ContinuousClock.Instant = .now) {
+        self.madeAt = madeAt
         self.revision = revision
         self.values = values
         self.synced = synced

@@ -93,7 +93,10 @@ public actor ProxyHost {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await snapshot in self.session.snapshots() {
-                    await self.reconcile(snapshot, observedAt: .now)
+                    // From the moment the DCS event reached the process: the hop to this task
+                    // counts in `ms_since_dcs_event` too. (The first snapshot may be older; it
+                    // changes no lead master.)
+                    await self.reconcile(snapshot, observedAt: snapshot.madeAt)
                 }
             }
             group.addTask { await self.reportStatus() }
