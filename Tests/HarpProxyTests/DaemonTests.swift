@@ -342,6 +342,37 @@ final class DaemonTests: XCTestCase {
         proxy.stop()
     }
 
+    /// `data_path: kernel` with the capabilities: a session joined in the kernel shows in
+    /// `harp_proxy_kernel_clients`, and its bytes, which the process never reads, still reach
+    /// `harp_proxy_bytes_total` once it has ended.
+    func testDataPathKernelShowsInTheMetrics() async throws {
+        try XCTSkipUnless(getuid() == 0, "the kernel data path needs CAP_BPF and CAP_NET_ADMIN")
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let (port, http) = (freePort(), freePort())
+        dir.write("conf.d/k.yml", instanceFile("k", "dc1", port) + "  data_path: kernel\n")
+        let proxy = try start(dir, etcd: etcd, extra: "http: {enable: true, host: 127.0.0.1, port: \(http)}\n")
+        defer { proxy.stop() }
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
+        XCTAssertTrue(proxy.log.contains("clients are joined to the lead master in the kernel"), proxy.log)
+        func metrics() -> [String: Double] { parsePrometheus(httpGet(http, "/metrics").body).samples }
+        let bytesBefore = metrics()["harp_proxy_bytes_total{direction=server_to_client,instance=k}"] ?? -1
+
+        let session = try openSession(through: port, tag: "kernel-metrics", seconds: 3, logDirectory: dir.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, "kernel-metrics"))
+        XCTAssertTrue(eventually(timeout: 5) { metrics()["harp_proxy_kernel_clients{instance=k}"] == 1 }, httpGet(http, "/metrics").body)
+        XCTAssertEqual(metrics()["harp_proxy_clients{instance=k}"], 1)
+
+        XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "the session ends by itself")
+        XCTAssertTrue(eventually(timeout: 5) {
+            let m = metrics()
+            return m["harp_proxy_kernel_clients{instance=k}"] == 0 && m["harp_proxy_clients{instance=k}"] == 0
+        }, httpGet(http, "/metrics").body)
+        let bytesAfter = metrics()["harp_proxy_bytes_total{direction=server_to_client,instance=k}"] ?? -1
+        // The session's answers (authentication, parameters, three results) passed in the kernel.
+        XCTAssertGreaterThan(bytesAfter - bytesBefore, 300, "bytes passed in the kernel are counted")
+    }
+
     /// `data_path: kernel` in a process without CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (which
     /// stands for both): one WARNING with the reason, and the instance serves in user space.
     func testDataPathKernelWithoutCapabilitiesFallsBackToUserSpace() async throws {
