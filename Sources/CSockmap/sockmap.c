@@ -174,10 +174,11 @@ int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *w
     // side's queue, not TCP's. A peek with MSG_TRUNC counts the bytes without copying them; this
     // holds while the program never passes input up to the socket's own BPF queue (it only
     // redirects), whose reader ignores MSG_TRUNC.
+    // No buffer: should the peek meet the BPF queue after all (see harp_socket_parked), its copy
+    // fails with EFAULT instead of writing anywhere.
     ssize_t unread = 0;
     if (!kernel_reads) {
-        static char sink;
-        unread = recv(fd, &sink, 1 << 30, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+        unread = recv(fd, NULL, 1 << 30, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
         if (unread < 0) unread = 0;  // nothing queued, or an error the socket's next user will see
     }
     struct tcp_info info;
@@ -240,4 +241,15 @@ int harp_socket_error(int fd) {
 int harp_socket_at_eof(int fd) {
     char byte;
     return recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ? 1 : 0;
+}
+
+int harp_socket_parked(int fd) {
+    int queued = 0;
+    if (ioctl(fd, SIOCINQ, &queued) != 0) return -errno;
+    return queued;
+}
+
+long harp_socket_take(int fd, void *buffer, size_t length) {
+    ssize_t n = recv(fd, buffer, length, MSG_DONTWAIT);
+    return n >= 0 ? (long)n : -errno;
 }

@@ -135,6 +135,16 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    /// User space: a client that half-closes, then reads a large answer late, gets all of it.
+    func testAClientThatHalfClosesAndReadsLateGetsTheWholeAnswer() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await halfCloseThenReadLate(rig: rig, port: port)
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained, "the connection ends once both sides have closed")
+        await rig.stop()
+    }
+
     func testALeaderThatDoesNotAnswerGives08006NamingItsAddress() async throws {
         let port = freePort()
         let dead = freePort()  // nothing listens there

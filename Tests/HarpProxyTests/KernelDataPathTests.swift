@@ -94,7 +94,7 @@ final class KernelDataPathTests: XCTestCase {
         let rig = try await kernelRig(port: port)
         let echoPort = freePort()
         let echo = try TestProcess(name: "echo", executable: "/usr/bin/socat",
-                                   arguments: ["TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"],
+                                   arguments: ["-t", "60", "TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:sleep 0.3; exec cat"],
                                    logDirectory: rig.etcd.directory.path)
         defer { echo.stop() }
         XCTAssertTrue(eventually(timeout: 5) { canConnect(port: echoPort) })
@@ -106,7 +106,9 @@ final class KernelDataPathTests: XCTestCase {
         let fd = try XCTUnwrap(connectedLoopbackSocket(port: port))
         defer { close(fd) }
         // A first word, answered, so that the join is made before the flood (a client may send
-        // only 64 KiB before the lead master is connected).
+        // only 64 KiB before the lead master is connected). The echo starts 0.3 s late: an
+        // answer that came before the join would keep the client in user space. (`-t 60`:
+        // socat otherwise ends the connection 0.5 s after the client's EOF.)
         writeAll(fd, Array("hello".utf8))
         var answer = [UInt8](repeating: 0, count: 5)
         XCTAssertEqual(recv(fd, &answer, 5, CInt(MSG_WAITALL)), 5)
@@ -135,6 +137,86 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
+    /// Both ways at once, with a reader that starts late: the client streams 24 MB to an echo
+    /// server and half-closes while the echo piles up in front of it, so the pair moves to user
+    /// space with bytes under way in both directions and the client's FIN among them. Every byte
+    /// comes back, in order, then the EOF.
+    func testAFloodBothWaysWithALateReaderMovesToUserSpaceAndLosesNothing() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        let echoPort = freePort()
+        let echo = try TestProcess(name: "echo", executable: "/usr/bin/socat",
+                                   arguments: ["-t", "60", "TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:sleep 0.3; exec cat"],
+                                   logDirectory: rig.etcd.directory.path)
+        defer { echo.stop() }
+        XCTAssertTrue(eventually(timeout: 5) { canConnect(port: echoPort) })
+        try await rig.node("echo", location: "dc1", dsn: "host=127.0.0.1 port=\(echoPort)")
+        try await rig.leader("dc1", "echo")
+        let routed = await rig.waitUntilRouting("p1", to: "echo")
+        XCTAssertTrue(routed)
+
+        let fd = try XCTUnwrap(connectedLoopbackSocket(port: port))
+        defer { close(fd) }
+        writeAll(fd, Array("hello".utf8))
+        var answer = [UInt8](repeating: 0, count: 5)
+        XCTAssertEqual(recv(fd, &answer, 5, CInt(MSG_WAITALL)), 5)
+        let joined = await rig.counters("p1")
+        XCTAssertEqual(joined.inKernel, 1)
+
+        // Each 4-byte word holds its own index: a byte lost, doubled or moved shows.
+        let payload = [UInt8](unsafeUninitializedCapacity: 24 << 20) { buffer, count in
+            buffer.withMemoryRebound(to: UInt32.self) { words in
+                for i in words.indices { words[i] = UInt32(truncatingIfNeeded: i) }
+            }
+            count = 24 << 20
+        }
+        let writer = Thread {
+            writeAll(fd, payload)
+            shutdown(fd, CInt(SHUT_WR))
+        }
+        writer.start()
+        // Not reading for a while: the echo backs up in front of this client, beyond the 8 MiB
+        // the kernel path lets wait, while this side keeps sending.
+        try await Task.sleep(for: .seconds(2))
+        // A stall fails the test rather than hanging it.
+        var timeout = timeval(tv_sec: 15, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // Straight into one buffer, and memcmp: a debug build is slow at 24 MB a byte at a time.
+        var received = [UInt8](repeating: 0, count: payload.count + 1)
+        let total = received.withUnsafeMutableBytes { buffer -> Int in
+            var total = 0
+            while total < buffer.count {
+                let n = recv(fd, buffer.baseAddress! + total, buffer.count - total, 0)
+                if n <= 0 { break }
+                total += n
+            }
+            return total
+        }
+        XCTAssertEqual(total, payload.count, "every byte came back before the EOF")
+        XCTAssertEqual(memcmp(received, payload, payload.count), 0, "in order")
+        XCTAssertTrue(rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") },
+                      "the pair left the kernel when its reader fell behind")
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained, "the pair ends once both sides have closed")
+        await rig.stop()
+    }
+
+    /// A client that asks for a large answer, half-closes and reads late: its FIN is passed on
+    /// first, then the answer piles up in front of it. The pair still moves to user space
+    /// (nothing would bound the kernel's queue otherwise), and the answer arrives whole, then
+    /// the EOF. (A server that writes after reading its request: PostgreSQL in these tests
+    /// cancels a query once the client has half-closed.)
+    func testAClientThatHalfClosesAndReadsLateStillMovesToUserSpace() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        try await halfCloseThenReadLate(rig: rig, port: port) { joined in XCTAssertEqual(joined.inKernel, 1) }
+        XCTAssertTrue(rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") },
+                      "the pair left the kernel although the client had half-closed")
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained, "the pair ends once both sides have closed")
+        await rig.stop()
+    }
+
     func testNoDescriptorLeakAfterManyJoinedConnections() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)
@@ -151,3 +233,4 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 }
+

@@ -103,3 +103,61 @@ func sessions(on server: PostgresServer, tagged tag: String) -> Int {
 func waitForActivity(on server: PostgresServer, _ tag: String, count: Int = 1, timeout: TimeInterval = 10) -> Bool {
     eventually(timeout: timeout) { sessions(on: server, tagged: tag) == count }
 }
+
+/// A client that asks for a large answer, half-closes and reads late, through `port` to a
+/// server (socat) that answers "ok" to a first line (after 0.3 s, so that a kernel data path
+/// has joined the client before any answer), then 20 MiB once the second line comes:
+/// the client's FIN is passed on first, then the answer piles up in front of it. It must
+/// arrive whole, in order, then the EOF. (Not PostgreSQL: in these tests it cancels a query
+/// once the client has half-closed; and socat's `-t`: by default it ends the whole connection
+/// 0.5 s after one direction's EOF.) `joined` looks at the counters once the client is through.
+func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #filePath, line: UInt = #line,
+                           joined: (ClientCounters) -> Void = { _ in }) async throws {
+    let directory = rig.etcd.directory.path
+    let size = 20 << 20
+    let payload = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+        buffer.withMemoryRebound(to: UInt32.self) { words in
+            for i in words.indices { words[i] = UInt32(truncatingIfNeeded: i &* 2_654_435_761) }
+        }
+        count = size
+    }
+    FileManager.default.createFile(atPath: "\(directory)/answer", contents: Data(payload))
+    let serverPort = freePort()
+    let server = try TestProcess(name: "answer", executable: "/usr/bin/socat",
+                                 arguments: ["-t", "60", "TCP-LISTEN:\(serverPort),bind=127.0.0.1,reuseaddr,fork",
+                                             "SYSTEM:read a; sleep 0.3; echo ok; read b; cat \(directory)/answer"],
+                                 logDirectory: directory)
+    defer { server.stop() }
+    XCTAssertTrue(eventually(timeout: 5) { canConnect(port: serverPort) }, file: file, line: line)
+    try await rig.node("answer", location: "dc1", dsn: "host=127.0.0.1 port=\(serverPort)")
+    try await rig.leader("dc1", "answer")
+    let routed = await rig.waitUntilRouting("p1", to: "answer")
+    XCTAssertTrue(routed, file: file, line: line)
+
+    let fd = try XCTUnwrap(connectedLoopbackSocket(port: port), file: file, line: line)
+    defer { close(fd) }
+    var timeout = timeval(tv_sec: 15, tv_usec: 0)  // a stall fails rather than hangs
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    writeAll(fd, Array("hello\n".utf8))
+    var ok = [UInt8](repeating: 0, count: 3)
+    XCTAssertEqual(recv(fd, &ok, 3, CInt(MSG_WAITALL)), 3, file: file, line: line)
+    joined(await rig.counters("p1"))
+
+    writeAll(fd, Array("go\n".utf8))
+    shutdown(fd, CInt(SHUT_WR))
+    try await Task.sleep(for: .seconds(2))
+    // Straight into one buffer, and memcmp: a debug build is slow at 20 MB a byte at a time.
+    var received = [UInt8](repeating: 0, count: size + 1)
+    let total = received.withUnsafeMutableBytes { buffer -> Int in
+        var total = 0
+        while total < buffer.count {
+            let n = recv(fd, buffer.baseAddress! + total, buffer.count - total, 0)
+            if n <= 0 { break }
+            total += n
+        }
+        return total
+    }
+    XCTAssertEqual(total, size, "the whole answer, then the EOF", file: file, line: line)
+    let prefix = (0..<min(total, size)).first { received[$0] != payload[$0] } ?? min(total, size)
+    XCTAssertEqual(prefix, size, "the answer as sent, in order (the first \(prefix) bytes were)", file: file, line: line)
+}

@@ -1,3 +1,4 @@
+#include <stddef.h>
 #include <stdint.h>
 
 /// The kernel data path: two BPF sock hashes and one sk_skb verdict program that hands every
@@ -54,3 +55,10 @@ int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeou
 int harp_socket_error(int fd);
 /// 1 if the socket has nothing left to read and its peer has sent FIN, else 0.
 int harp_socket_at_eof(int fd);
+/// Bytes waiting in the socket's own BPF queue (SIOCINQ on a socket in a sockmap). Input the
+/// kernel took just as the socket's reader was detached is passed up to that queue instead of
+/// being redirected; only a read of the socket, while it is still in a sockmap, returns it.
+/// -errno on failure.
+int harp_socket_parked(int fd);
+/// A non-blocking read of up to `length` bytes: the count, or -errno.
+long harp_socket_take(int fd, void *buffer, size_t length);

@@ -381,10 +381,15 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     /// Says why a client could not be joined in the kernel (it then goes on in user space, or,
     /// `broken`, is closed).
+    ///
+    /// EOPNOTSUPP is the kernel refusing a socket that is no longer established: a client (a TCP
+    /// health check, say) or a lead master that hung up first. That is not worth a WARNING each.
     func joinFailed(_ error: IOError, broken: Bool) {
         loop.execute {
             if broken {
                 self.logger.warning("joining a client in the kernel failed half-way; its connection is closed", metadata: ["error": "\(error)"])
+            } else if error.errnoCode == EOPNOTSUPP {
+                self.logger.debug("a connection ended before it was joined in the kernel; user space passes on what remains")
             } else {
                 self.logger.warning("cannot join a client in the kernel; passing its bytes in user space", metadata: ["error": "\(error)"])
             }
@@ -392,7 +397,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     }
 
     private static func closeDemoted(_ end: KernelDataPath.End) {
-        if case .demoted(let client, let server) = end {
+        if case .demoted(let client, let server, _, _, _, _) = end {
             close(client)
             close(server)
         }
@@ -416,7 +421,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         switch end {
         case .closed:
             dropClient(id)
-        case .demoted(let clientFD, let serverFD):
+        case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded, let clientKept, let serverKept):
             guard !stopped, entry.target != nil else {
                 dropClient(id)
                 close(clientFD)
@@ -457,10 +462,14 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 entry.server = server
                 client.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: client) } }
                 channelLoop.execute {
-                    let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic)
+                    let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic, clientInputEnded: clientInputEnded,
+                                                                           serverInputEnded: serverInputEnded)
                     do {
                         try server.pipeline.syncOperations.addHandler(serverSide)
                         try client.pipeline.syncOperations.addHandler(clientSide)
+                        // What the kernel took and kept back goes first, before anything read now.
+                        if !clientKept.isEmpty { server.writeAndFlush(ByteBuffer(bytes: clientKept), promise: nil) }
+                        if !serverKept.isEmpty { client.writeAndFlush(ByteBuffer(bytes: serverKept), promise: nil) }
                         try client.syncOptions?.setOption(.autoRead, value: true)
                         try server.syncOptions?.setOption(.autoRead, value: true)
                     } catch {

@@ -21,10 +21,14 @@ final class GlueHandler {
     private let traffic: Traffic?
     private let clientSide: Bool
     private var unreported = 0
+    /// This side's end of input was passed on before the glue took over (by the kernel data
+    /// path): when NIO reads it, it is not passed on again.
+    private let inputEnded: Bool
 
-    private init(traffic: Traffic?, clientSide: Bool) {
+    private init(traffic: Traffic?, clientSide: Bool, inputEnded: Bool) {
         self.traffic = traffic
         self.clientSide = clientSide
+        self.inputEnded = inputEnded
     }
 
     private func report() {
@@ -34,9 +38,9 @@ final class GlueHandler {
     }
 
     /// The client's side first, then the lead master's.
-    static func matchedPair(traffic: Traffic? = nil) -> (GlueHandler, GlueHandler) {
-        let first = GlueHandler(traffic: traffic, clientSide: true)
-        let second = GlueHandler(traffic: traffic, clientSide: false)
+    static func matchedPair(traffic: Traffic? = nil, clientInputEnded: Bool = false, serverInputEnded: Bool = false) -> (GlueHandler, GlueHandler) {
+        let first = GlueHandler(traffic: traffic, clientSide: true, inputEnded: clientInputEnded)
+        let second = GlueHandler(traffic: traffic, clientSide: false, inputEnded: serverInputEnded)
         first.partner = second
         second.partner = first
         return (first, second)
@@ -44,8 +48,27 @@ final class GlueHandler {
 
     private func partnerWrite(_ data: NIOAny) { context?.write(data, promise: nil) }
     private func partnerFlush() { context?.flush() }
-    private func partnerWriteEOF() { context?.close(mode: .output, promise: nil) }
-    private func partnerCloseFull() { context?.close(promise: nil) }
+    /// The other side's end of input, passed on after every byte before it. Not at once: when
+    /// this side's input has ended too, NIO makes an output close a full close, which drops the
+    /// writes not yet sent (a client that half-closed and reads slowly lost the end of its
+    /// answer). An empty write completes after every write before it.
+    private func partnerWriteEOF() {
+        guard let context else { return }
+        let channel = context.channel
+        let flushed = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(ByteBuffer()), promise: flushed)
+        flushed.futureResult.whenComplete { _ in channel.close(mode: .output, promise: nil) }
+    }
+    /// The other side is gone: this one closes too, once what it was given has been sent (an
+    /// answer read from the lead master before it closed still reaches a slow client). A leader
+    /// change does not come here: it closes both sides at once.
+    private func partnerCloseFull() {
+        guard let context else { return }
+        let channel = context.channel
+        let flushed = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(ByteBuffer()), promise: flushed)
+        flushed.futureResult.whenComplete { _ in channel.close(promise: nil) }
+    }
 
     private func partnerBecameWritable() {
         if pendingRead {
@@ -94,7 +117,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, case .inputClosed = event {
+        if let event = event as? ChannelEvent, case .inputClosed = event, !inputEnded {
             partner?.partnerWriteEOF()
         }
         context.fireUserInboundEventTriggered(event)

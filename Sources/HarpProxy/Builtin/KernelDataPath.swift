@@ -30,7 +30,12 @@ final class KernelDataPath: @unchecked Sendable {
         /// Both sockets are closed; their descriptors are gone.
         case closed
         /// Out of the kernel path: plain sockets again, now the receiver's to own and forward.
-        case demoted(client: CInt, server: CInt)
+        /// `clientInputEnded`: the client's FIN was already passed on (the lead master's socket is
+        /// shut for writing); `serverInputEnded` the same the other way. Such a side's end of
+        /// input must not be passed on again.
+        /// `clientKept`: the client's bytes that the kernel took but did not pass on; they go to
+        /// the lead master before anything else (and `serverKept` the other way).
+        case demoted(client: CInt, server: CInt, clientInputEnded: Bool, serverInputEnded: Bool, clientKept: [UInt8], serverKept: [UInt8])
     }
 
     enum JoinResult: Sendable {
@@ -70,6 +75,10 @@ final class KernelDataPath: @unchecked Sendable {
         fileprivate var demoting = false
         fileprivate var clientStopped = false
         fileprivate var serverStopped = false
+        /// Input taken from a stopped socket's own BPF queue (see `takeParked`), to be passed on
+        /// first once the pair is in user space.
+        fileprivate var clientKept: [UInt8] = []
+        fileprivate var serverKept: [UInt8] = []
         fileprivate var countedToServer: UInt64 = 0
         fileprivate var countedToClient: UInt64 = 0
         fileprivate let onBytes: @Sendable (_ toServer: Int, _ toClient: Int) -> Void
@@ -279,10 +288,17 @@ final class KernelDataPath: @unchecked Sendable {
         let toServerUnderway = c.clientIn > c.serverOut ? c.clientIn - c.serverOut : 0
         let toClientUnderway = c.serverIn > c.clientOut ? c.serverIn - c.clientOut : 0
         if pair.demoting {
+            // A stopped side's input that the kernel parked in the socket's own queue is taken now;
+            // it is not under way to the partner, and the glue passes it on first. (These counts
+            // were read before the take: with a parked queue they run high, so this look waits.)
+            if pair.clientStopped { Self.takeParked(pair.client, into: &pair.clientKept) }
+            if pair.serverStopped { Self.takeParked(pair.server, into: &pair.serverKept) }
+            let toServerPending = toServerUnderway - min(toServerUnderway, UInt64(pair.clientKept.count))
+            let toClientPending = toClientUnderway - min(toClientUnderway, UInt64(pair.serverKept.count))
             // The slow side keeps its kernel reader until everything for it has been sent: taking a
             // socket out of `readers` while the kernel still has bytes queued for it can leave them
             // there (its send queue's wake-ups no longer reach the kernel path).
-            guard toServerUnderway == 0, toClientUnderway == 0 else { return nil }
+            guard toServerPending == 0, toClientPending == 0 else { return nil }
             if !pair.clientStopped {
                 pair.clientStopped = true
                 _ = harp_sockmap_stop_reading(&map, pair.client)
@@ -304,8 +320,10 @@ final class KernelDataPath: @unchecked Sendable {
             pair.shutToClient = true
         }
         if pair.shutToServer && pair.shutToClient { return finish(pair, demote: false, counts: now) }
-        if !pair.clientEOF, !pair.serverEOF, max(toServerUnderway, toClientUnderway) > Self.highWater {
-            // Stop the kernel reading the side that sends faster than its partner takes.
+        if max(toServerUnderway, toClientUnderway) > Self.highWater {
+            // Stop the kernel reading the side that sends faster than its partner takes. (Also
+            // after one side's FIN: a client that half-closes and does not read would otherwise
+            // let the other side's output pile up in the kernel without limit.)
             pair.demoting = true
             if toClientUnderway > Self.highWater {
                 pair.serverStopped = true
@@ -317,6 +335,21 @@ final class KernelDataPath: @unchecked Sendable {
             }
         }
         return nil
+    }
+
+    /// Takes what waits in a stopped socket's own BPF queue. The kernel may have taken input at
+    /// the moment the socket's reader was detached; with no program left to redirect it, that
+    /// input is passed up to this queue, which only a read of the socket returns, and only while
+    /// the socket is in a sockmap (leaving it drops the queue). At most `highWater` in all.
+    private static func takeParked(_ fd: CInt, into kept: inout [UInt8]) {
+        while kept.count < Int(highWater) {
+            let parked = harp_socket_parked(fd)
+            guard parked > 0 else { return }
+            var chunk = [UInt8](repeating: 0, count: Int(parked))
+            let n = chunk.withUnsafeMutableBytes { harp_socket_take(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { return }
+            kept.append(contentsOf: chunk[0..<n])
+        }
     }
 
     /// Reports the bytes passed since the last report (never a negative amount).
@@ -342,12 +375,22 @@ final class KernelDataPath: @unchecked Sendable {
             count(pair, toServer: c.clientIn, toClient: c.serverIn)
         }
         if demote {
+            Self.takeParked(pair.client, into: &pair.clientKept)  // the last chance: leaving drops it
+            Self.takeParked(pair.server, into: &pair.serverKept)
             _ = harp_sockmap_leave(&map, pair.client)
             _ = harp_sockmap_leave(&map, pair.server)
+            // A FIN the kernel passed on leaves EPIPE pending on the socket it went to (see
+            // `run`); read here, it cannot reach the glue as a failure. (A reset leaves the socket
+            // closed, which the glue sees by itself.)
+            _ = harp_socket_error(pair.client)
+            _ = harp_socket_error(pair.server)
             pair.descriptors.lock()
             pair.descriptorsClosed = true  // no longer ours to read
             pair.descriptors.unlock()
-            return { pair.onEnd(pair, .demoted(client: pair.client, server: pair.server)) }
+            let end = End.demoted(client: pair.client, server: pair.server,
+                                  clientInputEnded: pair.shutToServer, serverInputEnded: pair.shutToClient,
+                                  clientKept: pair.clientKept, serverKept: pair.serverKept)
+            return { pair.onEnd(pair, end) }
         }
         pair.descriptors.lock()
         pair.descriptorsClosed = true
