@@ -31,6 +31,34 @@ final class KernelDataPathTests: XCTestCase {
         return rig
     }
 
+    /// An echo server (socat) as the lead master, and a client joined to it in the kernel: a first
+    /// word, answered, so that the join is made before anything large (a client may send only
+    /// 64 KiB before the lead master is connected). The echo starts 0.3 s late: an answer that
+    /// came before the join would keep the client in user space. `-t 60`: socat otherwise ends a
+    /// connection 0.5 s after the client's EOF.
+    private func joinedEchoClient(rig: ProxyRig, port: Int) async throws -> (CInt, TestProcess) {
+        let echoPort = freePort()
+        let echo = try TestProcess(name: "echo", executable: "/usr/bin/socat",
+                                   arguments: ["-t", "60", "TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:sleep 0.3; exec cat"],
+                                   logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(eventually(timeout: 5) { canConnect(port: echoPort) })
+        try await rig.node("echo", location: "dc1", dsn: "host=127.0.0.1 port=\(echoPort)")
+        try await rig.leader("dc1", "echo")
+        let routed = await rig.waitUntilRouting("p1", to: "echo")
+        XCTAssertTrue(routed)
+        guard let fd = connectedLoopbackSocket(port: port) else {
+            echo.stop()
+            throw FixtureError("cannot connect to the proxy")
+        }
+        writeAll(fd, Array("hello".utf8))
+        var answer = [UInt8](repeating: 0, count: 5)
+        XCTAssertEqual(recv(fd, &answer, 5, CInt(MSG_WAITALL)), 5)
+        XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
+        let joined = await rig.counters("p1")
+        XCTAssertEqual(joined.inKernel, 1)
+        return (fd, echo)
+    }
+
     func testAClientIsJoinedInTheKernelAndCutAtASwitchover() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)
@@ -92,46 +120,18 @@ final class KernelDataPathTests: XCTestCase {
     func testAHalfCloseIsPassedOnOnlyAfterEveryByteBeforeIt() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)
-        let echoPort = freePort()
-        let echo = try TestProcess(name: "echo", executable: "/usr/bin/socat",
-                                   arguments: ["-t", "60", "TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:sleep 0.3; exec cat"],
-                                   logDirectory: rig.etcd.directory.path)
-        defer { echo.stop() }
-        XCTAssertTrue(eventually(timeout: 5) { canConnect(port: echoPort) })
-        try await rig.node("echo", location: "dc1", dsn: "host=127.0.0.1 port=\(echoPort)")
-        try await rig.leader("dc1", "echo")
-        let routed = await rig.waitUntilRouting("p1", to: "echo")
-        XCTAssertTrue(routed)
+        let (fd, echo) = try await joinedEchoClient(rig: rig, port: port)
+        defer { close(fd); echo.stop() }
 
-        let fd = try XCTUnwrap(connectedLoopbackSocket(port: port))
-        defer { close(fd) }
-        // A first word, answered, so that the join is made before the flood (a client may send
-        // only 64 KiB before the lead master is connected). The echo starts 0.3 s late: an
-        // answer that came before the join would keep the client in user space. (`-t 60`:
-        // socat otherwise ends the connection 0.5 s after the client's EOF.)
-        writeAll(fd, Array("hello".utf8))
-        var answer = [UInt8](repeating: 0, count: 5)
-        XCTAssertEqual(recv(fd, &answer, 5, CInt(MSG_WAITALL)), 5)
-        XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
-        let joined = await rig.counters("p1")
-        XCTAssertEqual(joined.inKernel, 1)
-
-        let payload = (0..<(6 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+        let payload = indexedBytes(6 << 20)
         let writer = Thread {
             writeAll(fd, payload)
             shutdown(fd, CInt(SHUT_WR))
         }
         writer.start()
-        var received: [UInt8] = []
-        received.reserveCapacity(payload.count)
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = recv(fd, &chunk, chunk.count, 0)
-            if n <= 0 { break }
-            received.append(contentsOf: chunk[0..<n])
-        }
+        let received = readToEOF(fd, atMost: payload.count + 1)
         XCTAssertEqual(received.count, payload.count, "every byte came back before the EOF")
-        XCTAssertTrue(received == payload, "in order")
+        XCTAssertTrue(sameBytes(received, payload), "in order")
         let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
         XCTAssertTrue(drained, "the pair ends once both sides have closed")
         await rig.stop()
@@ -144,32 +144,10 @@ final class KernelDataPathTests: XCTestCase {
     func testAFloodBothWaysWithALateReaderMovesToUserSpaceAndLosesNothing() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)
-        let echoPort = freePort()
-        let echo = try TestProcess(name: "echo", executable: "/usr/bin/socat",
-                                   arguments: ["-t", "60", "TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:sleep 0.3; exec cat"],
-                                   logDirectory: rig.etcd.directory.path)
-        defer { echo.stop() }
-        XCTAssertTrue(eventually(timeout: 5) { canConnect(port: echoPort) })
-        try await rig.node("echo", location: "dc1", dsn: "host=127.0.0.1 port=\(echoPort)")
-        try await rig.leader("dc1", "echo")
-        let routed = await rig.waitUntilRouting("p1", to: "echo")
-        XCTAssertTrue(routed)
+        let (fd, echo) = try await joinedEchoClient(rig: rig, port: port)
+        defer { close(fd); echo.stop() }
 
-        let fd = try XCTUnwrap(connectedLoopbackSocket(port: port))
-        defer { close(fd) }
-        writeAll(fd, Array("hello".utf8))
-        var answer = [UInt8](repeating: 0, count: 5)
-        XCTAssertEqual(recv(fd, &answer, 5, CInt(MSG_WAITALL)), 5)
-        let joined = await rig.counters("p1")
-        XCTAssertEqual(joined.inKernel, 1)
-
-        // Each 4-byte word holds its own index: a byte lost, doubled or moved shows.
-        let payload = [UInt8](unsafeUninitializedCapacity: 24 << 20) { buffer, count in
-            buffer.withMemoryRebound(to: UInt32.self) { words in
-                for i in words.indices { words[i] = UInt32(truncatingIfNeeded: i) }
-            }
-            count = 24 << 20
-        }
+        let payload = indexedBytes(24 << 20)
         let writer = Thread {
             writeAll(fd, payload)
             shutdown(fd, CInt(SHUT_WR))
@@ -178,22 +156,9 @@ final class KernelDataPathTests: XCTestCase {
         // Not reading for a while: the echo backs up in front of this client, beyond the 8 MiB
         // the kernel path lets wait, while this side keeps sending.
         try await Task.sleep(for: .seconds(2))
-        // A stall fails the test rather than hanging it.
-        var timeout = timeval(tv_sec: 15, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        // Straight into one buffer, and memcmp: a debug build is slow at 24 MB a byte at a time.
-        var received = [UInt8](repeating: 0, count: payload.count + 1)
-        let total = received.withUnsafeMutableBytes { buffer -> Int in
-            var total = 0
-            while total < buffer.count {
-                let n = recv(fd, buffer.baseAddress! + total, buffer.count - total, 0)
-                if n <= 0 { break }
-                total += n
-            }
-            return total
-        }
-        XCTAssertEqual(total, payload.count, "every byte came back before the EOF")
-        XCTAssertEqual(memcmp(received, payload, payload.count), 0, "in order")
+        let received = readToEOF(fd, atMost: payload.count + 1)
+        XCTAssertEqual(received.count, payload.count, "every byte came back before the EOF")
+        XCTAssertTrue(sameBytes(received, payload), "in order")
         XCTAssertTrue(rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") },
                       "the pair left the kernel when its reader fell behind")
         let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
@@ -201,11 +166,6 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
-    /// A client that asks for a large answer, half-closes and reads late: its FIN is passed on
-    /// first, then the answer piles up in front of it. The pair still moves to user space
-    /// (nothing would bound the kernel's queue otherwise), and the answer arrives whole, then
-    /// the EOF. (A server that writes after reading its request: PostgreSQL in these tests
-    /// cancels a query once the client has half-closed.)
     func testAClientThatHalfClosesAndReadsLateStillMovesToUserSpace() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)

@@ -115,12 +115,7 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #fileP
                            joined: (ClientCounters) -> Void = { _ in }) async throws {
     let directory = rig.etcd.directory.path
     let size = 20 << 20
-    let payload = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
-        buffer.withMemoryRebound(to: UInt32.self) { words in
-            for i in words.indices { words[i] = UInt32(truncatingIfNeeded: i &* 2_654_435_761) }
-        }
-        count = size
-    }
+    let payload = indexedBytes(size)
     FileManager.default.createFile(atPath: "\(directory)/answer", contents: Data(payload))
     let serverPort = freePort()
     let server = try TestProcess(name: "answer", executable: "/usr/bin/socat",
@@ -136,8 +131,6 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #fileP
 
     let fd = try XCTUnwrap(connectedLoopbackSocket(port: port), file: file, line: line)
     defer { close(fd) }
-    var timeout = timeval(tv_sec: 15, tv_usec: 0)  // a stall fails rather than hangs
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     writeAll(fd, Array("hello\n".utf8))
     var ok = [UInt8](repeating: 0, count: 3)
     XCTAssertEqual(recv(fd, &ok, 3, CInt(MSG_WAITALL)), 3, file: file, line: line)
@@ -146,8 +139,31 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #fileP
     writeAll(fd, Array("go\n".utf8))
     shutdown(fd, CInt(SHUT_WR))
     try await Task.sleep(for: .seconds(2))
-    // Straight into one buffer, and memcmp: a debug build is slow at 20 MB a byte at a time.
-    var received = [UInt8](repeating: 0, count: size + 1)
+    let received = readToEOF(fd, atMost: size + 1)
+    XCTAssertEqual(received.count, size, "the whole answer, then the EOF", file: file, line: line)
+    if !sameBytes(received, payload) {
+        let prefix = (0..<min(received.count, size)).first { received[$0] != payload[$0] } ?? min(received.count, size)
+        XCTFail("not the answer as sent, in order: the first \(prefix) bytes were", file: file, line: line)
+    }
+}
+
+/// `count` bytes in which each 4-byte word holds its own index: a byte lost, doubled or moved
+/// shows. (Built a word at a time: a debug build is slow at millions of bytes one by one.)
+func indexedBytes(_ count: Int) -> [UInt8] {
+    [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+        buffer.withMemoryRebound(to: UInt32.self) { words in
+            for i in words.indices { words[i] = UInt32(truncatingIfNeeded: i) }
+        }
+        initialized = count
+    }
+}
+
+/// Everything `fd` yields until its EOF (or `atMost` bytes), straight into one buffer. A
+/// receive that waits 15 s ends it, so that a stall fails a test instead of hanging it.
+func readToEOF(_ fd: CInt, atMost limit: Int) -> [UInt8] {
+    var timeout = timeval(tv_sec: 15, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var received = [UInt8](repeating: 0, count: limit)
     let total = received.withUnsafeMutableBytes { buffer -> Int in
         var total = 0
         while total < buffer.count {
@@ -157,7 +173,11 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #fileP
         }
         return total
     }
-    XCTAssertEqual(total, size, "the whole answer, then the EOF", file: file, line: line)
-    let prefix = (0..<min(total, size)).first { received[$0] != payload[$0] } ?? min(total, size)
-    XCTAssertEqual(prefix, size, "the answer as sent, in order (the first \(prefix) bytes were)", file: file, line: line)
+    received.removeSubrange(total...)
+    return received
+}
+
+/// Whether `a` and `b` hold the same bytes (memcmp: a debug build compares arrays slowly).
+func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    a.count == b.count && memcmp(a, b, a.count) == 0
 }
