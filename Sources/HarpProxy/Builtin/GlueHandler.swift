@@ -48,26 +48,22 @@ final class GlueHandler {
 
     private func partnerWrite(_ data: NIOAny) { context?.write(data, promise: nil) }
     private func partnerFlush() { context?.flush() }
-    /// The other side's end of input, passed on after every byte before it. Not at once: when
-    /// this side's input has ended too, NIO makes an output close a full close, which drops the
-    /// writes not yet sent (a client that half-closed and reads slowly lost the end of its
-    /// answer). An empty write completes after every write before it.
-    private func partnerWriteEOF() {
-        guard let context else { return }
-        let channel = context.channel
-        let flushed = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(NIOAny(ByteBuffer()), promise: flushed)
-        flushed.futureResult.whenComplete { _ in channel.close(mode: .output, promise: nil) }
-    }
+    /// The other side's end of input, passed on after every byte before it (see `afterWrites`).
+    private func partnerWriteEOF() { afterWrites { $0.close(mode: .output, promise: nil) } }
     /// The other side is gone: this one closes too, once what it was given has been sent (an
     /// answer read from the lead master before it closed still reaches a slow client). A leader
     /// change does not come here: it closes both sides at once.
-    private func partnerCloseFull() {
+    private func partnerCloseFull() { afterWrites { $0.close(promise: nil) } }
+
+    /// Runs `body` once every write already given to this side has been sent: an empty write
+    /// completes after all before it. Not at once: when a channel's input has ended too, NIO
+    /// makes an output close a full close, which drops the writes not yet sent.
+    private func afterWrites(_ body: @escaping @Sendable (any Channel) -> Void) {
         guard let context else { return }
         let channel = context.channel
         let flushed = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(NIOAny(ByteBuffer()), promise: flushed)
-        flushed.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        flushed.futureResult.whenComplete { _ in body(channel) }
     }
 
     private func partnerBecameWritable() {

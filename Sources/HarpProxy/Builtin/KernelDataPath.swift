@@ -289,10 +289,11 @@ final class KernelDataPath: @unchecked Sendable {
         let toClientUnderway = c.serverIn > c.clientOut ? c.serverIn - c.clientOut : 0
         if pair.demoting {
             // A stopped side's input that the kernel parked in the socket's own queue is taken now;
-            // it is not under way to the partner, and the glue passes it on first. (These counts
-            // were read before the take: with a parked queue they run high, so this look waits.)
-            if pair.clientStopped { Self.takeParked(pair.client, into: &pair.clientKept) }
-            if pair.serverStopped { Self.takeParked(pair.server, into: &pair.serverKept) }
+            // it is not under way to the partner, and the glue passes it on first. These counts
+            // were read before the take, so a look that took anything decides nothing.
+            let tookClient = pair.clientStopped && Self.takeParked(pair.client, into: &pair.clientKept)
+            let tookServer = pair.serverStopped && Self.takeParked(pair.server, into: &pair.serverKept)
+            if tookClient || tookServer { return nil }
             let toServerPending = toServerUnderway - min(toServerUnderway, UInt64(pair.clientKept.count))
             let toClientPending = toClientUnderway - min(toClientUnderway, UInt64(pair.serverKept.count))
             // The slow side keeps its kernel reader until everything for it has been sent: taking a
@@ -341,15 +342,19 @@ final class KernelDataPath: @unchecked Sendable {
     /// the moment the socket's reader was detached; with no program left to redirect it, that
     /// input is passed up to this queue, which only a read of the socket returns, and only while
     /// the socket is in a sockmap (leaving it drops the queue). At most `highWater` in all.
-    private static func takeParked(_ fd: CInt, into kept: inout [UInt8]) {
+    /// True if it took anything.
+    @discardableResult
+    private static func takeParked(_ fd: CInt, into kept: inout [UInt8]) -> Bool {
+        let before = kept.count
         while kept.count < Int(highWater) {
             let parked = harp_socket_parked(fd)
-            guard parked > 0 else { return }
+            guard parked > 0 else { break }
             var chunk = [UInt8](repeating: 0, count: Int(parked))
             let n = chunk.withUnsafeMutableBytes { harp_socket_take(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else { return }
+            guard n > 0 else { break }
             kept.append(contentsOf: chunk[0..<n])
         }
+        return kept.count > before
     }
 
     /// Reports the bytes passed since the last report (never a negative amount).
