@@ -38,11 +38,7 @@ public final class PGSession: @unchecked Sendable {
 
     /// `query` on a thread of its own, so that an async test does not block its executor.
     public func run(_ sql: String) async -> Result<String, FixtureError> {
-        await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                continuation.resume(returning: Result { try self.query(sql) }.mapError { $0 as? FixtureError ?? FixtureError("\($0)") })
-            }
-        }
+        await onOwnThread { Result { try self.query(sql) }.mapError { $0 as? FixtureError ?? FixtureError("\($0)") } }
     }
 
     /// Whether libpq still considers the connection open.

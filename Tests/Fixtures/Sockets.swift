@@ -71,3 +71,38 @@ public func loopbackConnect(port: Int, send bytes: [UInt8]) -> Bool {
     if !bytes.isEmpty { writeAll(fd, bytes) }
     return true
 }
+
+/// A loopback port where a connect hangs, as it does to a host that is down: the listener's
+/// accept queue is full (backlog 0, one connection in it, never accepted), so the kernel drops
+/// every further SYN and a connect waits in SYN-SENT until its own timeout.
+public final class SilentHost: @unchecked Sendable {
+    public let port: Int
+    private let listener: Int32
+    private let filler: Int32
+
+    public init() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard withLoopbackAddress(port: 0, { bind(listener, $0, $1) }) == 0, Glibc.listen(listener, 0) == 0 else {
+            close(listener)
+            throw FixtureError("cannot listen for a silent host: \(String(cString: strerror(errno)))")
+        }
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
+        }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        guard let filler = connectedLoopbackSocket(port: port) else {
+            close(listener)
+            throw FixtureError("cannot fill the silent host's accept queue")
+        }
+        self.listener = listener
+        self.port = port
+        self.filler = filler
+    }
+
+    deinit {
+        close(filler)
+        close(listener)
+    }
+}

@@ -135,6 +135,16 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    /// An unplanned failover: clients connecting to a lead master that is down go to the new one.
+    func testClientsConnectingToALeaderThatIsDownGoToTheNewOneWhenItIsNamed() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "timeout": .duration(.seconds(60))])])
+        try await rig.node("node2", location: "dc1", server: b)
+        try await clientsConnectingToADownLeaderGoToTheNewOne(rig: rig, port: port, newLeader: "node2", newPort: b.port)
+        await rig.stop()
+    }
+
     /// User space: a client that half-closes, then reads a large answer late, gets all of it.
     func testAClientThatHalfClosesAndReadsLateGetsTheWholeAnswer() async throws {
         let port = freePort()

@@ -31,6 +31,14 @@ final class KernelDataPathTests: XCTestCase {
         return rig
     }
 
+    /// The restart of a client whose connect was under way happens before any join.
+    func testClientsConnectingToALeaderThatIsDownGoToTheNewOneWhenItIsNamed() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port, ["timeout": .duration(.seconds(60))])
+        try await clientsConnectingToADownLeaderGoToTheNewOne(rig: rig, port: port, newLeader: "node2", newPort: b.port)
+        await rig.stop()
+    }
+
     /// An echo server (socat) as the lead master, and a client joined to it in the kernel: a first
     /// word, answered, so that the join is made before anything large (a client may send only
     /// 64 KiB before the lead master is connected). The echo starts 0.3 s late: an answer that

@@ -111,6 +111,34 @@ func waitForActivity(on server: PostgresServer, _ tag: String, count: Int = 1, t
 /// arrive whole, in order, then the EOF. (Not PostgreSQL: in these tests it cancels a query
 /// once the client has half-closed; and socat's `-t`: by default it ends the whole connection
 /// 0.5 s after one direction's EOF.) `joined` looks at the counters once the client is through.
+/// An unplanned failover: the lead master's host is down (connects to it hang), and six clients
+/// that connect meanwhile wait on those connects (the instance's `timeout` must be long). When the
+/// DCS names `newLeader` they go to it, neither cut nor left waiting out `timeout`: nothing of
+/// theirs reached the old one.
+func clientsConnectingToADownLeaderGoToTheNewOne(rig: ProxyRig, port: Int, newLeader: String, newPort: Int,
+                                                 file: StaticString = #filePath, line: UInt = #line) async throws {
+    let down = try SilentHost()
+    try await rig.node("down", location: "dc1", dsn: "host=127.0.0.1 port=\(down.port)")
+    try await rig.leader("dc1", "down")
+    let routed = await rig.waitUntilRouting("p1", to: "down")
+    XCTAssertTrue(routed, file: file, line: line)
+    // On threads of their own, so that all six are under way at once, on both event loops.
+    let clients = (0..<6).map { _ in Task { await onOwnThread { serverPort(through: port, timeout: 30) } } }
+    let waiting = await eventuallyAsync(timeout: .seconds(10)) { await rig.counters("p1").current == 6 }
+    XCTAssertTrue(waiting, "six clients wait on their connects to the node that is down", file: file, line: line)
+    try await Task.sleep(for: .milliseconds(300))
+    try await rig.leader("dc1", newLeader)
+    for client in clients {
+        let result = await client.value
+        XCTAssertEqual(try result.get(), "\(newPort)", file: file, line: line)
+    }
+    let logged = rig.capture.all.contains { $0.message.contains("lead master changed") && $0.metadata["started_again"] == "6" }
+    XCTAssertTrue(logged, "the leader change says six clients started again", file: file, line: line)
+    let counters = await rig.counters("p1")
+    XCTAssertEqual(counters.refused, 0, file: file, line: line)
+    withExtendedLifetime(down) {}
+}
+
 func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #filePath, line: UInt = #line,
                            joined: (ClientCounters) -> Void = { _ in }) async throws {
     let directory = rig.etcd.directory.path

@@ -29,6 +29,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         /// Set when the instance's `data_path` is kernel, the kernel path is open and the lead
         /// master is reached over TCP: the client is then joined to it in the kernel.
         var kernel: KernelDataPath?
+        /// The instance's count of lead-master moves when this was given: a client told that the
+        /// lead master moved later than this starts again (see `startAgain`).
+        var generation: UInt64
     }
 
     private struct ListenAddress: Equatable, CustomStringConvertible {
@@ -156,14 +159,19 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     /// Closes every connection of a lead master that is no longer the one, both sides: every
     /// client first, then every lead-master side. Each server-side close wakes a backend that
-    /// exits and competes for the CPU; the clients should not wait behind that.
+    /// exits and competes for the CPU; the clients should not wait behind that. A client still
+    /// connecting has sent nothing to the old one: it starts again instead (`startAgain`).
     private func closeConnections(from previous: LeaderTarget?, to next: LeaderTarget?, observedAt: ContinuousClock.Instant) {
-        let victims = clients.values.filter { $0.target != nil }
         var closed: [EventLoopFuture<Void>] = []
+        var restarting: [EventLoopFuture<Bool>] = []
         var joined: [ObjectIdentifier: (KernelDataPath, [KernelDataPath.Pair])] = [:]
         var byLoop: [ObjectIdentifier: (any EventLoop, [any Channel])] = [:]
         var servers: [any Channel] = []
-        for entry in victims {
+        for entry in clients.values where entry.target != nil {
+            if entry.server == nil, entry.pair == nil, !entry.adopting {
+                restarting.append(startAgain(entry))
+                continue
+            }
             entry.target = nil
             if let (path, pair) = entry.pair {
                 joined[ObjectIdentifier(path), default: (path, [])].1.append(pair)
@@ -187,12 +195,15 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             }
         }
         for server in servers { server.close(promise: nil) }
-        let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
         guard previous != nil else { return }
-        let count = victims.count
-        EventLoopFuture.andAllComplete(closed, on: loop).whenComplete { [logger] _ in
+        let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
+        let attached = joined.values.reduce(byLoop.values.reduce(0) { $0 + $1.1.count }) { $0 + $1.1.count }
+        let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
+        EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
+            let restarted = (try? result.get().0.count { (try? $0.get()) == true }) ?? 0
             var m = metadata
-            m["closed"] = "\(count)"
+            m["closed"] = "\(attached + restarting.count - restarted)"
+            if restarted > 0 { m["started_again"] = "\(restarted)" }
             m["ms_since_dcs_event"] = "\(String(format: "%.2f", (ContinuousClock.now - observedAt).fractionalMilliseconds))"
             logger.info("lead master changed: connections to the old one closed", metadata: m)
         }
@@ -241,7 +252,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         return Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
                          // TCP_KEEPIDLE takes 1 to 32767 s; beyond that setsockopt fails and so would every connect.
                          keepaliveSeconds: Int(min(32767, max(1, plan.directives.keepalive.milliseconds / 1000))),
-                         kernel: kernel)
+                         kernel: kernel, generation: generation)
     }
 
     /// Opens the kernel data path when `data_path` asks for it; says once why it cannot.
@@ -286,7 +297,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         clientCounters.total += 1
         channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: channel) } }
         guard !stopped, generation == self.generation, admission.target.sameRoute(as: target) else {
-            channel.close(promise: nil)  // the lead master moved since: not a byte to the old one
+            _ = startAgain(entry)  // the lead master moved since: not a byte to the old one
             return
         }
         entry.target = admission.target
@@ -307,7 +318,11 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             entry.target = target
             return loop.makeSucceededFuture(admission(target, plan))
         }
-        // No lead master: wait for one, up to hold_timeout.
+        return hold(entry, plan)
+    }
+
+    /// No lead master: the client waits for one, up to `hold_timeout`, then is refused with 57P03.
+    private func hold(_ entry: ClientEntry, _ plan: InstancePlan) -> EventLoopFuture<Admission> {
         let promise = loop.makePromise(of: Admission.self)
         let reason: String
         switch plan.routing {
@@ -324,6 +339,41 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         }
         entry.waiter = (promise, timeout)
         return promise.futureResult
+    }
+
+    /// A client told to start again (its lead master moved before it was joined) asks here for
+    /// the current lead master, or waits for one. It keeps its place under `max_client_conn`.
+    func readmit(_ channel: any Channel) -> EventLoopFuture<Admission> {
+        loop.flatSubmit {
+            guard !self.stopped, let plan = self.plan, let entry = self.clients[ObjectIdentifier(channel)],
+                  entry.server == nil, entry.pair == nil, entry.waiter == nil else {
+                return self.loop.makeFailedFuture(Refusal.shuttingDown)
+            }
+            if let target = self.target {
+                entry.target = target
+                return self.loop.makeSucceededFuture(self.admission(target, plan))
+            }
+            return self.hold(entry, plan)
+        }
+    }
+
+    /// Tells a client admitted to a lead master that has moved, and not joined to it as far as
+    /// `loop` knows, to start again: no byte of it has reached the old one, so it goes to the
+    /// new one (or waits for one) instead of being cut. In an unplanned failover, a connect to
+    /// the failed node that would hang until `timeout` is dropped at once. A client that was
+    /// joined meanwhile, on its own loop, is closed. True if it starts again.
+    private func startAgain(_ entry: ClientEntry) -> EventLoopFuture<Bool> {
+        entry.target = nil
+        let channel = entry.channel
+        let generation = self.generation
+        return channel.eventLoop.submit {
+            if let handler = try? channel.pipeline.syncOperations.handler(type: ClientHandler.self),
+               handler.startAgain(movedAt: generation) {
+                return true
+            }
+            channel.close(promise: nil)
+            return false
+        }
     }
 
     /// Called on the client's loop once the connection to `target` is up: false if the lead

@@ -27,19 +27,64 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var buffer: ByteBuffer?
     private var refusal: Refusal?
     private var inputClosedWhileJoining = false
+    private var context: ChannelHandlerContext?
+    /// Which connect is the current one: one given up (`startAgain`) may still finish, and is
+    /// then closed unused.
+    private var attempt = 0
+    /// The lead master being connected to, and the admission's count of moves.
+    private var connectingServer: (any Channel)?
+    private var admittedGeneration: UInt64 = 0
+    /// The latest move of the lead master this client was told of: an admission given before it
+    /// (on its way here when the word came) is not used.
+    private var movedAt: UInt64 = 0
 
     init(mode: BuiltinMode) { self.mode = mode }
 
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
     func channelActive(context: ChannelHandlerContext) {
+        admitted(context: context, mode.admit(context.channel))
+        context.fireChannelActive()
+    }
+
+    private func admitted(context: ChannelHandlerContext, _ admission: EventLoopFuture<BuiltinMode.Admission>) {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        mode.admit(context.channel).hop(to: context.eventLoop).whenComplete { result in
+        admission.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = bound.value
             switch result {
             case .success(let admission): handler.connect(context: context, admission)
             case .failure(let error): handler.refuse(context: context, error as? Refusal ?? .shuttingDown)
             }
         }
-        context.fireChannelActive()
+    }
+
+    /// The lead master moved after `movedAt - 1`, before this client was joined to it: nothing
+    /// it sent has been passed on, so it drops the connect under way and asks again. False if it
+    /// can no longer start again (it is joined, or being joined) and must be closed instead.
+    func startAgain(movedAt generation: UInt64) -> Bool {
+        guard let context else { return false }
+        movedAt = max(movedAt, generation)
+        switch state {
+        case .admitting, .refusing:
+            // Being admitted: `connect` looks at `movedAt`. Refusing: the error on its way is
+            // left to finish.
+            return true
+        case .connecting:
+            guard admittedGeneration < generation else { return true }
+            restart(context: context)
+            return true
+        case .joining, .handedOver:
+            return false
+        }
+    }
+
+    private func restart(context: ChannelHandlerContext) {
+        attempt += 1
+        connectingServer?.close(promise: nil)
+        connectingServer = nil
+        state = .admitting
+        admitted(context: context, mode.readmit(context.channel))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -77,6 +122,13 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func connect(context: ChannelHandlerContext, _ admission: BuiltinMode.Admission) {
         guard state == .admitting, context.channel.isActive else { return }
         state = .connecting
+        guard admission.generation >= movedAt else {
+            restart(context: context)
+            return
+        }
+        attempt += 1
+        let thisAttempt = attempt
+        admittedGeneration = admission.generation
         let keepalive = admission.keepaliveSeconds
         _ = context.channel.setOption(.socketOption(.so_keepalive), value: 1)
         _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
@@ -87,9 +139,15 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             // reads anyway (an answer and a FIN, read at end of input) is kept by a ServerHold.
             .channelOption(.autoRead, value: admission.kernel == nil)
             .connectTimeout(admission.connectTimeout)
-        if admission.kernel != nil {
-            bootstrap = bootstrap.channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(ServerHold()) }
+        let holding = admission.kernel != nil
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        bootstrap = bootstrap.channelInitializer { channel in
+            // On the client's loop (the bootstrap's group is that loop alone). A name may be
+            // tried at several addresses, each a channel; the last one is kept for `restart`.
+            guard handler.value.attempt == thisAttempt else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+            handler.value.connectingServer = channel
+            return channel.eventLoop.makeCompletedFuture {
+                if holding { try channel.pipeline.syncOperations.addHandler(ServerHold()) }
             }
         }
         let connecting: EventLoopFuture<any Channel>
@@ -113,11 +171,22 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         let mode = self.mode
         connecting.whenComplete { result in
             let (handler, context) = bound.value
+            guard thisAttempt == handler.attempt else {
+                if case .success(let server) = result { server.close(promise: nil) }  // given up
+                return
+            }
+            handler.connectingServer = nil
             switch result {
             case .success(let server):
-                guard context.channel.isActive, mode.attach(context.channel, server: server, target: admission.target) else {
+                guard context.channel.isActive else {
                     server.close(promise: nil)
                     context.close(promise: nil)
+                    return
+                }
+                guard mode.attach(context.channel, server: server, target: admission.target) else {
+                    // The lead master moved during the connect: nothing was sent to it.
+                    server.close(promise: nil)
+                    handler.restart(context: context)
                     return
                 }
                 if let kernel = admission.kernel {
