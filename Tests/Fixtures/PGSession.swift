@@ -21,6 +21,11 @@ public final class PGSession: @unchecked Sendable {
 
     deinit { PQfinish(connection) }
 
+    /// Errors from here on carry their SQLSTATE ("FATAL:  57P01: ...").
+    public func verboseErrors() {
+        lock.withLock { _ = PQsetErrorVerbosity(connection, PQERRORS_VERBOSE) }
+    }
+
     /// Runs one statement; returns the first column of the first row ("" for none), or throws
     /// libpq's error text.
     @discardableResult

@@ -62,6 +62,21 @@ public final class PostgresServer: @unchecked Sendable {
         _ = try query("SELECT pg_reload_conf()")
     }
 
+    /// Turns TLS on with `certificates`' server certificate (copied into the data folder, the key
+    /// readable by the server alone), then reloads.
+    public func enableTLS(_ certificates: TestCertificates) throws {
+        let data = directory.path + "/data"
+        for (from, to) in [(certificates.serverCertFile, "server.crt"), (certificates.serverKeyFile, "server.key")] {
+            try? FileManager.default.removeItem(atPath: "\(data)/\(to)")
+            try FileManager.default.copyItem(atPath: from, toPath: "\(data)/\(to)")
+            chmod("\(data)/\(to)", 0o600)
+        }
+        Self.giveToPostgres(["\(data)/server.crt", "\(data)/server.key"])
+        _ = try query("ALTER SYSTEM SET ssl = on")
+        _ = try query("SELECT pg_reload_conf()")
+        guard eventually(timeout: 10, { (try? query("SHOW ssl")) == "on" }) else { throw FixtureError("PostgreSQL did not turn TLS on") }
+    }
+
     /// A fast shutdown (sessions are disconnected), then the runner process is reaped.
     public func stop() {
         guard let process, process.isRunning else { return }

@@ -46,12 +46,76 @@ final class BuiltinModeTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 5) { !session.isRunning }, "the open session is cut when the leader key changes")
         XCTAssertLessThan(Date().timeIntervalSince(cutAt), 5)
         XCTAssertNotEqual(session.waitForExit(), 0)
+        XCTAssertTrue(session.log.contains("FATAL:  terminating connection because the lead master of location dc1 moved from node1 to node2 (proxy p1)"),
+                      "psql, cut in the middle of a query, shows why: \(session.log)")
         XCTAssertTrue(waitForActivity(on: a, "switchover", count: 0, timeout: 5), "node1's side is closed too")
 
         XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)", "the next connection lands on node2")
         let logged = rig.capture.all.contains { $0.message.contains("lead master changed") && $0.metadata["closed"] == "1" }
         XCTAssertTrue(logged)
         await rig.stop()
+    }
+
+    /// A session cut by a switchover reads why (57P01, as from PostgreSQL's own termination),
+    /// not "server closed the connection unexpectedly": in plain text from the start, and after
+    /// an SSLRequest answered 'N'. So does one cut because the proxy stops.
+    func testASessionCutByASwitchoverOrAStopIsToldWhy() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.node("node2", location: "dc1", server: b)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        func session(_ sslmode: String, on server: PostgresServer) throws -> PGSession {
+            let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=\(sslmode) gssencmode=disable")
+            session.verboseErrors()
+            XCTAssertEqual(try session.query("SELECT current_setting('port')"), "\(server.port)")
+            return session
+        }
+        let plain = try session("disable", on: a)
+        let afterN = try session("prefer", on: a)
+        try await rig.leader("dc1", "node2")
+        let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(cut, "both sessions are cut")
+        for (name, session) in [("plain", plain), ("after 'N'", afterN)] {
+            let result = await session.run("SELECT 1")
+            guard case .failure(let error) = result else { return XCTFail("\(name): the session was cut") }
+            XCTAssertTrue(error.description.contains("FATAL:  57P01: terminating connection because the lead master of location dc1 moved from node1 to node2 (proxy p1)"),
+                          "\(name): \(error)")
+        }
+
+        let open = try session("disable", on: b)
+        await rig.stop()
+        let result = await open.run("SELECT 1")
+        guard case .failure(let error) = result else { return XCTFail("the session ends with the proxy") }
+        XCTAssertTrue(error.description.contains("57P01: terminating connection because proxy p1 is stopping"), "\(error)")
+    }
+
+    /// A TLS session passes through, and when it is cut nothing is added to it: an ErrorResponse
+    /// in the clear would corrupt the encrypted stream.
+    func testATLSSessionPassesThroughAndIsCutWithNothingAdded() async throws {
+        let port = freePort()
+        let tls = try PostgresServer()
+        let certificates = try TestCertificates.make(in: tls.directory.path)
+        try tls.enableTLS(certificates)
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("tls", location: "dc1", server: tls)
+        try await rig.node("node2", location: "dc1", server: b)
+        try await rig.leader("dc1", "tls")
+        let routed = await rig.waitUntilRouting("p1", to: "tls")
+        XCTAssertTrue(routed)
+        let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=verify-full sslrootcert=\(certificates.caFile) gssencmode=disable")
+        XCTAssertEqual(try session.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "t", "TLS from the client to PostgreSQL")
+        try await rig.leader("dc1", "node2")
+        let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(cut)
+        let result = await session.run("SELECT 1")
+        guard case .failure(let error) = result else { return XCTFail("the session was cut") }
+        XCTAssertTrue(error.description.contains("SSL SYSCALL error: EOF detected") || error.description.contains("server closed the connection unexpectedly"),
+                      "a clean end of the TLS stream, not a corrupted one: \(error)")
+        await rig.stop()
+        tls.stop()
     }
 
     func testTheStatusRecordFollowsALeaderChangeWithoutWaitingForMonitorInterval() async throws {

@@ -42,6 +42,8 @@ final class FencingTests: XCTestCase {
         let killedAt = Date()
         XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "fenced: connections close once the outage outlasts the lease")
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(killedAt), 1.5, "not before the lease could have expired")
+        XCTAssertTrue(session.log.contains("FATAL:  terminating connection because the proxy is fenced: DCS unreachable for"),
+                      "the cut session, in the middle of a query, reads why: \(session.log)")
         guard case .failure(let refused) = serverPort(through: port) else { return XCTFail("a fenced proxy routed a client") }
         XCTAssertTrue(refused.description.contains("57P03") || refused.description.contains("no lead master"), refused.description)
         XCTAssertTrue(rig.capture.messages(at: .warning).contains { $0.message.contains("fencing") })

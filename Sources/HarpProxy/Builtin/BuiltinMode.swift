@@ -187,11 +187,14 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         }
         for (path, pairs) in joined.values { path.close(pairs) }  // synchronous: closed when it returns
         // One task per event loop; the glue closes each lead-master side a step later.
+        let reason = Refusal.cut(instance: instance.name, location: plan?.location ?? "", from: previous, to: next,
+                                 fenced: { if case .fenced(let r) = plan?.routing { return r } else { return nil } }())
+        let error = PostgresWire.errorResponse(sqlstate: reason.sqlstate, message: reason.message, allocator: ByteBufferAllocator())
         for (loop, channels) in byLoop.values {
             if loop.inEventLoop {
-                for channel in channels { channel.close(promise: nil) }
+                for channel in channels { GlueHandler.cut(channel, with: error) }
             } else {
-                loop.execute { for channel in channels { channel.close(promise: nil) } }
+                loop.execute { for channel in channels { GlueHandler.cut(channel, with: error) } }
             }
         }
         for server in servers { server.close(promise: nil) }
@@ -512,8 +515,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 entry.server = server
                 client.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: client) } }
                 channelLoop.execute {
-                    let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic, clientInputEnded: clientInputEnded,
-                                                                           serverInputEnded: serverInputEnded)
+                    let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic, framing: .unknown(),
+                                                                           clientInputEnded: clientInputEnded, serverInputEnded: serverInputEnded)
                     do {
                         try server.pipeline.syncOperations.addHandler(serverSide)
                         try client.pipeline.syncOperations.addHandler(clientSide)
@@ -635,6 +638,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         publishRoute()
         bindRetry?.cancel()
         var closing: [EventLoopFuture<Void>] = []
+        let stopping = PostgresWire.errorResponse(sqlstate: "57P01", message: "terminating connection because proxy \(instance.name) is stopping",
+                                                  allocator: ByteBufferAllocator())
         if let listener {
             listener.close(promise: nil)
             closing.append(listener.closeFuture)
@@ -649,8 +654,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 path.close(pair)
                 continue
             }
-            entry.channel.close(promise: nil)
-            closing.append(entry.channel.closeFuture)
+            let channel = entry.channel
+            channel.eventLoop.execute { GlueHandler.cut(channel, with: stopping) }
+            closing.append(channel.closeFuture)
             entry.server?.close(promise: nil)
         }
         return EventLoopFuture.andAllComplete(closing, on: loop)

@@ -192,7 +192,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 if let kernel = admission.kernel {
                     handler.join(context: context, server: server, kernel: kernel, target: admission.target)
                 } else {
-                    handler.handOver(context: context, to: server)
+                    handler.handOver(context: context, to: server, framing: SessionFraming())
                 }
             case .failure(let error):
                 let reason = Self.connectFailure(error, timeout: admission.connectTimeout)
@@ -286,7 +286,8 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         let client = context.channel
         let inputClosed = inputClosedWhileJoining
-        handOver(context: context, to: server)
+        // Bytes may have passed in the kernel (or been written during the join): boundaries unknown.
+        handOver(context: context, to: server, framing: .unknown())
         // NIO says "input closed" once: if it came while joining, the glue hears it now.
         if inputClosed { client.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         // What the hold kept goes to the glue now, in order, before anything read after.
@@ -298,8 +299,8 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Joins the client to the lead master: the kept bytes go first, then the glue takes over.
-    private func handOver(context: ChannelHandlerContext, to server: any Channel) {
-        let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: mode.traffic)
+    private func handOver(context: ChannelHandlerContext, to server: any Channel, framing: SessionFraming) {
+        let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: mode.traffic, framing: framing)
         do {
             try server.pipeline.syncOperations.addHandler(serverSide)
             try context.pipeline.syncOperations.addHandler(clientSide)
@@ -309,7 +310,10 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         state = .handedOver
-        if let kept = buffer, kept.readableBytes > 0 { server.writeAndFlush(kept, promise: nil) }
+        if let kept = buffer, kept.readableBytes > 0 {
+            framing.clientSent(kept)
+            server.writeAndFlush(kept, promise: nil)
+        }
         buffer = nil
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }

@@ -24,11 +24,14 @@ final class GlueHandler {
     /// This side's end of input was passed on before the glue took over (by the kernel data
     /// path): when NIO reads it, it is not passed on again.
     private let inputEnded: Bool
+    /// The session's message boundaries, shared by the pair (see `cut`).
+    private let framing: SessionFraming?
 
-    private init(traffic: Traffic?, clientSide: Bool, inputEnded: Bool) {
+    private init(traffic: Traffic?, clientSide: Bool, inputEnded: Bool, framing: SessionFraming?) {
         self.traffic = traffic
         self.clientSide = clientSide
         self.inputEnded = inputEnded
+        self.framing = framing
     }
 
     private func report() {
@@ -38,12 +41,25 @@ final class GlueHandler {
     }
 
     /// The client's side first, then the lead master's.
-    static func matchedPair(traffic: Traffic? = nil, clientInputEnded: Bool = false, serverInputEnded: Bool = false) -> (GlueHandler, GlueHandler) {
-        let first = GlueHandler(traffic: traffic, clientSide: true, inputEnded: clientInputEnded)
-        let second = GlueHandler(traffic: traffic, clientSide: false, inputEnded: serverInputEnded)
+    static func matchedPair(traffic: Traffic? = nil, framing: SessionFraming? = nil,
+                            clientInputEnded: Bool = false, serverInputEnded: Bool = false) -> (GlueHandler, GlueHandler) {
+        let first = GlueHandler(traffic: traffic, clientSide: true, inputEnded: clientInputEnded, framing: framing)
+        let second = GlueHandler(traffic: traffic, clientSide: false, inputEnded: serverInputEnded, framing: framing)
         first.partner = second
         second.partner = first
         return (first, second)
+    }
+
+    /// Ends a session the proxy cuts, on the client channel's loop: with `error` (an
+    /// ErrorResponse) first when the cut falls between two of the lead master's messages, so that
+    /// the client reads why; then the close, whose lead-master side follows (`channelInactive`).
+    static func cut(_ client: any Channel, with error: ByteBuffer) {
+        if let glue = try? client.pipeline.syncOperations.handler(type: GlueHandler.self), glue.clientSide,
+           let framing = glue.framing, framing.atBoundary, let context = glue.context {
+            // Written at once if the socket takes it (it does unless the client stopped reading).
+            context.writeAndFlush(NIOAny(error), promise: nil)
+        }
+        client.close(promise: nil)
     }
 
     private func partnerWrite(_ data: NIOAny) { context?.write(data, promise: nil) }
@@ -92,7 +108,11 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        unreported += Self.unwrapInboundIn(data).readableBytes
+        let bytes = Self.unwrapInboundIn(data)
+        if let framing {
+            if clientSide { framing.clientSent(bytes) } else { framing.serverSent(bytes) }
+        }
+        unreported += bytes.readableBytes
         if unreported >= 65_536 { report() }
         partner?.partnerWrite(data)
     }

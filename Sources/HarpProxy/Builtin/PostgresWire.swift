@@ -1,8 +1,10 @@
+import HarpCluster
 import NIOCore
 
-/// The few PostgreSQL protocol messages the proxy speaks itself: it never parses a session, but it
-/// must answer a client it cannot serve in words libpq shows ("no lead master for location dc1"),
-/// never with a bare disconnect.
+/// The few PostgreSQL protocol messages the proxy speaks itself: it never parses a session (it
+/// follows only where its messages end, see `SessionFraming`), but it must answer a client it
+/// cannot serve, or tell one it cuts why, in words libpq shows ("no lead master for location
+/// dc1"), not with a bare disconnect.
 enum PostgresWire {
     static let sslRequestCode: Int32 = 80877103
     static let gssEncRequestCode: Int32 = 80877104
@@ -72,4 +74,18 @@ struct Refusal: Error, Sendable {
     }
 
     static let shuttingDown = Refusal(sqlstate: "57P01", message: "harp-proxy is shutting down")
+
+    /// Why a session is cut, as 57P01 (what PostgreSQL sends a session it terminates, and what
+    /// drivers and pools take as "reconnect").
+    static func cut(instance: String, location: String, from previous: LeaderTarget?, to next: LeaderTarget?, fenced: String?) -> Refusal {
+        let why: String
+        if let fenced {
+            why = "the proxy is fenced: \(fenced)"
+        } else if let next {
+            why = "the lead master of location \(location) moved from \(previous?.name ?? "none") to \(next.name)"
+        } else {
+            why = "location \(location) has no lead master"
+        }
+        return Refusal(sqlstate: "57P01", message: "terminating connection because \(why) (proxy \(instance))")
+    }
 }
