@@ -120,8 +120,8 @@ def main():
             if not ready:
                 raise SystemExit("old sessions were not closed within 5 s")
             for s in ready:
-                try:
-                    gone = s.recv(1) == b""
+                try:  # the proxy's FATAL 57P01 comes first, then the end of the stream
+                    gone = s.recv(65536) == b""
                 except ConnectionError:
                     gone = True
                 if gone:
