@@ -106,3 +106,29 @@ public final class SilentHost: @unchecked Sendable {
         close(listener)
     }
 }
+
+/// This process's connected IPv4 TCP sockets, with their local and remote ports: for checking
+/// the options an in-process proxy set on its sockets.
+public func connectedTCPSockets() -> [(fd: Int32, local: Int, remote: Int)] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return entries.compactMap { Int32($0) }.compactMap { fd in
+        func port(_ body: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) -> Int? {
+            var address = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let ok = withUnsafeMutablePointer(to: &address) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, &length) }
+            } == 0
+            guard ok, address.sin_family == sa_family_t(AF_INET) else { return nil }
+            return Int(UInt16(bigEndian: address.sin_port))
+        }
+        guard let local = port({ getsockname(fd, $0, $1) }), let remote = port({ getpeername(fd, $0, $1) }) else { return nil }
+        return (fd, local, remote)
+    }
+}
+
+/// An integer socket option of `fd`, or nil.
+public func socketOption(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32? {
+    var value: Int32 = 0
+    var length = socklen_t(MemoryLayout<Int32>.size)
+    return getsockopt(fd, level, name, &value, &length) == 0 ? value : nil
+}

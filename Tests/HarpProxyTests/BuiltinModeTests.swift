@@ -118,6 +118,33 @@ final class BuiltinModeTests: XCTestCase {
         tls.stop()
     }
 
+    /// `keepalive` on both sides of a session: keepalive on, idle time and probe interval set to
+    /// it (HARP's keepalive period), so that a peer gone silent is found in minutes, not hours.
+    func testKeepaliveIsSetOnTheClientAndTheLeaderSide() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "keepalive": .duration(.seconds(7))])])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=disable")
+        XCTAssertEqual(try session.query("SELECT current_setting('port')"), "\(a.port)")
+        let sockets = connectedTCPSockets()
+        let clientSide = sockets.filter { $0.local == port }
+        let leaderSide = sockets.filter { $0.remote == a.port }
+        XCTAssertEqual(clientSide.count, 1, "the proxy's side of the client's connection")
+        XCTAssertEqual(leaderSide.count, 1, "the proxy's connection to the lead master")
+        for (side, fd) in [("client", clientSide.first?.fd), ("lead master", leaderSide.first?.fd)] {
+            guard let fd else { continue }
+            XCTAssertEqual(socketOption(fd, SOL_SOCKET, SO_KEEPALIVE), 1, side)
+            XCTAssertEqual(socketOption(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE), 7, side)
+            XCTAssertEqual(socketOption(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL), 7, side)
+        }
+        withExtendedLifetime(session) {}
+        await rig.stop()
+    }
+
     func testTheStatusRecordFollowsALeaderChangeWithoutWaitingForMonitorInterval() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),

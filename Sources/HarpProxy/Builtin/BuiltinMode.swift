@@ -253,7 +253,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         var kernel: KernelDataPath?
         if case .tcp = target.address { kernel = kernelPath }
         return Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
-                         // TCP_KEEPIDLE takes 1 to 32767 s; beyond that setsockopt fails and so would every connect.
+                         // TCP_KEEPIDLE and TCP_KEEPINTVL take 1 to 32767 s; beyond that setsockopt fails and so would every connect.
                          keepaliveSeconds: Int(min(32767, max(1, plan.directives.keepalive.milliseconds / 1000))),
                          kernel: kernel, generation: generation)
     }

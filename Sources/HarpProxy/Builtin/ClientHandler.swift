@@ -131,7 +131,10 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         admittedGeneration = admission.generation
         let keepalive = admission.keepaliveSeconds
         _ = context.channel.setOption(.socketOption(.so_keepalive), value: 1)
+        // Idle time and probe interval both `keepalive`, as HARP (Go's keepalive period) does: a
+        // peer gone silent is found after 10 periods (the kernel's 9 probes), not 11 minutes.
         _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
+        _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive)
 
         var bootstrap = ClientBootstrap(group: context.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -157,6 +160,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .channelOption(.socketOption(.so_keepalive), value: 1)
                 .channelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
+                .channelOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive)
             // An address as written: no resolver (NIO's runs getaddrinfo off the loop and
             // races A and AAAA, a few thread hand-offs per connection); a name: resolved.
             if let address = try? SocketAddress(ipAddress: host, port: port) {
