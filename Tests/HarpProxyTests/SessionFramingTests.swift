@@ -116,5 +116,12 @@ final class SessionFramingTests: XCTestCase {
         XCTAssertFalse(garbage.atBoundary, "once lost, never found again")
 
         XCTAssertFalse(SessionFraming.unknown().atBoundary, "a session whose start passed in the kernel")
+
+        // PostgreSQL 17's sslnegotiation=direct: a TLS ClientHello with no SSLRequest before it.
+        let direct = SessionFraming()
+        direct.clientSent(ByteBuffer(bytes: [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]))
+        XCTAssertFalse(direct.atBoundary, "a TLS stream from its first byte")
+        direct.serverSent(ByteBuffer(bytes: [0x16, 0x03, 0x03, 0x00, 0x7a, 0x02]))
+        XCTAssertFalse(direct.atBoundary)
     }
 }

@@ -187,9 +187,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         }
         for (path, pairs) in joined.values { path.close(pairs) }  // synchronous: closed when it returns
         // One task per event loop; the glue closes each lead-master side a step later.
-        let reason = Refusal.cut(instance: instance.name, location: plan?.location ?? "", from: previous, to: next,
-                                 fenced: { if case .fenced(let r) = plan?.routing { return r } else { return nil } }())
-        let error = PostgresWire.errorResponse(sqlstate: reason.sqlstate, message: reason.message, allocator: ByteBufferAllocator())
+        let error = cutMessage(from: previous, to: next)
         for (loop, channels) in byLoop.values {
             if loop.inEventLoop {
                 for channel in channels { GlueHandler.cut(channel, with: error) }
@@ -210,6 +208,18 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             m["ms_since_dcs_event"] = "\(String(format: "%.2f", (ContinuousClock.now - observedAt).fractionalMilliseconds))"
             logger.info("lead master changed: connections to the old one closed", metadata: m)
         }
+    }
+
+    /// The FATAL 57P01 a session cut by a move from `previous` to `next` reads (see `GlueHandler.cut`).
+    private func cutMessage(from previous: LeaderTarget?, to next: LeaderTarget?) -> ByteBuffer {
+        let reason: Refusal
+        if stopped {
+            reason = Refusal(sqlstate: "57P01", message: "terminating connection because proxy \(instance.name) is stopping")
+        } else {
+            reason = Refusal.cut(instance: instance.name, location: plan?.location ?? "", from: previous, to: next,
+                                 fenced: { if case .fenced(let r) = plan?.routing { return r } else { return nil } }())
+        }
+        return PostgresWire.errorResponse(sqlstate: reason.sqlstate, message: reason.message, allocator: ByteBufferAllocator())
     }
 
     private func publishRoute() {
@@ -299,7 +309,11 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         clients[id] = entry
         clientCounters.total += 1
         channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: channel) } }
-        guard !stopped, generation == self.generation, admission.target.sameRoute(as: target) else {
+        guard !stopped else {
+            channel.close(promise: nil)  // `stop` did not see it: closed here
+            return
+        }
+        guard generation == self.generation, admission.target.sameRoute(as: target) else {
             _ = startAgain(entry)  // the lead master moved since: not a byte to the old one
             return
         }
@@ -379,6 +393,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         }
     }
 
+    /// The count of lead-master moves as last published (any thread).
+    var routeGeneration: UInt64 { route.withLock { $0.generation } }
+
     /// Called on the client's loop once the connection to `target` is up: false if the lead
     /// master moved meanwhile, and the caller must close both sides rather than pass a byte. A
     /// move after this check closes both: `loop` closes the client (whose glue closes the
@@ -389,8 +406,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         loop.execute {
             guard !self.stopped, let entry = self.clients[ObjectIdentifier(client)], target.sameRoute(as: entry.target),
                   target.sameRoute(as: self.target) else {
+                // Joined on its loop just before the move reached it: cut like the others.
+                let error = self.cutMessage(from: target, to: self.target)
+                client.eventLoop.execute { GlueHandler.cut(client, with: error) }
                 server.close(promise: nil)
-                client.close(promise: nil)
                 return
             }
             entry.server = server
@@ -638,8 +657,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         publishRoute()
         bindRetry?.cancel()
         var closing: [EventLoopFuture<Void>] = []
-        let stopping = PostgresWire.errorResponse(sqlstate: "57P01", message: "terminating connection because proxy \(instance.name) is stopping",
-                                                  allocator: ByteBufferAllocator())
+        let stopping = cutMessage(from: target, to: nil)
         if let listener {
             listener.close(promise: nil)
             closing.append(listener.closeFuture)

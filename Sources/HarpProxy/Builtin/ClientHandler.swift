@@ -199,6 +199,12 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.handOver(context: context, to: server, framing: SessionFraming())
                 }
             case .failure(let error):
+                guard mode.routeGeneration == admission.generation else {
+                    // The old lead master refused or did not answer, and it is no longer the
+                    // one: the client goes to the new one (or waits for one) instead.
+                    handler.restart(context: context)
+                    return
+                }
                 let reason = Self.connectFailure(error, timeout: admission.connectTimeout)
                 mode.connectFailed(reason, target: admission.target)
                 handler.refuse(context: context, .cannotConnect(leader: "\(admission.target)", error: reason))

@@ -15,7 +15,6 @@ final class SessionFraming {
     private var clientStarted = false
     private var clientHeader: UInt64 = 0
     private var clientHeaderBytes = 0
-    private var clientSkip = 0
     /// SSLRequest and GSSENCRequest packets passed on whose one-byte answers are still to come.
     private var answersDue = 0
 
@@ -37,12 +36,6 @@ final class SessionFraming {
         buffer.withUnsafeReadableBytes { bytes in
             var i = 0
             while i < bytes.count, !clientStarted {
-                if clientSkip > 0 {
-                    let n = min(clientSkip, bytes.count - i)
-                    clientSkip -= n
-                    i += n
-                    continue
-                }
                 while clientHeaderBytes < 8, i < bytes.count {
                     clientHeader = clientHeader << 8 | UInt64(bytes[i])
                     clientHeaderBytes += 1
@@ -54,14 +47,15 @@ final class SessionFraming {
                 clientHeader = 0
                 clientHeaderBytes = 0
                 if length == 8, code == PostgresWire.sslRequestCode || code == PostgresWire.gssEncRequestCode {
-                    answersDue += 1
-                } else {
-                    // A startup message (the lead master answers in messages from here on), a
-                    // CancelRequest (it answers nothing) or not PostgreSQL.
-                    clientStarted = true
-                    if length < 8 || code == PostgresWire.cancelRequestCode { opaque = true }
+                    answersDue += 1  // 8 bytes: the next packet follows at once
+                    continue
                 }
-                clientSkip = max(0, length - 8)
+                clientStarted = true
+                // A startup message of protocol 3: the lead master answers in messages from
+                // here on. A CancelRequest (answered with nothing), a TLS ClientHello sent
+                // directly (PostgreSQL 17's sslnegotiation=direct) or anything else: opaque.
+                let startup = length > 8 && length <= PostgresWire.maximumStartupLength && code >> 16 == 3
+                if !startup { opaque = true }
             }
         }
     }
