@@ -14,6 +14,10 @@ final class BuiltinModeTests: XCTestCase {
     var a: PostgresServer { SharedPostgres.first }
     var b: PostgresServer { SharedPostgres.second }
 
+    private func routingRig(port: Int, _ extra: [String: DirectiveValue] = [:]) async throws -> ProxyRig {
+        try await ProxyRig.routing(port: port, extra, node1: a, node2: b)
+    }
+
     func testTwoInstancesFollowTheirLocations() async throws {
         let (p1, p2) = (freePort(), freePort())
         let rig = try ProxyRig([("proxy-dc1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(p1)]),
@@ -32,12 +36,7 @@ final class BuiltinModeTests: XCTestCase {
 
     func testSwitchoverCutsTheOpenSessionAndTheNextConnectionLandsOnTheNewLeader() async throws {
         let port = freePort()
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
-        try await rig.node("node1", location: "dc1", server: a)
-        try await rig.node("node2", location: "dc1", server: b)
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
+        let rig = try await routingRig(port: port)
 
         let session = try openSession(through: port, tag: "switchover", logDirectory: rig.etcd.directory.path)
         XCTAssertTrue(waitForActivity(on: a, "switchover"), "the transaction is open on node1")
@@ -61,12 +60,7 @@ final class BuiltinModeTests: XCTestCase {
     /// an SSLRequest answered 'N'. So does one cut because the proxy stops.
     func testASessionCutByASwitchoverOrAStopIsToldWhy() async throws {
         let port = freePort()
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
-        try await rig.node("node1", location: "dc1", server: a)
-        try await rig.node("node2", location: "dc1", server: b)
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
+        let rig = try await routingRig(port: port)
         func session(_ sslmode: String, on server: PostgresServer) throws -> PGSession {
             let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=\(sslmode) gssencmode=disable")
             session.verboseErrors()
@@ -122,12 +116,7 @@ final class BuiltinModeTests: XCTestCase {
     /// it (HARP's keepalive period), so that a peer gone silent is found in minutes, not hours.
     func testKeepaliveIsSetOnTheClientAndTheLeaderSide() async throws {
         let port = freePort()
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "keepalive": .duration(.seconds(7))])])
-        try await rig.node("node1", location: "dc1", server: a)
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
+        let rig = try await routingRig(port: port, ["keepalive": .duration(.seconds(7))])
         let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=disable")
         XCTAssertEqual(try session.query("SELECT current_setting('port')"), "\(a.port)")
         let sockets = connectedTCPSockets()

@@ -17,15 +17,9 @@ final class KernelDataPathTests: XCTestCase {
 
     private func kernelRig(port: Int, _ extra: [String: DirectiveValue] = [:]) async throws -> ProxyRig {
         try XCTSkipUnless(getuid() == 0, "the kernel data path needs CAP_BPF and CAP_NET_ADMIN")
-        var directives: [String: DirectiveValue] = ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                                    "data_path": .string("kernel"), "max_client_conn": .integer(2000)]
+        var directives: [String: DirectiveValue] = ["data_path": .string("kernel"), "max_client_conn": .integer(2000)]
         directives.merge(extra) { $1 }
-        let rig = try ProxyRig([("p1", "dc1", directives)])
-        try await rig.node("node1", location: "dc1", server: a)
-        try await rig.node("node2", location: "dc1", server: b)
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
+        let rig = try await ProxyRig.routing(port: port, directives, node1: a, node2: b)
         XCTAssertFalse(rig.capture.all.contains { $0.message.contains("data_path kernel is not available") },
                        "\(rig.capture.all.filter { $0.message.contains("data_path kernel") }.map { "\($0.metadata)" })")
         return rig

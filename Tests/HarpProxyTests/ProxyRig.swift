@@ -80,6 +80,23 @@ final class ProxyRig: @unchecked Sendable {
 }
 
 /// psql through a proxy port: the value of `SELECT current_setting('port')`, or libpq's error.
+extension ProxyRig {
+    /// One instance, p1 on 127.0.0.1:`port` with `extra` directives, following dc1, where node1
+    /// leads and node2 stands by; ready for clients.
+    static func routing(port: Int, _ extra: [String: DirectiveValue] = [:], node1: PostgresServer, node2: PostgresServer,
+                        file: StaticString = #filePath, line: UInt = #line) async throws -> ProxyRig {
+        var directives: [String: DirectiveValue] = ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)]
+        directives.merge(extra) { $1 }
+        let rig = try ProxyRig([("p1", "dc1", directives)])
+        try await rig.node("node1", location: "dc1", server: node1)
+        try await rig.node("node2", location: "dc1", server: node2)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed, file: file, line: line)
+        return rig
+    }
+}
+
 func serverPort(through port: Int, timeout: Int = 10) -> Result<String, FixtureError> {
     Result { try PostgresServer.psql(host: "127.0.0.1", port: port, "SELECT current_setting('port')", timeout: timeout) }
         .mapError { $0 as? FixtureError ?? FixtureError("\($0)") }
