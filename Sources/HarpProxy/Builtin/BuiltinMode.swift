@@ -165,8 +165,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         var closed: [EventLoopFuture<Void>] = []
         var restarting: [EventLoopFuture<Bool>] = []
         var joined: [ObjectIdentifier: (KernelDataPath, [KernelDataPath.Pair])] = [:]
-        var byLoop: [ObjectIdentifier: (any EventLoop, [any Channel])] = [:]
-        var servers: [any Channel] = []
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, clients: [any Channel], servers: [any Channel])] = [:]
         for entry in clients.values where entry.target != nil {
             if entry.server == nil, entry.pair == nil, !entry.adopting {
                 restarting.append(startAgain(entry))
@@ -178,27 +177,35 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 continue
             }
             let loop = entry.channel.eventLoop
-            byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append(entry.channel)
+            byLoop[ObjectIdentifier(loop), default: (loop, [], [])].clients.append(entry.channel)
             closed.append(entry.channel.closeFuture)
             if let server = entry.server {
-                servers.append(server)
+                byLoop[ObjectIdentifier(server.eventLoop), default: (server.eventLoop, [], [])].servers.append(server)
                 closed.append(server.closeFuture)
             }
         }
-        for (path, pairs) in joined.values { path.close(pairs) }  // synchronous: closed when it returns
-        // One task per event loop; the glue closes each lead-master side a step later.
+        // One task per event loop, its clients first, then its lead-master sides. The other
+        // loops' tasks go out first, so that their threads wake while this one does its share.
         let error = cutMessage(from: previous, to: next)
-        for (loop, channels) in byLoop.values {
+        var own: (clients: [any Channel], servers: [any Channel])?
+        for (loop, clients, servers) in byLoop.values {
             if loop.inEventLoop {
-                for channel in channels { GlueHandler.cut(channel, with: error) }
+                own = (clients, servers)
             } else {
-                loop.execute { for channel in channels { GlueHandler.cut(channel, with: error) } }
+                loop.execute {
+                    for client in clients { GlueHandler.cut(client, with: error) }
+                    for server in servers { server.close(promise: nil) }
+                }
             }
         }
-        for server in servers { server.close(promise: nil) }
+        for (path, pairs) in joined.values { path.close(pairs) }  // synchronous: closed when it returns
+        if let own {
+            for client in own.clients { GlueHandler.cut(client, with: error) }
+            for server in own.servers { server.close(promise: nil) }
+        }
         guard previous != nil else { return }
         let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
-        let attached = joined.values.reduce(byLoop.values.reduce(0) { $0 + $1.1.count }) { $0 + $1.1.count }
+        let attached = joined.values.reduce(byLoop.values.reduce(0) { $0 + $1.clients.count }) { $0 + $1.1.count }
         let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
         EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
             let restarted = (try? result.get().0.count { (try? $0.get()) == true }) ?? 0
