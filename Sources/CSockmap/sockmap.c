@@ -165,7 +165,7 @@ int harp_sockmap_leave(const struct harp_sockmap *map, int fd) {
     return r1 != 0 ? r1 : r2;
 }
 
-int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *written) {
+int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *written, uint64_t *queued_out) {
     // What waits in the receive queue, first: bytes that arrive before TCP_INFO is read then make
     // the count too high, never too low (the safe side: a flush waits a little longer). A socket
     // the kernel path still reads has an empty queue (its input is taken as it arrives), and is
@@ -196,6 +196,7 @@ int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *w
     }
     *received = in > (uint64_t)unread ? in - (uint64_t)unread : 0;
     *written = info.tcpi_bytes_acked + (uint64_t)queued;
+    *queued_out = (uint64_t)queued;
     return 0;
 }
 

@@ -37,7 +37,7 @@ int harp_sockmap_leave(const struct harp_sockmap *map, int fd);
 /// SYN counts as one, so compare differences). -errno on failure.
 /// `kernel_reads`: the socket is still read by the kernel path (its receive queue is then empty
 /// and not looked at).
-int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *written);
+int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *written, uint64_t *queued);
 
 /// The socket's cookie (SO_COOKIE), 0 on failure.
 uint64_t harp_socket_cookie(int fd);

@@ -500,6 +500,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         switch end {
         case .closed:
             dropClient(id)
+        case .lost(let bytes):
+            dropClient(id)
+            logger.error("the kernel lost \(bytes) bytes of a connection while moving it from the kernel data path to user space; the connection is closed rather than passed on with a gap (data_path kernel)")
         case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded, let clientKept, let serverKept):
             guard !stopped, entry.target != nil else {
                 dropClient(id)

@@ -25,10 +25,19 @@ final class KernelDataPath: @unchecked Sendable {
     /// Bytes that may wait in the kernel for a slow reader before the pair moves to user space.
     static let highWater: UInt64 = 8 << 20
     static let tick: Duration = .milliseconds(25)
+    /// Bytes the kernel took from one side that have not reached the other's send queue, while
+    /// that queue is empty and nothing is parked, for this long, are lost: the kernel dropped
+    /// them (seen on Linux 6.18, about once in twenty runs of the slow-reader tests: one 8 KiB or
+    /// 64 KiB chunk, when a side's reader is detached while its input arrives). With an empty
+    /// send queue the kernel's own sender would have passed them on within milliseconds.
+    static let lostAfter: Duration = .seconds(2)
 
     enum End: Sendable {
         /// Both sockets are closed; their descriptors are gone.
         case closed
+        /// Closed too, because the kernel lost `bytes` of the stream while the pair was moving to
+        /// user space (see `lostAfter`): passing on what follows would splice the stream.
+        case lost(bytes: UInt64)
         /// Out of the kernel path: plain sockets again, now the receiver's to own and forward.
         /// `clientInputEnded`: the client's FIN was already passed on (the lead master's socket is
         /// shut for writing); `serverInputEnded` the same the other way. Such a side's end of
@@ -50,13 +59,16 @@ final class KernelDataPath: @unchecked Sendable {
     /// What one look at a pair found: each side's counts since the join (see `harp_socket_counts`).
     fileprivate struct Counts {
         var clientIn: UInt64 = 0, clientOut: UInt64 = 0, serverIn: UInt64 = 0, serverOut: UInt64 = 0
+        /// What waits in each side's send queue now (not relative to the join).
+        var clientQueued: UInt64 = 0, serverQueued: UInt64 = 0
         var failed = false
 
         /// These counts less `base`'s, none below zero.
         func since(_ base: Counts) -> Counts {
             func since(_ value: UInt64, _ base: UInt64) -> UInt64 { value > base ? value - base : 0 }
             return Counts(clientIn: since(clientIn, base.clientIn), clientOut: since(clientOut, base.clientOut),
-                          serverIn: since(serverIn, base.serverIn), serverOut: since(serverOut, base.serverOut), failed: failed)
+                          serverIn: since(serverIn, base.serverIn), serverOut: since(serverOut, base.serverOut),
+                          clientQueued: clientQueued, serverQueued: serverQueued, failed: failed)
         }
     }
 
@@ -79,6 +91,10 @@ final class KernelDataPath: @unchecked Sendable {
         /// first once the pair is in user space.
         fileprivate var clientKept: [UInt8] = []
         fileprivate var serverKept: [UInt8] = []
+        /// While moving to user space: what is still on its way, and since when it has not moved
+        /// although the receiving side's send queue is empty.
+        fileprivate var stuckPending: UInt64 = 0
+        fileprivate var stuckSince: ContinuousClock.Instant?
         fileprivate var countedToServer: UInt64 = 0
         fileprivate var countedToClient: UInt64 = 0
         fileprivate let onBytes: @Sendable (_ toServer: Int, _ toClient: Int) -> Void
@@ -272,8 +288,8 @@ final class KernelDataPath: @unchecked Sendable {
 
     private static func measure(client: CInt, server: CInt, clientRead: Bool, serverRead: Bool) -> Counts {
         var counts = Counts()
-        counts.failed = harp_socket_counts(client, clientRead ? 1 : 0, &counts.clientIn, &counts.clientOut) != 0
-            || harp_socket_counts(server, serverRead ? 1 : 0, &counts.serverIn, &counts.serverOut) != 0
+        counts.failed = harp_socket_counts(client, clientRead ? 1 : 0, &counts.clientIn, &counts.clientOut, &counts.clientQueued) != 0
+            || harp_socket_counts(server, serverRead ? 1 : 0, &counts.serverIn, &counts.serverOut, &counts.serverQueued) != 0
         return counts
     }
 
@@ -299,7 +315,17 @@ final class KernelDataPath: @unchecked Sendable {
             // The slow side keeps its kernel reader until everything for it has been sent: taking a
             // socket out of `readers` while the kernel still has bytes queued for it can leave them
             // there (its send queue's wake-ups no longer reach the kernel path).
-            guard toServerPending == 0, toClientPending == 0 else { return nil }
+            guard toServerPending == 0, toClientPending == 0 else {
+                // Stuck with the receiving sides' send queues empty: lost, not late.
+                let pending = toServerPending + toClientPending
+                let drained = (toServerPending == 0 || now.serverQueued == 0) && (toClientPending == 0 || now.clientQueued == 0)
+                guard drained, pending == pair.stuckPending, let since = pair.stuckSince else {
+                    pair.stuckPending = pending
+                    pair.stuckSince = drained ? .now : nil
+                    return nil
+                }
+                return ContinuousClock.now - since >= Self.lostAfter ? finish(pair, demote: false, counts: now, lost: pending) : nil
+            }
             if !pair.clientStopped {
                 pair.clientStopped = true
                 _ = harp_sockmap_stop_reading(&map, pair.client)
@@ -370,7 +396,7 @@ final class KernelDataPath: @unchecked Sendable {
     /// Takes a pair out; under the lock. Closed: both descriptors are closed here. Demoted: out of
     /// the maps, handed to `onEnd`.
     /// `closeServer: false` leaves the lead-master socket open (marked closed) for the caller to close.
-    private func finish(_ pair: Pair, demote: Bool, counts: Counts?, closeServer: Bool = true) -> () -> Void {
+    private func finish(_ pair: Pair, demote: Bool, counts: Counts?, closeServer: Bool = true, lost: UInt64 = 0) -> () -> Void {
         pairs[pair.id] = nil
         _ = harp_watch_remove(epoll, pair.client)
         _ = harp_watch_remove(epoll, pair.server)
@@ -402,7 +428,7 @@ final class KernelDataPath: @unchecked Sendable {
         Glibc.close(pair.client)
         if closeServer { Glibc.close(pair.server) }
         pair.descriptors.unlock()
-        return { pair.onEnd(pair, .closed) }
+        return { pair.onEnd(pair, lost > 0 ? .lost(bytes: lost) : .closed) }
     }
 }
 
