@@ -62,6 +62,10 @@ public struct ClientCounters: Sendable, Equatable {
     public var bytesToClient = 0
     /// Of `current`, those joined to the lead master in the kernel (`data_path: kernel`).
     public var inKernel = 0
+    /// Sessions closed because the lead master moved or went, or the instance was fenced.
+    public var cut = 0
+    /// Clients still connecting when the lead master moved, sent on instead of cut.
+    public var startedAgain = 0
 
     public init() {}
 }

@@ -47,6 +47,8 @@ actor DaemonMetrics {
                 c("harp_proxy_refused_total", [("reason", reason)], s.clients.refusedByReason[reason] ?? 0, "Clients turned away, by reason")
             }
             c("harp_proxy_leader_changes_total", [], s.leaderChanges, "Times the lead master changed")
+            c("harp_proxy_sessions_cut_total", [], s.clients.cut, "Sessions closed because the lead master moved or went, or the instance was fenced")
+            c("harp_proxy_clients_started_again_total", [], s.clients.startedAgain, "Clients still connecting when the lead master moved, sent on to the new one instead of cut")
             if let since = s.leaderSince {
                 g("harp_proxy_leader_age_seconds", [], Date().timeIntervalSince(since), "Seconds since the lead master last changed (or was first known)")
             }

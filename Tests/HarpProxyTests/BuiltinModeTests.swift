@@ -72,6 +72,8 @@ final class BuiltinModeTests: XCTestCase {
         try await rig.leader("dc1", "node2")
         let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
         XCTAssertTrue(cut, "both sessions are cut")
+        let counted = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").cut == 2 }
+        XCTAssertTrue(counted, "the instance counts the two cut sessions")
         for (name, session) in [("plain", plain), ("after 'N'", afterN)] {
             let result = await session.run("SELECT 1")
             guard case .failure(let error) = result else { return XCTFail("\(name): the session was cut") }

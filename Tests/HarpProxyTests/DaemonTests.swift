@@ -310,6 +310,9 @@ final class DaemonTests: XCTestCase {
 
         try await client.delete(layout.leader(location: "dc2"))
         XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: pb, timeout: 2).get()) == nil })
+        // A session open through `a` when its lead master moves: cut, and counted.
+        let session = try PGSession("host=127.0.0.1 port=\(pa) dbname=postgres user=postgres connect_timeout=10 sslmode=disable")
+        XCTAssertEqual(try session.query("SELECT 1"), "1")
         try await client.put(layout.node("node3"), #"{"name":"node3","location":"dc1","dsn":"host=127.0.0.1 port=\#(Self.pg.port) dbname=postgres"}"#)
         try await client.put(layout.leader(location: "dc1"), #"{"name":"node3"}"#)
 
@@ -319,7 +322,10 @@ final class DaemonTests: XCTestCase {
             guard response.status == 200 else { return false }
             parsed = parsePrometheus(response.body)
             return parsed.samples["harp_proxy_leader_changes_total{instance=a}"] == 1
+                && parsed.samples["harp_proxy_sessions_cut_total{instance=a}"] == 1
         }, "\(httpGet(http, "/metrics").body)\n\(proxy.log)")
+        XCTAssertEqual(parsed.samples["harp_proxy_clients_started_again_total{instance=a}"], 0)
+        XCTAssertThrowsError(try session.query("SELECT 1"), "the session was cut")
         let m = parsed.samples
         XCTAssertGreaterThanOrEqual(m["harp_proxy_connections_total{instance=a}"] ?? 0, 2)
         XCTAssertGreaterThan(m["harp_proxy_bytes_total{direction=client_to_server,instance=a}"] ?? 0, 0)

@@ -163,6 +163,8 @@ func clientsConnectingToADownLeaderGoToTheNewOne(rig: ProxyRig, port: Int, newLe
     XCTAssertTrue(logged, "the leader change says six clients started again", file: file, line: line)
     let counters = await rig.counters("p1")
     XCTAssertEqual(counters.refused, 0, file: file, line: line)
+    XCTAssertEqual(counters.startedAgain, 6, file: file, line: line)
+    XCTAssertEqual(counters.cut, 0, file: file, line: line)
     withExtendedLifetime(down) {}
 }
 

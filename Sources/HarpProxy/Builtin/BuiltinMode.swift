@@ -209,6 +209,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
         EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
             let restarted = (try? result.get().0.count { (try? $0.get()) == true }) ?? 0
+            self.clientCounters.cut += attached + restarting.count - restarted
+            self.clientCounters.startedAgain += restarted
             var m = metadata
             m["closed"] = "\(attached + restarting.count - restarted)"
             if restarted > 0 { m["started_again"] = "\(restarted)" }
