@@ -118,20 +118,20 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
-    /// A client that sends 6 MB and half-closes, to an echo server that answers everything and
-    /// closes after the client's FIN: every byte comes back before the EOF, both ways.
-    func testAHalfCloseIsPassedOnOnlyAfterEveryByteBeforeIt() async throws {
+    /// Sends `payload` on a client joined to an echo server and half-closes, reads after
+    /// `readAfter`, and checks that every byte came back, in order, before the EOF, and that the
+    /// pair then ends. True if the pair moved to user space on the way.
+    private func echoBack(_ payload: [UInt8], readAfter: Duration) async throws -> Bool {
         let port = freePort()
         let rig = try await kernelRig(port: port)
         let (fd, echo) = try await joinedEchoClient(rig: rig, port: port)
         defer { close(fd); echo.stop() }
-
-        let payload = indexedBytes(6 << 20)
         let writer = Thread {
             writeAll(fd, payload)
             shutdown(fd, CInt(SHUT_WR))
         }
         writer.start()
+        try await Task.sleep(for: readAfter)
         let received = readToEOF(fd, atMost: payload.count + 1)
         try skipIfTheKernelLostBytes(rig)
         XCTAssertEqual(received.count, payload.count, "every byte came back before the EOF")
@@ -139,6 +139,13 @@ final class KernelDataPathTests: XCTestCase {
         let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
         XCTAssertTrue(drained, "the pair ends once both sides have closed")
         await rig.stop()
+        return rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") }
+    }
+
+    /// A client that sends 6 MB and half-closes, to an echo server that answers everything and
+    /// closes after the client's FIN: every byte comes back before the EOF, both ways.
+    func testAHalfCloseIsPassedOnOnlyAfterEveryByteBeforeIt() async throws {
+        _ = try await echoBack(indexedBytes(6 << 20), readAfter: .zero)
     }
 
     /// Both ways at once, with a reader that starts late: the client streams 24 MB to an echo
@@ -146,28 +153,10 @@ final class KernelDataPathTests: XCTestCase {
     /// space with bytes under way in both directions and the client's FIN among them. Every byte
     /// comes back, in order, then the EOF.
     func testAFloodBothWaysWithALateReaderMovesToUserSpaceAndLosesNothing() async throws {
-        let port = freePort()
-        let rig = try await kernelRig(port: port)
-        let (fd, echo) = try await joinedEchoClient(rig: rig, port: port)
-        defer { close(fd); echo.stop() }
-
-        let payload = indexedBytes(24 << 20)
-        let writer = Thread {
-            writeAll(fd, payload)
-            shutdown(fd, CInt(SHUT_WR))
-        }
-        writer.start()
-        // Not reading for a while: the echo backs up in front of this client, beyond the 8 MiB
-        // the kernel path lets wait, while this side keeps sending.
-        try await Task.sleep(for: .seconds(2))
-        let received = readToEOF(fd, atMost: payload.count + 1)
-        XCTAssertEqual(received.count, payload.count, "every byte came back before the EOF")
-        XCTAssertTrue(sameBytes(received, payload), "in order")
-        XCTAssertTrue(rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") },
-                      "the pair left the kernel when its reader fell behind")
-        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
-        XCTAssertTrue(drained, "the pair ends once both sides have closed")
-        await rig.stop()
+        // Not reading for 2 s: the echo backs up in front of this client, beyond the 8 MiB the
+        // kernel path lets wait, while this side keeps sending.
+        let moved = try await echoBack(indexedBytes(24 << 20), readAfter: .seconds(2))
+        XCTAssertTrue(moved, "the pair left the kernel when its reader fell behind")
     }
 
     func testAClientThatHalfClosesAndReadsLateStillMovesToUserSpace() async throws {

@@ -546,8 +546,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 entry.server = server
                 client.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: client) } }
                 channelLoop.execute {
-                    let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic, framing: .unknown(),
-                                                                           clientInputEnded: clientInputEnded, serverInputEnded: serverInputEnded)
+                    let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic, clientInputEnded: clientInputEnded, serverInputEnded: serverInputEnded)
                     do {
                         try server.pipeline.syncOperations.addHandler(serverSide)
                         try client.pipeline.syncOperations.addHandler(clientSide)

@@ -296,8 +296,9 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         let client = context.channel
         let inputClosed = inputClosedWhileJoining
-        // Bytes may have passed in the kernel (or been written during the join): boundaries unknown.
-        handOver(context: context, to: server, framing: .unknown())
+        // Bytes may have passed in the kernel (or been written during the join): boundaries
+        // unknown, so no framing, and a cut adds nothing.
+        handOver(context: context, to: server, framing: nil)
         // NIO says "input closed" once: if it came while joining, the glue hears it now.
         if inputClosed { client.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         // What the hold kept goes to the glue now, in order, before anything read after.
@@ -309,7 +310,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Joins the client to the lead master: the kept bytes go first, then the glue takes over.
-    private func handOver(context: ChannelHandlerContext, to server: any Channel, framing: SessionFraming) {
+    private func handOver(context: ChannelHandlerContext, to server: any Channel, framing: SessionFraming?) {
         let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: mode.traffic, framing: framing)
         do {
             try server.pipeline.syncOperations.addHandler(serverSide)
@@ -321,7 +322,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         state = .handedOver
         if let kept = buffer, kept.readableBytes > 0 {
-            framing.clientSent(kept)
+            framing?.clientSent(kept)
             server.writeAndFlush(kept, promise: nil)
         }
         buffer = nil

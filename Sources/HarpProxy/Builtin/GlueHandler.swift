@@ -24,7 +24,8 @@ final class GlueHandler {
     /// This side's end of input was passed on before the glue took over (by the kernel data
     /// path): when NIO reads it, it is not passed on again.
     private let inputEnded: Bool
-    /// The session's message boundaries, shared by the pair (see `cut`).
+    /// The session's message boundaries, shared by the pair (see `cut`); nil when the proxy did
+    /// not see the session's start (it passed in the kernel), and a cut then adds nothing.
     private let framing: SessionFraming?
 
     private init(traffic: Traffic?, clientSide: Bool, inputEnded: Bool, framing: SessionFraming?) {

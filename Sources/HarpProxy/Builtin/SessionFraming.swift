@@ -97,11 +97,4 @@ final class SessionFraming {
             }
         }
     }
-
-    /// For a session whose start the proxy did not see (it passed in the kernel).
-    static func unknown() -> SessionFraming {
-        let framing = SessionFraming()
-        framing.opaque = true
-        return framing
-    }
 }
