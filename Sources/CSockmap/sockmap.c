@@ -4,6 +4,7 @@
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -44,10 +45,10 @@ static int map_delete(int map, uint64_t key) {
     return -errno;
 }
 
-static int make_hash(void) {
+static int make_hash(int type) {
     union bpf_attr attr;
     memset(&attr, 0, sizeof(attr));
-    attr.map_type = BPF_MAP_TYPE_SOCKHASH;
+    attr.map_type = (uint32_t)type;
     attr.key_size = sizeof(uint64_t);
     attr.value_size = sizeof(uint64_t);
     attr.max_entries = 1 << 17;
@@ -55,34 +56,75 @@ static int make_hash(void) {
 }
 
 int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
-    map->targets = map->readers = map->program = -1;
-    map->targets = make_hash();
+    map->targets = map->readers = map->tails = map->program = -1;
+    map->targets = make_hash(BPF_MAP_TYPE_SOCKHASH);
     if (map->targets < 0) {
         int e = errno;
         snprintf(error, error_size, "cannot create a BPF sock hash: %s", strerror(e));
         return -e;
     }
-    map->readers = make_hash();
+    map->readers = make_hash(BPF_MAP_TYPE_SOCKHASH);
     if (map->readers < 0) {
         int e = errno;
         snprintf(error, error_size, "cannot create a BPF sock hash: %s", strerror(e));
         harp_sockmap_close(map);
         return -e;
     }
+    map->tails = make_hash(BPF_MAP_TYPE_HASH);
+    if (map->tails < 0) {
+        int e = errno;
+        snprintf(error, error_size, "cannot create a BPF hash: %s", strerror(e));
+        harp_sockmap_close(map);
+        return -e;
+    }
     // r0 = bpf_sk_redirect_hash(skb, targets, &cookie(skb's socket), 0): send to the partner.
-    // A socket whose partner has gone gets SK_DROP: it is being closed anyway.
+    // A socket with no entry in `targets` (parked, or its partner gone) gets SK_PASS: its input
+    // waits in its own BPF queue, charged to its receive buffer, for a read of the socket.
+    // An empty skb is a FIN, and is dropped: what it says is already in the socket's state (end
+    // of input, which epoll reports and a read returns once the socket's own queue is empty), and
+    // the watcher passes the half-close on with shutdown(2) once every byte before it has gone
+    // through. Redirected, Linux would send it as an empty write, which the partner's sender
+    // takes for a broken pipe; passed up, it would do the same to the socket's own queue if it
+    // waits behind bytes for that socket. Either stops that sender for good, and whatever is
+    // queued behind it is never sent.
+    // A socket with an entry in `tails` (a lead master's) has the last 6 bytes of each input
+    // written there (zeros for a shorter input): a session whose lead master last sent a whole
+    // ReadyForQuery, all of it delivered, is between two messages (see harp_sockmap_tail).
     struct bpf_insn program[] = {
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0),
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_get_socket_cookie),
-        INSN(BPF_STX | BPF_MEM | BPF_DW, BPF_REG_10, BPF_REG_0, -8, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
-        INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, map->targets),
-        INSN(0, 0, 0, 0, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0),
-        INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 0),
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_hash),
-        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+        /* 0 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0),
+        /* 1 */ INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_7, BPF_REG_1, offsetof(struct __sk_buff, len), 0),
+        /* 2 */ INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_7, 0, 2, 0),
+        /* 3 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, SK_DROP),
+        /* 4 */ INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+        /* 5 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_get_socket_cookie),
+        /* 6 */ INSN(BPF_STX | BPF_MEM | BPF_DW, BPF_REG_10, BPF_REG_0, -8, 0),
+        // r0 = lookup(tails, &cookie); not listed: to the redirect.
+        /* 7 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, map->tails),
+        /* 8 */ INSN(0, 0, 0, 0, 0),
+        /* 9 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0),
+        /* 10 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -8),
+        /* 11 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
+        /* 12 */ INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 8, 0),  // to the redirect
+        /* 13 */ INSN(BPF_ST | BPF_MEM | BPF_DW, BPF_REG_0, 0, 0, 0),
+        /* 14 */ INSN(BPF_JMP | BPF_JLT | BPF_K, BPF_REG_7, 0, 6, 6),  // shorter than 6: zeros stay
+        // bpf_skb_load_bytes(skb, len - 6, value, 6)
+        /* 15 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_0, 0, 0),
+        /* 16 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_7, 0, 0),
+        /* 17 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -6),
+        /* 18 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
+        /* 19 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 6),
+        /* 20 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes),
+        // r0 = bpf_sk_redirect_hash(skb, targets, &cookie, 0); failed (no partner): SK_PASS.
+        /* 21 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
+        /* 22 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, map->targets),
+        /* 23 */ INSN(0, 0, 0, 0, 0),
+        /* 24 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0),
+        /* 25 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8),
+        /* 26 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 0),
+        /* 27 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_hash),
+        /* 28 */ INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 1, SK_DROP),  // redirected: done
+        /* 29 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, SK_PASS),
+        /* 30 */ INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
     };
     char log[4096];
     log[0] = 0;
@@ -117,9 +159,10 @@ int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
 
 void harp_sockmap_close(struct harp_sockmap *map) {
     if (map->program >= 0) close(map->program);
+    if (map->tails >= 0) close(map->tails);
     if (map->readers >= 0) close(map->readers);
     if (map->targets >= 0) close(map->targets);
-    map->targets = map->readers = map->program = -1;
+    map->targets = map->readers = map->tails = map->program = -1;
 }
 
 /// SO_RCVLOWAT makes TCP call the socket's data-ready hook, which is now the verdict program's:
@@ -151,35 +194,58 @@ fail:
     return result;
 }
 
-int harp_sockmap_stop_reading(const struct harp_sockmap *map, int fd) {
-    uint64_t cookie = harp_socket_cookie(fd);
-    if (cookie == 0) return -EBADF;
-    return map_delete(map->readers, cookie);
+int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie) {
+    uint64_t zero = 0;
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.map_fd = (uint32_t)map->tails;
+    attr.key = (uint64_t)(uintptr_t)&cookie;
+    attr.value = (uint64_t)(uintptr_t)&zero;
+    attr.flags = BPF_ANY;
+    return sys_bpf(BPF_MAP_UPDATE_ELEM, &attr) == 0 ? 0 : -errno;
 }
 
-int harp_sockmap_leave(const struct harp_sockmap *map, int fd) {
-    uint64_t cookie = harp_socket_cookie(fd);
-    if (cookie == 0) return -EBADF;
-    int r1 = map_delete(map->readers, cookie);
-    int r2 = map_delete(map->targets, cookie);
-    return r1 != 0 ? r1 : r2;
+void harp_sockmap_untrack(const struct harp_sockmap *map, uint64_t cookie) {
+    map_delete(map->tails, cookie);
 }
 
-int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *written, uint64_t *queued_out) {
-    // What waits in the receive queue, first: bytes that arrive before TCP_INFO is read then make
-    // the count too high, never too low (the safe side: a flush waits a little longer). A socket
-    // the kernel path still reads has an empty queue (its input is taken as it arrives), and is
-    // not peeked: a peek would return, and so clear, a pending error (the EPIPE by which the
-    // kernel tells of a FIN passed on). Not SIOCINQ: on a socket in a sockmap it reports the BPF
-    // side's queue, not TCP's. A peek with MSG_TRUNC counts the bytes without copying them; this
-    // holds while the program never passes input up to the socket's own BPF queue (it only
-    // redirects), whose reader ignores MSG_TRUNC.
-    // No buffer: should the peek meet the BPF queue after all (see harp_socket_parked), its copy
-    // fails with EFAULT instead of writing anywhere.
+int harp_sockmap_tail(const struct harp_sockmap *map, uint64_t cookie, uint8_t tail[6]) {
+    uint64_t value = 0;
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.map_fd = (uint32_t)map->tails;
+    attr.key = (uint64_t)(uintptr_t)&cookie;
+    attr.value = (uint64_t)(uintptr_t)&value;
+    if (sys_bpf(BPF_MAP_LOOKUP_ELEM, &attr) != 0) return -errno;
+    memcpy(tail, &value, 6);
+    return 0;
+}
+
+int harp_sockmap_park(const struct harp_sockmap *map, int fd) {
+    uint64_t cookie = harp_socket_cookie(fd);
+    if (cookie == 0) return -EBADF;
+    return map_delete(map->targets, cookie);
+}
+
+int harp_socket_counts(int fd, int mode, uint64_t *received, uint64_t *written, uint64_t *queued_out) {
+    // What waits to be read, first: bytes that arrive before TCP_INFO is read then make the count
+    // too high, never too low (the safe side: a move or a flush waits a little longer).
+    // - Before the join, TCP's receive queue, peeked with MSG_TRUNC (which counts the bytes
+    //   without copying them). No buffer: should the peek meet a BPF queue after all, its copy
+    //   fails with EFAULT instead of writing anywhere.
+    // - Joined, nothing: the kernel path takes input as it arrives, so TCP's queue is empty. It
+    //   is not peeked: a peek would return, and so clear, a pending error (the EPIPE by which the
+    //   kernel tells of a FIN passed on).
+    // - Parked, the socket's own BPF queue (SIOCINQ on a socket in a sockmap reports that queue).
+    //   Input on its way into it is counted as taken until it is there: too high again.
     ssize_t unread = 0;
-    if (!kernel_reads) {
+    if (mode == HARP_COUNT_UNJOINED) {
         unread = recv(fd, NULL, 1 << 30, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
         if (unread < 0) unread = 0;  // nothing queued, or an error the socket's next user will see
+    } else if (mode == HARP_COUNT_PARKED) {
+        int parked = 0;
+        if (ioctl(fd, SIOCINQ, &parked) != 0) return -errno;
+        unread = parked;
     }
     struct tcp_info info;
     memset(&info, 0, sizeof(info));
@@ -230,27 +296,4 @@ int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeou
                    ((events[i].events & EPOLLERR) ? HARP_WATCH_ERROR : 0);
     }
     return n;
-}
-
-int harp_socket_error(int fd) {
-    int error = 0;
-    socklen_t length = sizeof(error);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) return errno;
-    return error;
-}
-
-int harp_socket_at_eof(int fd) {
-    char byte;
-    return recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0 ? 1 : 0;
-}
-
-int harp_socket_parked(int fd) {
-    int queued = 0;
-    if (ioctl(fd, SIOCINQ, &queued) != 0) return -errno;
-    return queued;
-}
-
-long harp_socket_take(int fd, void *buffer, size_t length) {
-    ssize_t n = recv(fd, buffer, length, MSG_DONTWAIT);
-    return n >= 0 ? (long)n : -errno;
 }

@@ -8,11 +8,16 @@
 ///   targets:  cookie(socket) -> partner   (no program; the socket to send to)
 ///   readers:  cookie(socket) -> socket    (the verdict program runs on these sockets' input)
 ///
-/// Taking a socket out of `readers` stops the kernel reading it: its input then stays in its TCP
-/// receive queue, where TCP flow control holds the sender back.
+/// A socket stays in `readers` until it is closed (closing takes it out of both maps). Its
+/// program is never detached while it lives: input that arrives while the program is being
+/// detached is dropped by Linux (`sk_psock_verdict_recv` finds no program and returns SK_DROP).
+/// A socket with no entry in `targets` is "parked": the program passes its input up to its own
+/// BPF queue, which a read of the socket returns in order and which is charged to its receive
+/// buffer, so that TCP flow control holds the sender back.
 struct harp_sockmap {
     int targets;
     int readers;
+    int tails;
     int program;
 };
 
@@ -26,18 +31,33 @@ void harp_sockmap_close(struct harp_sockmap *map);
 /// the kernel may already have taken input (the sockets can then not be used on their own).
 int harp_sockmap_join(const struct harp_sockmap *map, int a, int b, int *started);
 
-/// Stops the kernel reading `fd` (its input waits in its receive queue from now on).
-int harp_sockmap_stop_reading(const struct harp_sockmap *map, int fd);
+/// `tails` (a plain hash, cookie -> 8 bytes): the sockets listed there have the last 6 bytes of
+/// each input written by the program (zeros for an input shorter than that).
+/// Lists a socket in `tails` (0, or -errno); `untrack` takes it out (do it before closing the
+/// socket: its cookie is the key).
+int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie);
+void harp_sockmap_untrack(const struct harp_sockmap *map, uint64_t cookie);
+/// The last 6 bytes of a tracked socket's latest input. 0, or -errno (-ENOENT: not tracked).
+int harp_sockmap_tail(const struct harp_sockmap *map, uint64_t cookie, uint8_t tail[6]);
 
-/// Takes `fd` out of both maps: after this, and once its partner is out too, both are plain sockets.
-int harp_sockmap_leave(const struct harp_sockmap *map, int fd);
+/// Parks `fd`: its input is no longer passed to its partner but kept for a read of `fd`.
+int harp_sockmap_park(const struct harp_sockmap *map, int fd);
 
-/// Payload bytes taken out of `fd`'s receive queue (by the kernel data path, or by a read), and
-/// bytes that have entered its send queue (acknowledged plus still queued; a connecting socket's
-/// SYN counts as one, so compare differences). -errno on failure.
-/// `kernel_reads`: the socket is still read by the kernel path (its receive queue is then empty
-/// and not looked at).
-int harp_socket_counts(int fd, int kernel_reads, uint64_t *received, uint64_t *written, uint64_t *queued);
+/// How `harp_socket_counts` finds what waits to be read.
+enum {
+    /// Not in the sockmap: TCP's receive queue.
+    HARP_COUNT_UNJOINED = 0,
+    /// Read by the kernel path: nothing waits.
+    HARP_COUNT_JOINED = 1,
+    /// Parked: its own BPF queue.
+    HARP_COUNT_PARKED = 2,
+};
+
+/// Payload bytes taken out of `fd`'s receive queues (read, or passed on by the kernel data
+/// path; not what waits to be read, see the HARP_COUNT_* `mode`), and bytes that have entered
+/// its send queue (acknowledged plus still queued; a connecting socket's SYN counts as one, so
+/// compare differences). -errno on failure.
+int harp_socket_counts(int fd, int mode, uint64_t *received, uint64_t *written, uint64_t *queued);
 
 /// The socket's cookie (SO_COOKIE), 0 on failure.
 uint64_t harp_socket_cookie(int fd);
@@ -50,15 +70,3 @@ int harp_watch_add(int watch, int fd, uint64_t token);
 int harp_watch_remove(int watch, int fd);
 /// Up to `max` events: their tokens and HARP_WATCH_* flags. -errno on failure (EINTR included).
 int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeout_ms);
-
-/// The socket's pending error (SO_ERROR, which reading clears), 0 if none.
-int harp_socket_error(int fd);
-/// 1 if the socket has nothing left to read and its peer has sent FIN, else 0.
-int harp_socket_at_eof(int fd);
-/// Bytes waiting in the socket's own BPF queue (SIOCINQ on a socket in a sockmap). Input the
-/// kernel took just as the socket's reader was detached is passed up to that queue instead of
-/// being redirected; only a read of the socket, while it is still in a sockmap, returns it.
-/// -errno on failure.
-int harp_socket_parked(int fd);
-/// A non-blocking read of up to `length` bytes: the count, or -errno.
-long harp_socket_take(int fd, void *buffer, size_t length);

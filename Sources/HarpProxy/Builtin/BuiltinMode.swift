@@ -198,7 +198,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 }
             }
         }
-        for (path, pairs) in joined.values { path.close(pairs) }  // synchronous: closed when it returns
+        let goodbye = Array(error.readableBytesView)
+        for (path, pairs) in joined.values { path.close(pairs, goodbye: goodbye) }  // synchronous: closed when it returns
         if let own {
             for client in own.clients { GlueHandler.cut(client, with: error) }
             for server in own.servers { server.close(promise: nil) }
@@ -207,12 +208,13 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
         let attached = joined.values.reduce(byLoop.values.reduce(0) { $0 + $1.clients.count }) { $0 + $1.1.count }
         let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
+        let restartingCount = restarting.count
         EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
             let restarted = (try? result.get().0.count { (try? $0.get()) == true }) ?? 0
-            self.clientCounters.cut += attached + restarting.count - restarted
+            self.clientCounters.cut += attached + restartingCount - restarted
             self.clientCounters.startedAgain += restarted
             var m = metadata
-            m["closed"] = "\(attached + restarting.count - restarted)"
+            m["closed"] = "\(attached + restartingCount - restarted)"
             if restarted > 0 { m["started_again"] = "\(restarted)" }
             m["ms_since_dcs_event"] = "\(String(format: "%.2f", (ContinuousClock.now - observedAt).fractionalMilliseconds))"
             logger.info("lead master changed: connections to the old one closed", metadata: m)
@@ -478,7 +480,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     }
 
     private static func closeDemoted(_ end: KernelDataPath.End) {
-        if case .demoted(let client, let server, _, _, _, _) = end {
+        if case .demoted(let client, let server, _, _) = end {
             close(client)
             close(server)
         }
@@ -505,7 +507,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         case .lost(let bytes):
             dropClient(id)
             logger.error("the kernel lost \(bytes) bytes of a connection while moving it from the kernel data path to user space; the connection is closed rather than passed on with a gap (data_path kernel)")
-        case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded, let clientKept, let serverKept):
+        case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded):
             guard !stopped, entry.target != nil else {
                 dropClient(id)
                 close(clientFD)
@@ -550,9 +552,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                     do {
                         try server.pipeline.syncOperations.addHandler(serverSide)
                         try client.pipeline.syncOperations.addHandler(clientSide)
-                        // What the kernel took and kept back goes first, before anything read now.
-                        if !clientKept.isEmpty { server.writeAndFlush(ByteBuffer(bytes: clientKept), promise: nil) }
-                        if !serverKept.isEmpty { client.writeAndFlush(ByteBuffer(bytes: serverKept), promise: nil) }
                         try client.syncOptions?.setOption(.autoRead, value: true)
                         try server.syncOptions?.setOption(.autoRead, value: true)
                     } catch {
@@ -680,7 +679,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 waiter.promise.fail(Refusal.shuttingDown)
             }
             if let (path, pair) = entry.pair {
-                path.close(pair)
+                path.close(pair, goodbye: Array(stopping.readableBytesView))
                 continue
             }
             let channel = entry.channel

@@ -13,11 +13,13 @@ import Glibc
 /// The kernel gives no flow control on this path: a socket's input is taken as it arrives, and
 /// what the partner cannot send yet waits in the kernel, however much it grows. So a thread of
 /// ours looks at every joined pair each `tick`, and when more than `highWater` bytes wait for a
-/// slow reader, it stops the kernel reading the fast side (its input then stays in its TCP
-/// receive queue, and TCP holds the sender back), waits until what is under way has reached the
-/// send queue, takes the sockets out of the maps and gives them back to NIO, where the glue
-/// forwards them with exact backpressure. A half-close is passed on the same way: the FIN is sent
-/// only once every byte before it has reached the partner's send queue. Nothing is lost.
+/// slow reader, it parks both sockets (their input is no longer passed on but kept in their own
+/// queues, charged to their receive buffers, so TCP holds the senders back), waits until what
+/// was under way has reached the partners' send queues, and gives the sockets to NIO, where the
+/// glue forwards them with exact backpressure. They stay in the sockmap, parked, until they are
+/// closed: a read returns their input in order. (Taking a socket out of the map while input
+/// arrives loses that input; see CSockmap.h.) A half-close is passed on the way the bytes are:
+/// the FIN is sent only once every byte before it has reached the partner's send queue.
 ///
 /// The process needs CAP_BPF and CAP_NET_ADMIN (root has them). Without them, or on a kernel
 /// without sockmap, `shared()` fails once with the reason, and the instance stays in user space.
@@ -27,9 +29,10 @@ final class KernelDataPath: @unchecked Sendable {
     static let tick: Duration = .milliseconds(25)
     /// Bytes the kernel took from one side that have not reached the other's send queue, while
     /// that queue is empty and nothing is parked, for this long, are lost: the kernel dropped
-    /// them (seen on Linux 6.18, about once in twenty runs of the slow-reader tests: one 8 KiB or
-    /// 64 KiB chunk, when a side's reader is detached while its input arrives). With an empty
-    /// send queue the kernel's own sender would have passed them on within milliseconds.
+    /// them. With an empty send queue the kernel's own sender would have passed them on within
+    /// milliseconds. (Seen on Linux 6.18 about once in twenty slow-reader runs while a moving
+    /// pair's sockets were taken out of the maps, whose program Linux detaches with input under
+    /// way; they no longer leave the maps. This stays as a guard: close, never hang or splice.)
     static let lostAfter: Duration = .seconds(2)
 
     enum End: Sendable {
@@ -38,13 +41,12 @@ final class KernelDataPath: @unchecked Sendable {
         /// Closed too, because the kernel lost `bytes` of the stream while the pair was moving to
         /// user space (see `lostAfter`): passing on what follows would splice the stream.
         case lost(bytes: UInt64)
-        /// Out of the kernel path: plain sockets again, now the receiver's to own and forward.
+        /// Out of the kernel path, now the receiver's to own and forward. Both sockets are parked
+        /// (still in the sockmap, which closing them leaves): a read returns their input in order.
         /// `clientInputEnded`: the client's FIN was already passed on (the lead master's socket is
         /// shut for writing); `serverInputEnded` the same the other way. Such a side's end of
         /// input must not be passed on again.
-        /// `clientKept`: the client's bytes that the kernel took but did not pass on; they go to
-        /// the lead master before anything else (and `serverKept` the other way).
-        case demoted(client: CInt, server: CInt, clientInputEnded: Bool, serverInputEnded: Bool, clientKept: [UInt8], serverKept: [UInt8])
+        case demoted(client: CInt, server: CInt, clientInputEnded: Bool, serverInputEnded: Bool)
     }
 
     enum JoinResult: Sendable {
@@ -77,6 +79,9 @@ final class KernelDataPath: @unchecked Sendable {
         let id: UInt64
         let client: CInt
         let server: CInt
+        /// The lead master's socket's cookie, if the program records the end of its input (see
+        /// `goodbye`); 0 if not.
+        fileprivate var tracked: UInt64 = 0
         /// Counts at the join: bytes before it (the client's first message, written by NIO) and a
         /// connecting socket's SYN are not the kernel path's.
         fileprivate let base: Counts
@@ -84,13 +89,8 @@ final class KernelDataPath: @unchecked Sendable {
         fileprivate var serverEOF = false
         fileprivate var shutToServer = false
         fileprivate var shutToClient = false
+        /// Moving to user space: both sockets are parked.
         fileprivate var demoting = false
-        fileprivate var clientStopped = false
-        fileprivate var serverStopped = false
-        /// Input taken from a stopped socket's own BPF queue (see `takeParked`), to be passed on
-        /// first once the pair is in user space.
-        fileprivate var clientKept: [UInt8] = []
-        fileprivate var serverKept: [UInt8] = []
         /// While moving to user space: what is still on its way, and since when it has not moved
         /// although the receiving side's send queue is empty.
         fileprivate var stuckPending: UInt64 = 0
@@ -164,7 +164,7 @@ final class KernelDataPath: @unchecked Sendable {
         let id = nextID
         nextID += 1
         // Counted before the kernel reads anything, so that everything after is the path's.
-        let base = Self.measure(client: client, server: server, clientRead: false, serverRead: false)
+        let base = Self.measure(client: client, server: server, mode: HARP_COUNT_UNJOINED)
         guard !base.failed else { return .notJoined(IOError(errnoCode: EBADF, reason: "reading the sockets' counters")) }
         // Watched before they are joined: once the kernel reads them there is no way back.
         for (fd, side) in [(client, UInt64(0)), (server, UInt64(1))] {
@@ -174,9 +174,13 @@ final class KernelDataPath: @unchecked Sendable {
                 return .notJoined(IOError(errnoCode: -added, reason: "epoll_ctl"))
             }
         }
+        // Listed before the join, so that the end of everything the lead master sends is seen.
+        let cookie = harp_socket_cookie(server)
+        let tracked = cookie != 0 && harp_sockmap_track(&map, cookie) == 0 ? cookie : 0
         var started: CInt = 0
         let joined = harp_sockmap_join(&map, client, server, &started)
         guard joined == 0 else {
+            if tracked != 0 { harp_sockmap_untrack(&map, tracked) }
             _ = harp_watch_remove(epoll, client)
             _ = harp_watch_remove(epoll, server)
             let error = IOError(errnoCode: -joined, reason: "joining the sockets in the BPF sockmap")
@@ -188,21 +192,24 @@ final class KernelDataPath: @unchecked Sendable {
             return .notJoined(error)
         }
         let pair = Pair(id: id, client: client, server: server, base: base, onBytes: onBytes, onEnd: onEnd)
+        pair.tracked = tracked
         pairs[id] = pair
         return .joined(pair)
     }
 
     /// Closes both sockets now (the lead master moved, or the instance stops). Does nothing if
-    /// the pair has already ended.
-    func close(_ pair: Pair) { close([pair]) }
+    /// the pair has already ended. `goodbye`: see `close(_:goodbye:)`.
+    func close(_ pair: Pair, goodbye: [UInt8]? = nil) { close([pair], goodbye: goodbye) }
 
     /// Closes pairs at once: every client socket first, then every lead-master socket (see
-    /// `BuiltinMode.closeConnections`).
-    func close(_ batch: [Pair]) {
+    /// `BuiltinMode.closeConnections`). `goodbye`, a PostgreSQL ErrorResponse, is written to each
+    /// client first whose session is between two messages (see `sayGoodbye`).
+    func close(_ batch: [Pair], goodbye: [UInt8]? = nil) {
         lock.lock()
         var endings: [() -> Void] = []
         var servers: [Pair] = []
         for pair in batch where pairs[pair.id] === pair {
+            if let goodbye { sayGoodbye(pair, goodbye) }
             endings.append(finish(pair, demote: false, counts: nil, closeServer: false))
             servers.append(pair)
         }
@@ -213,6 +220,33 @@ final class KernelDataPath: @unchecked Sendable {
         }
         lock.unlock()
         for ended in endings { ended() }
+    }
+
+    /// Writes `message` to the client if its session is between two of the lead master's
+    /// messages, as far as the kernel path can tell: the last thing the lead master sent was a
+    /// whole ReadyForQuery, and all of it has reached the client's send queue. (The user-space
+    /// glue follows every message header; here only the end of the lead master's last input is
+    /// recorded, by the program.) The lead master's socket is parked first, so that nothing
+    /// passes to the client after the look. A session whose last input only looks like that
+    /// (6 bytes at the end of an unrelated write, of a TLS record) is wrongly taken for one at
+    /// rest about once in 2^40; it then reads a broken message instead of a bare close. Under the lock.
+    private func sayGoodbye(_ pair: Pair, _ message: [UInt8]) {
+        guard pair.tracked != 0, !pair.demoting, !message.isEmpty else { return }
+        _ = harp_sockmap_park(&map, pair.server)
+        let now = Self.measure(client: pair.client, server: pair.server, mode: HARP_COUNT_JOINED)
+        guard !now.failed else { return }
+        let since = now.since(pair.base)
+        // Everything taken from the lead master is in the client's send queue: none under way,
+        // none parked.
+        guard since.serverIn == since.clientOut else { return }
+        var tail = [UInt8](repeating: 0, count: 6)
+        guard harp_sockmap_tail(&map, pair.tracked, &tail) == 0, Self.isReadyForQuery(tail) else { return }
+        _ = message.withUnsafeBytes { send(pair.client, $0.baseAddress, $0.count, CInt(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+    }
+
+    /// A whole ReadyForQuery: 'Z', length 5, and a transaction status (idle, in a transaction, failed).
+    static func isReadyForQuery(_ bytes: [UInt8]) -> Bool {
+        bytes.count == 6 && bytes[0..<5].elementsEqual([0x5A, 0, 0, 0, 5]) && [UInt8(ascii: "I"), UInt8(ascii: "T"), UInt8(ascii: "E")].contains(bytes[5])
     }
 
     // MARK: - The watching thread
@@ -227,26 +261,18 @@ final class KernelDataPath: @unchecked Sendable {
             var endings: [() -> Void] = []
             var toLook: [Pair] = []
 
-            // Events first, under the lock: they only set flags (and read an error).
+            // Events first, under the lock: they only set flags (or end a pair that was reset).
             lock.lock()
             if n > 0 {
                 for (token, flag) in zip(tokens[0..<Int(n)], flags[0..<Int(n)]) {
                     guard let pair = pairs[token >> 1] else { continue }  // ended meanwhile
                     let isClient = token & 1 == 0
-                    let fd = isClient ? pair.client : pair.server
-                    let partner = isClient ? pair.server : pair.client
                     if flag & CInt(HARP_WATCH_ERROR) != 0, !pair.demoting {
-                        // The kernel passes a FIN on as an empty message, which the partner's send
-                        // path takes for a broken pipe (EPIPE) once everything before it is sent.
-                        // That is the other side's end of input, not a failure: pass it on as usual.
-                        if harp_socket_error(fd) == EPIPE, harp_socket_at_eof(partner) == 1 {
-                            if isClient { pair.serverEOF = true } else { pair.clientEOF = true }
-                        } else {
-                            // A reset: nothing more can be delivered either way. (Not while
-                            // demoting: the glue will read the error from the socket itself.)
-                            endings.append(finish(pair, demote: false, counts: nil))
-                            continue
-                        }
+                        // A reset: nothing more can be delivered either way. (Not while moving
+                        // to user space: the glue will read the error from the socket itself.)
+                        // A FIN is no error here: the program drops it (see sockmap.c).
+                        endings.append(finish(pair, demote: false, counts: nil))
+                        continue
                     }
                     if flag & CInt(HARP_WATCH_EOF) != 0 {
                         if isClient { pair.clientEOF = true } else { pair.serverEOF = true }
@@ -261,18 +287,18 @@ final class KernelDataPath: @unchecked Sendable {
                 var seen = Set<UInt64>()
                 toLook = toLook.filter { seen.insert($0.id).inserted }
             }
-            let readers = toLook.map { (!$0.clientStopped, !$0.serverStopped) }
+            let modes = toLook.map { $0.demoting ? HARP_COUNT_PARKED : HARP_COUNT_JOINED }
             lock.unlock()
 
             // The counters, outside the path's lock: the system calls for every pair must not hold
             // up joins and closes on the event loops. A pair closed meanwhile is skipped.
-            let looks = zip(toLook, readers).map { pair, reading in
+            let looks = zip(toLook, modes).map { pair, mode in
                 pair.descriptors.lock()
                 defer { pair.descriptors.unlock() }
                 var counts = Counts()
                 counts.failed = true
                 if !pair.descriptorsClosed {
-                    counts = Self.measure(client: pair.client, server: pair.server, clientRead: reading.0, serverRead: reading.1)
+                    counts = Self.measure(client: pair.client, server: pair.server, mode: mode)
                 }
                 return (pair, counts)
             }
@@ -286,10 +312,12 @@ final class KernelDataPath: @unchecked Sendable {
         }
     }
 
-    private static func measure(client: CInt, server: CInt, clientRead: Bool, serverRead: Bool) -> Counts {
+    /// `mode`: a HARP_COUNT_* value, for both sockets.
+    private static func measure(client: CInt, server: CInt, mode: Int) -> Counts {
         var counts = Counts()
-        counts.failed = harp_socket_counts(client, clientRead ? 1 : 0, &counts.clientIn, &counts.clientOut, &counts.clientQueued) != 0
-            || harp_socket_counts(server, serverRead ? 1 : 0, &counts.serverIn, &counts.serverOut, &counts.serverQueued) != 0
+        let mode = CInt(mode)
+        counts.failed = harp_socket_counts(client, mode, &counts.clientIn, &counts.clientOut, &counts.clientQueued) != 0
+            || harp_socket_counts(server, mode, &counts.serverIn, &counts.serverOut, &counts.serverQueued) != 0
         return counts
     }
 
@@ -304,37 +332,20 @@ final class KernelDataPath: @unchecked Sendable {
         let toServerUnderway = c.clientIn > c.serverOut ? c.clientIn - c.serverOut : 0
         let toClientUnderway = c.serverIn > c.clientOut ? c.serverIn - c.clientOut : 0
         if pair.demoting {
-            // A stopped side's input that the kernel parked in the socket's own queue is taken now;
-            // it is not under way to the partner, and the glue passes it on first. These counts
-            // were read before the take, so a look that took anything decides nothing.
-            let tookClient = pair.clientStopped && Self.takeParked(pair.client, into: &pair.clientKept)
-            let tookServer = pair.serverStopped && Self.takeParked(pair.server, into: &pair.serverKept)
-            if tookClient || tookServer { return nil }
-            let toServerPending = toServerUnderway - min(toServerUnderway, UInt64(pair.clientKept.count))
-            let toClientPending = toClientUnderway - min(toClientUnderway, UInt64(pair.serverKept.count))
-            // The slow side keeps its kernel reader until everything for it has been sent: taking a
-            // socket out of `readers` while the kernel still has bytes queued for it can leave them
-            // there (its send queue's wake-ups no longer reach the kernel path).
-            guard toServerPending == 0, toClientPending == 0 else {
+            // Both sides are parked, and their counts leave out what waits in their own queues:
+            // what is under way now is what the kernel passed on before the park (or input on
+            // its way into a queue) that has not reached the partner's send queue yet. Once none
+            // is, the glue may write to both sides; it reads the queues first, in order.
+            let pending = toServerUnderway + toClientUnderway
+            guard pending == 0 else {
                 // Stuck with the receiving sides' send queues empty: lost, not late.
-                let pending = toServerPending + toClientPending
-                let drained = (toServerPending == 0 || now.serverQueued == 0) && (toClientPending == 0 || now.clientQueued == 0)
+                let drained = (toServerUnderway == 0 || now.serverQueued == 0) && (toClientUnderway == 0 || now.clientQueued == 0)
                 guard drained, pending == pair.stuckPending, let since = pair.stuckSince else {
                     pair.stuckPending = pending
                     pair.stuckSince = drained ? .now : nil
                     return nil
                 }
                 return ContinuousClock.now - since >= Self.lostAfter ? finish(pair, demote: false, counts: now, lost: pending) : nil
-            }
-            if !pair.clientStopped {
-                pair.clientStopped = true
-                _ = harp_sockmap_stop_reading(&map, pair.client)
-                return nil  // anything it took meanwhile shows on the next look
-            }
-            if !pair.serverStopped {
-                pair.serverStopped = true
-                _ = harp_sockmap_stop_reading(&map, pair.server)
-                return nil
             }
             return finish(pair, demote: true, counts: now)
         }
@@ -348,39 +359,16 @@ final class KernelDataPath: @unchecked Sendable {
         }
         if pair.shutToServer && pair.shutToClient { return finish(pair, demote: false, counts: now) }
         if max(toServerUnderway, toClientUnderway) > Self.highWater {
-            // Stop the kernel reading the side that sends faster than its partner takes. (Also
-            // after one side's FIN: a client that half-closes and does not read would otherwise
-            // let the other side's output pile up in the kernel without limit.)
+            // A reader fell behind (also after one side's FIN: a client that half-closes and does
+            // not read would otherwise let the other side's output pile up in the kernel without
+            // limit). Both sides are parked: from here each one's input waits for the glue, in
+            // its own queue. A pair can only move as a whole: the glue must not write to a side
+            // the kernel still sends to.
             pair.demoting = true
-            if toClientUnderway > Self.highWater {
-                pair.serverStopped = true
-                _ = harp_sockmap_stop_reading(&map, pair.server)
-            }
-            if toServerUnderway > Self.highWater {
-                pair.clientStopped = true
-                _ = harp_sockmap_stop_reading(&map, pair.client)
-            }
+            _ = harp_sockmap_park(&map, pair.client)
+            _ = harp_sockmap_park(&map, pair.server)
         }
         return nil
-    }
-
-    /// Takes what waits in a stopped socket's own BPF queue. The kernel may have taken input at
-    /// the moment the socket's reader was detached; with no program left to redirect it, that
-    /// input is passed up to this queue, which only a read of the socket returns, and only while
-    /// the socket is in a sockmap (leaving it drops the queue). At most `highWater` in all.
-    /// True if it took anything.
-    @discardableResult
-    private static func takeParked(_ fd: CInt, into kept: inout [UInt8]) -> Bool {
-        let before = kept.count
-        while kept.count < Int(highWater) {
-            let parked = harp_socket_parked(fd)
-            guard parked > 0 else { break }
-            var chunk = [UInt8](repeating: 0, count: Int(parked))
-            let n = chunk.withUnsafeMutableBytes { harp_socket_take(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else { break }
-            kept.append(contentsOf: chunk[0..<n])
-        }
-        return kept.count > before
     }
 
     /// Reports the bytes passed since the last report (never a negative amount).
@@ -398,29 +386,21 @@ final class KernelDataPath: @unchecked Sendable {
     /// `closeServer: false` leaves the lead-master socket open (marked closed) for the caller to close.
     private func finish(_ pair: Pair, demote: Bool, counts: Counts?, closeServer: Bool = true, lost: UInt64 = 0) -> () -> Void {
         pairs[pair.id] = nil
+        if pair.tracked != 0 { harp_sockmap_untrack(&map, pair.tracked) }
         _ = harp_watch_remove(epoll, pair.client)
         _ = harp_watch_remove(epoll, pair.server)
-        let last = counts ?? Self.measure(client: pair.client, server: pair.server, clientRead: !pair.clientStopped, serverRead: !pair.serverStopped)
+        let last = counts ?? Self.measure(client: pair.client, server: pair.server, mode: pair.demoting ? HARP_COUNT_PARKED : HARP_COUNT_JOINED)
         if !last.failed {
             let c = last.since(pair.base)
             count(pair, toServer: c.clientIn, toClient: c.serverIn)
         }
         if demote {
-            Self.takeParked(pair.client, into: &pair.clientKept)  // the last chance: leaving drops it
-            Self.takeParked(pair.server, into: &pair.serverKept)
-            _ = harp_sockmap_leave(&map, pair.client)
-            _ = harp_sockmap_leave(&map, pair.server)
-            // A FIN the kernel passed on leaves EPIPE pending on the socket it went to (see
-            // `run`); read here, it cannot reach the glue as a failure. (A reset leaves the socket
-            // closed, which the glue sees by itself.)
-            _ = harp_socket_error(pair.client)
-            _ = harp_socket_error(pair.server)
+            // The sockets stay in the maps, parked (see `End.demoted`).
             pair.descriptors.lock()
             pair.descriptorsClosed = true  // no longer ours to read
             pair.descriptors.unlock()
             let end = End.demoted(client: pair.client, server: pair.server,
-                                  clientInputEnded: pair.shutToServer, serverInputEnded: pair.shutToClient,
-                                  clientKept: pair.clientKept, serverKept: pair.serverKept)
+                                  clientInputEnded: pair.shutToServer, serverInputEnded: pair.shutToClient)
             return { pair.onEnd(pair, end) }
         }
         pair.descriptors.lock()
