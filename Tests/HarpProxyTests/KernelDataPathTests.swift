@@ -163,6 +163,33 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
+    /// A reader that falls behind holds the lead master back: once the pair is parked to move to
+    /// user space, the backend waits in ClientWrite instead of handing the rest of a result to the
+    /// kernel's memory. (Parked input is charged to the socket's receive buffer; were it not, or
+    /// were the pair left in the kernel path, the backend would finish the COPY and go idle while
+    /// the client sleeps.) The move completes once the client reads again, and the result arrives
+    /// whole, in order.
+    func testALeadMasterIsHeldBackWhileTheClientDoesNotRead() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        let copy = "COPY (SELECT g, md5(g::text) FROM generate_series(1, 1500000) g) TO STDOUT /* held-back */"
+        let direct = try runCommand("/bin/bash", ["-c", "\(PostgresServer.binDirectory)/psql -X -h 127.0.0.1 -p \(a.port) -U postgres -d postgres -c \"\(copy)\" | md5sum"],
+                                    environment: ["PATH": "/usr/bin:/bin"])
+        let sum = rig.etcd.directory.path + "/held-back.md5"
+        let reader = try TestProcess(name: "held-back", executable: "/bin/bash",
+                                     arguments: ["-c", "set -o pipefail; \(PostgresServer.binDirectory)/psql -X -h 127.0.0.1 -p \(port) -U postgres -d postgres -c \"\(copy)\" | (sleep 6; cat) | md5sum > \(sum)"],
+                                     logDirectory: rig.etcd.directory.path, environment: ["PATH": "/usr/bin:/bin", "PGSSLMODE": "disable"])
+        let held = eventually(timeout: 5) {
+            (try? a.query("SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%held-back%' AND pid <> pg_backend_pid()")) == "ClientWrite"
+        }
+        XCTAssertTrue(held, "the backend waits to write while the client does not read: \((try? a.query("SELECT state, wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%held-back%' AND pid <> pg_backend_pid()")) ?? "?")")
+        XCTAssertEqual(reader.waitForExit(), 0)
+        XCTAssertEqual(try String(contentsOfFile: sum, encoding: .utf8), direct.output, "every byte arrived, in order")
+        XCTAssertTrue(rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") },
+                      "the pair left the kernel when its reader fell behind")
+        await rig.stop()
+    }
+
     /// Sends `payload` on a client joined to an echo server and half-closes, reads after
     /// `readAfter`, and checks that every byte came back, in order, before the EOF, and that the
     /// pair then ends. True if the pair moved to user space on the way.
