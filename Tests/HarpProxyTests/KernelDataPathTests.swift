@@ -190,6 +190,33 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
+    /// A client reset while its result piles up in front of it (the pair moving to user space):
+    /// the connection ends at once on both sides, and is not reported as bytes lost.
+    func testAClientResetWhileItsResultPilesUpEndsTheConnection() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        guard let fd = connectedLoopbackSocket(port: port) else { throw FixtureError("cannot connect to the proxy") }
+        func message(_ type: UInt8?, _ body: [UInt8]) -> [UInt8] {
+            let length = UInt32(body.count + 4)
+            return (type.map { [$0] } ?? []) + [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)] + body
+        }
+        writeAll(fd, message(nil, [0, 3, 0, 0] + Array("user\0postgres\0database\0postgres\0\0".utf8)))
+        let copy = "COPY (SELECT g, md5(g::text) FROM generate_series(1, 1500000) g) TO STDOUT /* reset-reader */"
+        writeAll(fd, message(UInt8(ascii: "Q"), Array(copy.utf8) + [0]))
+        let held = eventually(timeout: 10) {
+            (try? a.query("SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%reset-reader%' AND pid <> pg_backend_pid()")) == "ClientWrite"
+        }
+        XCTAssertTrue(held, "the result piles up in front of the client, and the lead master is held back")
+        var reset = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+        close(fd)
+        let ended = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(ended, "the connection ends")
+        XCTAssertTrue(waitForActivity(on: a, "reset-reader", count: 0, timeout: 5), "the lead master's side is closed too")
+        XCTAssertFalse(rig.capture.all.contains { $0.message.contains("the kernel lost") }, "a reset is not reported as bytes lost")
+        await rig.stop()
+    }
+
     /// Sends `payload` on a client joined to an echo server and half-closes, reads after
     /// `readAfter`, and checks that every byte came back, in order, before the EOF, and that the
     /// pair then ends. True if the pair moved to user space on the way.

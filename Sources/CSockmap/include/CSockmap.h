@@ -70,3 +70,9 @@ int harp_watch_add(int watch, int fd, uint64_t token);
 int harp_watch_remove(int watch, int fd);
 /// Up to `max` events: their tokens and HARP_WATCH_* flags. -errno on failure (EINTR included).
 int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeout_ms);
+
+/// Closes a joined socket as TCP closes one with unread input: with a reset if its own queue
+/// (parked input) holds any. Otherwise Linux sends a FIN (TCP's receive queue is empty), and a
+/// peer held back by a zero window learns that nobody reads only at its next window probe, which
+/// backs off to seconds.
+void harp_socket_close(int fd);

@@ -215,7 +215,7 @@ final class KernelDataPath: @unchecked Sendable {
         }
         for pair in servers {
             pair.descriptors.lock()
-            Glibc.close(pair.server)
+            harp_socket_close(pair.server)
             pair.descriptors.unlock()
         }
         lock.unlock()
@@ -267,10 +267,11 @@ final class KernelDataPath: @unchecked Sendable {
                 for (token, flag) in zip(tokens[0..<Int(n)], flags[0..<Int(n)]) {
                     guard let pair = pairs[token >> 1] else { continue }  // ended meanwhile
                     let isClient = token & 1 == 0
-                    if flag & CInt(HARP_WATCH_ERROR) != 0, !pair.demoting {
-                        // A reset: nothing more can be delivered either way. (Not while moving
-                        // to user space: the glue will read the error from the socket itself.)
-                        // A FIN is no error here: the program drops it (see sockmap.c).
+                    if flag & CInt(HARP_WATCH_ERROR) != 0 {
+                        // A reset: nothing more can be delivered either way, also while the pair
+                        // moves to user space (a client gone while a result piles up for it:
+                        // what is under way to it can never get through). A FIN is no error
+                        // here: the program drops it (see sockmap.c).
                         endings.append(finish(pair, demote: false, counts: nil))
                         continue
                     }
@@ -405,8 +406,8 @@ final class KernelDataPath: @unchecked Sendable {
         }
         pair.descriptors.lock()
         pair.descriptorsClosed = true
-        Glibc.close(pair.client)
-        if closeServer { Glibc.close(pair.server) }
+        harp_socket_close(pair.client)
+        if closeServer { harp_socket_close(pair.server) }
         pair.descriptors.unlock()
         return { pair.onEnd(pair, lost > 0 ? .lost(bytes: lost) : .closed) }
     }
