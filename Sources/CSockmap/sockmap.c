@@ -298,11 +298,15 @@ int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeou
     return n;
 }
 
-void harp_socket_close(int fd) {
+void harp_socket_reset_if_unread(int fd) {
     int unread = 0;
     if (ioctl(fd, SIOCINQ, &unread) == 0 && unread > 0) {
         struct linger reset = {.l_onoff = 1, .l_linger = 0};
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
     }
+}
+
+void harp_socket_close(int fd) {
+    harp_socket_reset_if_unread(fd);
     close(fd);
 }

@@ -195,26 +195,75 @@ final class KernelDataPathTests: XCTestCase {
     func testAClientResetWhileItsResultPilesUpEndsTheConnection() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)
+        let fd = try await copyNotRead(through: port, tag: "reset-reader")
+        resetAndClose(fd)
+        let ended = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(ended, "the connection ends")
+        XCTAssertTrue(waitForActivity(on: a, "reset-reader", count: 0, timeout: 5), "the lead master's side is closed too")
+        XCTAssertFalse(rig.capture.all.contains { $0.message.contains("the kernel lost") }, "a reset is not reported as bytes lost")
+        await rig.stop()
+    }
+
+    /// The same after the move to user space: the client reads enough for the move to complete,
+    /// stops reading again (the lead master is held back again, now by the glue), then resets.
+    /// The lead master's socket, whose input waits parked, is closed with a reset too, so its
+    /// backend ends at once instead of at its next window probe.
+    func testAClientResetAfterTheMoveEndsTheLeadMastersSideAtOnce() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        let fd = try await copyNotRead(through: port, tag: "moved-reset")
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var read = 0
+        var moved = false
+        let deadline = Date().addingTimeInterval(20)
+        while !moved, Date() < deadline {
+            if read < 40 << 20 {
+                let n = recv(fd, &buffer, buffer.count, CInt(MSG_DONTWAIT))
+                if n > 0 {
+                    read += n
+                    continue
+                }
+            }
+            moved = rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") }
+            if !moved { usleep(10_000) }
+        }
+        XCTAssertTrue(moved, "the pair moved to user space once the client read (\(read) bytes)")
+        XCTAssertTrue(heldBack(tag: "moved-reset"), "with the client no longer reading, the backend waits to write again")
+        // Held back for a while: the backend's zero-window probes back off (0.2 s, doubling), so
+        // its next one is seconds away when the client goes. Only a reset reaches it sooner.
+        try await Task.sleep(for: .seconds(8))
+        resetAndClose(fd)
+        XCTAssertTrue(waitForActivity(on: a, "moved-reset", count: 0, timeout: 2), "the backend ends at once")
+        let ended = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(ended)
+        await rig.stop()
+    }
+
+    /// A raw client through `port` that starts a 60 MB COPY tagged `tag` and reads none of it;
+    /// returns once the backend waits to write (the pair parked, see above).
+    private func copyNotRead(through port: Int, tag: String) async throws -> CInt {
         guard let fd = connectedLoopbackSocket(port: port) else { throw FixtureError("cannot connect to the proxy") }
         func message(_ type: UInt8?, _ body: [UInt8]) -> [UInt8] {
             let length = UInt32(body.count + 4)
             return (type.map { [$0] } ?? []) + [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)] + body
         }
         writeAll(fd, message(nil, [0, 3, 0, 0] + Array("user\0postgres\0database\0postgres\0\0".utf8)))
-        let copy = "COPY (SELECT g, md5(g::text) FROM generate_series(1, 1500000) g) TO STDOUT /* reset-reader */"
+        let copy = "COPY (SELECT g, md5(g::text) FROM generate_series(1, 1500000) g) TO STDOUT /* \(tag) */"
         writeAll(fd, message(UInt8(ascii: "Q"), Array(copy.utf8) + [0]))
-        let held = eventually(timeout: 10) {
-            (try? a.query("SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%reset-reader%' AND pid <> pg_backend_pid()")) == "ClientWrite"
+        XCTAssertTrue(heldBack(tag: tag), "the result piles up in front of the client, and the lead master is held back")
+        return fd
+    }
+
+    private func heldBack(tag: String) -> Bool {
+        eventually(timeout: 10) {
+            (try? a.query("SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%\(tag)%' AND pid <> pg_backend_pid()")) == "ClientWrite"
         }
-        XCTAssertTrue(held, "the result piles up in front of the client, and the lead master is held back")
+    }
+
+    private func resetAndClose(_ fd: CInt) {
         var reset = linger(l_onoff: 1, l_linger: 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
         close(fd)
-        let ended = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
-        XCTAssertTrue(ended, "the connection ends")
-        XCTAssertTrue(waitForActivity(on: a, "reset-reader", count: 0, timeout: 5), "the lead master's side is closed too")
-        XCTAssertFalse(rig.capture.all.contains { $0.message.contains("the kernel lost") }, "a reset is not reported as bytes lost")
-        await rig.stop()
     }
 
     /// Sends `payload` on a client joined to an echo server and half-closes, reads after

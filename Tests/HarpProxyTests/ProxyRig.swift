@@ -163,7 +163,7 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #fileP
     let directory = rig.etcd.directory.path
     let size = 20 << 20
     let payload = indexedBytes(size)
-    FileManager.default.createFile(atPath: "\(directory)/answer", contents: Data(payload))
+    _ = FileManager.default.createFile(atPath: "\(directory)/answer", contents: Data(payload))
     let serverPort = freePort()
     let server = try TestProcess(name: "answer", executable: "/usr/bin/socat",
                                  arguments: ["-t", "60", "TCP-LISTEN:\(serverPort),bind=127.0.0.1,reuseaddr,fork",

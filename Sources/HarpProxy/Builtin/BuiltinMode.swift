@@ -550,6 +550,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 channelLoop.execute {
                     let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic, clientInputEnded: clientInputEnded, serverInputEnded: serverInputEnded)
                     do {
+                        try server.pipeline.syncOperations.addHandler(ParkedSocketClose(descriptor: serverFD))
+                        try client.pipeline.syncOperations.addHandler(ParkedSocketClose(descriptor: clientFD))
                         try server.pipeline.syncOperations.addHandler(serverSide)
                         try client.pipeline.syncOperations.addHandler(clientSide)
                         try client.syncOptions?.setOption(.autoRead, value: true)

@@ -413,6 +413,23 @@ final class KernelDataPath: @unchecked Sendable {
     }
 }
 
+/// In front of the glue on a socket that came back from the kernel data path. Such a socket stays
+/// in the sockmap, parked (see `KernelDataPath.End.demoted`): its input waits in its own queue,
+/// not in TCP's. Closed with input still waiting there, Linux would send a FIN, not the reset it
+/// sends for unread input, and a lead master held back by a zero window would learn only at its
+/// next window probe (seconds, up to minutes) that nobody reads. So its close is made a reset then.
+final class ParkedSocketClose: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+    private let descriptor: CInt
+
+    init(descriptor: CInt) { self.descriptor = descriptor }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all, context.channel.isActive { harp_socket_reset_if_unread(descriptor) }
+        context.close(mode: mode, promise: promise)
+    }
+}
+
 struct KernelDataPathUnavailable: Error, CustomStringConvertible {
     var reason: String
     var description: String { reason }
