@@ -91,27 +91,7 @@ final class BuiltinModeTests: XCTestCase {
     /// A TLS session passes through, and when it is cut nothing is added to it: an ErrorResponse
     /// in the clear would corrupt the encrypted stream.
     func testATLSSessionPassesThroughAndIsCutWithNothingAdded() async throws {
-        let port = freePort()
-        let tls = try PostgresServer()
-        let certificates = try TestCertificates.make(in: tls.directory.path)
-        try tls.enableTLS(certificates)
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
-        try await rig.node("tls", location: "dc1", server: tls)
-        try await rig.node("node2", location: "dc1", server: b)
-        try await rig.leader("dc1", "tls")
-        let routed = await rig.waitUntilRouting("p1", to: "tls")
-        XCTAssertTrue(routed)
-        let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=verify-full sslrootcert=\(certificates.caFile) gssencmode=disable")
-        XCTAssertEqual(try session.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "t", "TLS from the client to PostgreSQL")
-        try await rig.leader("dc1", "node2")
-        let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
-        XCTAssertTrue(cut)
-        let result = await session.run("SELECT 1")
-        guard case .failure(let error) = result else { return XCTFail("the session was cut") }
-        XCTAssertTrue(error.description.contains("SSL SYSCALL error: EOF detected") || error.description.contains("server closed the connection unexpectedly"),
-                      "a clean end of the TLS stream, not a corrupted one: \(error)")
-        await rig.stop()
-        tls.stop()
+        try await tlsSessionPassesThroughAndIsCutWithNothingAdded(port: freePort(), newLeader: b)
     }
 
     /// `keepalive` on both sides of a session: keepalive on, idle time and probe interval set to

@@ -123,6 +123,15 @@ final class KernelDataPathTests: XCTestCase {
         XCTAssertTrue(error.description.contains("57P01: terminating connection because proxy p1 is stopping"), "\(error)")
     }
 
+    /// TLS from the client to PostgreSQL through the kernel path (the proxy passes the encrypted
+    /// bytes on unseen), and a cut that adds nothing to the stream.
+    func testATLSSessionPassesThroughTheKernelAndIsCutWithNothingAdded() async throws {
+        try XCTSkipUnless(getuid() == 0, "the kernel data path needs CAP_BPF and CAP_NET_ADMIN")
+        try await tlsSessionPassesThroughAndIsCutWithNothingAdded(port: freePort(), newLeader: b, ["data_path": .string("kernel")]) { counters in
+            XCTAssertEqual(counters.inKernel, 1, "the TLS session is joined in the kernel")
+        }
+    }
+
     func testOnlyAWholeReadyForQueryEndsAMessage() {
         XCTAssertTrue(KernelDataPath.isReadyForQuery([0x5A, 0, 0, 0, 5, UInt8(ascii: "I")]))
         XCTAssertTrue(KernelDataPath.isReadyForQuery([0x5A, 0, 0, 0, 5, UInt8(ascii: "T")]))

@@ -121,6 +121,38 @@ func waitForActivity(on server: PostgresServer, _ tag: String, count: Int = 1, t
     eventually(timeout: timeout) { sessions(on: server, tagged: tag) == count }
 }
 
+/// A TLS session (verify-full) through `port` to a TLS-enabled PostgreSQL, cut when the leader
+/// moves to `newLeader`: its end must be a clean end of the TLS stream, with nothing added in
+/// the clear. `directives` are the instance's beyond its listener; `joined` looks at the
+/// instance's counters while the session is open.
+func tlsSessionPassesThroughAndIsCutWithNothingAdded(port: Int, newLeader: PostgresServer, _ directives: [String: DirectiveValue] = [:],
+                                                     joined: (ClientCounters) -> Void = { _ in },
+                                                     file: StaticString = #filePath, line: UInt = #line) async throws {
+    let tls = try PostgresServer()
+    defer { tls.stop() }
+    let certificates = try TestCertificates.make(in: tls.directory.path)
+    try tls.enableTLS(certificates)
+    var all: [String: DirectiveValue] = ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)]
+    all.merge(directives) { $1 }
+    let rig = try ProxyRig([("p1", "dc1", all)])
+    try await rig.node("tls", location: "dc1", server: tls)
+    try await rig.node("node2", location: "dc1", server: newLeader)
+    try await rig.leader("dc1", "tls")
+    let routed = await rig.waitUntilRouting("p1", to: "tls")
+    XCTAssertTrue(routed, file: file, line: line)
+    let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=verify-full sslrootcert=\(certificates.caFile) gssencmode=disable")
+    XCTAssertEqual(try session.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "t", "TLS from the client to PostgreSQL", file: file, line: line)
+    joined(await rig.counters("p1"))
+    try await rig.leader("dc1", "node2")
+    let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+    XCTAssertTrue(cut, file: file, line: line)
+    let result = await session.run("SELECT 1")
+    guard case .failure(let error) = result else { return XCTFail("the session was cut", file: file, line: line) }
+    XCTAssertTrue(error.description.contains("SSL SYSCALL error: EOF detected") || error.description.contains("server closed the connection unexpectedly"),
+                  "a clean end of the TLS stream, not a corrupted one: \(error)", file: file, line: line)
+    await rig.stop()
+}
+
 /// An unplanned failover: the lead master's host is down (connects to it hang), and six clients
 /// that connect meanwhile wait on those connects (the instance's `timeout` must be long). When the
 /// DCS names `newLeader` they go to it, neither cut nor left waiting out `timeout`: nothing of
