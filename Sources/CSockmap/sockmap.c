@@ -57,25 +57,16 @@ static int make_hash(int type) {
 
 int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
     map->targets = map->readers = map->tails = map->program = -1;
-    map->targets = make_hash(BPF_MAP_TYPE_SOCKHASH);
-    if (map->targets < 0) {
-        int e = errno;
-        snprintf(error, error_size, "cannot create a BPF sock hash: %s", strerror(e));
-        return -e;
-    }
-    map->readers = make_hash(BPF_MAP_TYPE_SOCKHASH);
-    if (map->readers < 0) {
-        int e = errno;
-        snprintf(error, error_size, "cannot create a BPF sock hash: %s", strerror(e));
-        harp_sockmap_close(map);
-        return -e;
-    }
-    map->tails = make_hash(BPF_MAP_TYPE_HASH);
-    if (map->tails < 0) {
-        int e = errno;
-        snprintf(error, error_size, "cannot create a BPF hash: %s", strerror(e));
-        harp_sockmap_close(map);
-        return -e;
+    int *maps[] = {&map->targets, &map->readers, &map->tails};
+    int types[] = {BPF_MAP_TYPE_SOCKHASH, BPF_MAP_TYPE_SOCKHASH, BPF_MAP_TYPE_HASH};
+    for (int i = 0; i < 3; i++) {
+        *maps[i] = make_hash(types[i]);
+        if (*maps[i] < 0) {
+            int e = errno;
+            snprintf(error, error_size, "cannot create a BPF %s: %s", types[i] == BPF_MAP_TYPE_HASH ? "hash" : "sock hash", strerror(e));
+            harp_sockmap_close(map);
+            return -e;
+        }
     }
     // r0 = bpf_sk_redirect_hash(skb, targets, &cookie(skb's socket), 0): send to the partner.
     // A socket with no entry in `targets` (parked, or its partner gone) gets SK_PASS: its input

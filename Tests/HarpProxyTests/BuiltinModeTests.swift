@@ -55,37 +55,11 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
-    /// A session cut by a switchover reads why (57P01, as from PostgreSQL's own termination),
-    /// not "server closed the connection unexpectedly": in plain text from the start, and after
-    /// an SSLRequest answered 'N'. So does one cut because the proxy stops.
+    /// Sessions cut by a switchover or a stop read why (see `sessionsCutBetweenMessagesAreToldWhy`).
     func testASessionCutByASwitchoverOrAStopIsToldWhy() async throws {
         let port = freePort()
         let rig = try await routingRig(port: port)
-        func session(_ sslmode: String, on server: PostgresServer) throws -> PGSession {
-            let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=\(sslmode) gssencmode=disable")
-            session.verboseErrors()
-            XCTAssertEqual(try session.query("SELECT current_setting('port')"), "\(server.port)")
-            return session
-        }
-        let plain = try session("disable", on: a)
-        let afterN = try session("prefer", on: a)
-        try await rig.leader("dc1", "node2")
-        let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
-        XCTAssertTrue(cut, "both sessions are cut")
-        let counted = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").cut == 2 }
-        XCTAssertTrue(counted, "the instance counts the two cut sessions")
-        for (name, session) in [("plain", plain), ("after 'N'", afterN)] {
-            let result = await session.run("SELECT 1")
-            guard case .failure(let error) = result else { return XCTFail("\(name): the session was cut") }
-            XCTAssertTrue(error.description.contains("FATAL:  57P01: terminating connection because the lead master of location dc1 moved from node1 to node2 (proxy p1)"),
-                          "\(name): \(error)")
-        }
-
-        let open = try session("disable", on: b)
-        await rig.stop()
-        let result = await open.run("SELECT 1")
-        guard case .failure(let error) = result else { return XCTFail("the session ends with the proxy") }
-        XCTAssertTrue(error.description.contains("57P01: terminating connection because proxy p1 is stopping"), "\(error)")
+        try await sessionsCutBetweenMessagesAreToldWhy(rig: rig, port: port, node1: a, node2: b, inKernel: false)
     }
 
     /// A TLS session passes through, and when it is cut nothing is added to it: an ErrorResponse

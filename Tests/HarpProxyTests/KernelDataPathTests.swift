@@ -87,40 +87,13 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
-    /// A joined session cut between two messages reads why, as in user space: idle, inside a
-    /// transaction, after an SSLRequest answered 'N'; and at a stop.
+    /// Joined sessions cut between two messages read why, as in user space: idle, after an
+    /// SSLRequest answered 'N', inside a transaction, and at a stop (the lead master's last
+    /// message was a ReadyForQuery; see `KernelDataPath.sayGoodbye`).
     func testAJoinedSessionCutBetweenMessagesIsToldWhy() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)
-        func session(_ sslmode: String, on server: PostgresServer) throws -> PGSession {
-            let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=\(sslmode) gssencmode=disable")
-            session.verboseErrors()
-            XCTAssertEqual(try session.query("SELECT current_setting('port')"), "\(server.port)")
-            return session
-        }
-        let idle = try session("disable", on: a)
-        let afterN = try session("prefer", on: a)
-        let inTransaction = try session("disable", on: a)
-        _ = try inTransaction.query("BEGIN")
-        let joined = await rig.counters("p1")
-        XCTAssertEqual(joined.inKernel, 3, "the sessions are joined in the kernel")
-        try await rig.leader("dc1", "node2")
-        let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
-        XCTAssertTrue(cut, "the sessions are cut")
-        for (name, session) in [("idle", idle), ("after 'N'", afterN), ("in a transaction", inTransaction)] {
-            let result = await session.run("SELECT 1")
-            guard case .failure(let error) = result else { return XCTFail("\(name): the session was cut") }
-            XCTAssertTrue(error.description.contains("FATAL:  57P01: terminating connection because the lead master of location dc1 moved from node1 to node2 (proxy p1)"),
-                          "\(name): \(error)")
-        }
-
-        let open = try session("disable", on: b)
-        let joinedAgain = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").inKernel == 1 }
-        XCTAssertTrue(joinedAgain)
-        await rig.stop()
-        let result = await open.run("SELECT 1")
-        guard case .failure(let error) = result else { return XCTFail("the session ends with the proxy") }
-        XCTAssertTrue(error.description.contains("57P01: terminating connection because proxy p1 is stopping"), "\(error)")
+        try await sessionsCutBetweenMessagesAreToldWhy(rig: rig, port: port, node1: a, node2: b, inKernel: true)
     }
 
     /// TLS from the client to PostgreSQL through the kernel path (the proxy passes the encrypted

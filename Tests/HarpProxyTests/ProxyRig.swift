@@ -121,6 +121,47 @@ func waitForActivity(on server: PostgresServer, _ tag: String, count: Int = 1, t
     eventually(timeout: timeout) { sessions(on: server, tagged: tag) == count }
 }
 
+/// Sessions through `port` cut by a switchover from `node1` to `node2` read why (57P01, as from
+/// PostgreSQL's own termination), not "server closed the connection unexpectedly": in plain text
+/// from the start, after an SSLRequest answered 'N', and inside a transaction. So does one cut
+/// because the proxy stops. `inKernel`: the sessions are joined in the kernel (else in user space).
+func sessionsCutBetweenMessagesAreToldWhy(rig: ProxyRig, port: Int, node1: PostgresServer, node2: PostgresServer, inKernel: Bool,
+                                          file: StaticString = #filePath, line: UInt = #line) async throws {
+    func session(_ sslmode: String, on server: PostgresServer) throws -> PGSession {
+        let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=\(sslmode) gssencmode=disable")
+        session.verboseErrors()
+        XCTAssertEqual(try session.query("SELECT current_setting('port')"), "\(server.port)", file: file, line: line)
+        return session
+    }
+    let plain = try session("disable", on: node1)
+    let afterN = try session("prefer", on: node1)
+    let inTransaction = try session("disable", on: node1)
+    _ = try inTransaction.query("BEGIN")
+    let joined = await rig.counters("p1")
+    XCTAssertEqual(joined.inKernel, inKernel ? 3 : 0, "where the sessions are joined", file: file, line: line)
+    try await rig.leader("dc1", "node2")
+    let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+    XCTAssertTrue(cut, "the sessions are cut", file: file, line: line)
+    let counted = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").cut == 3 }
+    XCTAssertTrue(counted, "the instance counts the three cut sessions", file: file, line: line)
+    for (name, session) in [("plain", plain), ("after 'N'", afterN), ("in a transaction", inTransaction)] {
+        let result = await session.run("SELECT 1")
+        guard case .failure(let error) = result else { return XCTFail("\(name): the session was cut", file: file, line: line) }
+        XCTAssertTrue(error.description.contains("FATAL:  57P01: terminating connection because the lead master of location dc1 moved from node1 to node2 (proxy p1)"),
+                      "\(name): \(error)", file: file, line: line)
+    }
+
+    let open = try session("disable", on: node2)
+    if inKernel {
+        let placed = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").inKernel == 1 }
+        XCTAssertTrue(placed, file: file, line: line)
+    }
+    await rig.stop()
+    let result = await open.run("SELECT 1")
+    guard case .failure(let error) = result else { return XCTFail("the session ends with the proxy", file: file, line: line) }
+    XCTAssertTrue(error.description.contains("57P01: terminating connection because proxy p1 is stopping"), "\(error)", file: file, line: line)
+}
+
 /// A TLS session (verify-full) through `port` to a TLS-enabled PostgreSQL, cut when the leader
 /// moves to `newLeader`: its end must be a clean end of the TLS stream, with nothing added in
 /// the clear. `directives` are the instance's beyond its listener; `joined` looks at the
@@ -132,14 +173,7 @@ func tlsSessionPassesThroughAndIsCutWithNothingAdded(port: Int, newLeader: Postg
     defer { tls.stop() }
     let certificates = try TestCertificates.make(in: tls.directory.path)
     try tls.enableTLS(certificates)
-    var all: [String: DirectiveValue] = ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)]
-    all.merge(directives) { $1 }
-    let rig = try ProxyRig([("p1", "dc1", all)])
-    try await rig.node("tls", location: "dc1", server: tls)
-    try await rig.node("node2", location: "dc1", server: newLeader)
-    try await rig.leader("dc1", "tls")
-    let routed = await rig.waitUntilRouting("p1", to: "tls")
-    XCTAssertTrue(routed, file: file, line: line)
+    let rig = try await ProxyRig.routing(port: port, directives, node1: tls, node2: newLeader, file: file, line: line)
     let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=verify-full sslrootcert=\(certificates.caFile) gssencmode=disable")
     XCTAssertEqual(try session.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "t", "TLS from the client to PostgreSQL", file: file, line: line)
     joined(await rig.counters("p1"))

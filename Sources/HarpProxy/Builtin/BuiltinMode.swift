@@ -684,10 +684,15 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 path.close(pair, goodbye: Array(stopping.readableBytesView))
                 continue
             }
+            // The lead-master side only after the client's cut, on the client's loop: closed
+            // first, it would have the glue close the client before the message is written.
             let channel = entry.channel
-            channel.eventLoop.execute { GlueHandler.cut(channel, with: stopping) }
+            let server = entry.server
+            channel.eventLoop.execute {
+                GlueHandler.cut(channel, with: stopping)
+                server?.close(promise: nil)
+            }
             closing.append(channel.closeFuture)
-            entry.server?.close(promise: nil)
         }
         return EventLoopFuture.andAllComplete(closing, on: loop)
     }
