@@ -38,10 +38,23 @@ def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def idle_cpu(pid, seconds=5):
+    """harp-proxy's CPU use, in % of one core, while every client is idle."""
+    start, t = cpu_seconds(pid), time.time()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - start) / (time.time() - t) * 100
+
+
 def clients(port, pid, counts):
     base_rss, base_fds = proc(pid, "VmRSS"), fds(pid)
     print(f"harp-proxy before: RSS {base_rss / 1024:.1f} MiB, {base_fds} descriptors")
-    print(f"{'clients':>8} {'joined':>7} {'RSS MiB':>9} {'fds':>7} {'bytes/conn':>11}")
+    print(f"{'clients':>8} {'joined':>7} {'RSS MiB':>9} {'fds':>7} {'bytes/conn':>11} {'idle CPU':>9}")
     for n in counts:
         socks, failed = [], 0
         for _ in range(n):
@@ -56,8 +69,9 @@ def clients(port, pid, counts):
         rss, count = proc(pid, "VmRSS"), fds(pid)
         joined = max(1, (count - base_fds) // 2)  # beyond the descriptor budget, clients are refused
         per = (rss - base_rss) * 1024 / joined
+        cpu = idle_cpu(pid)
         note = f"   ({failed} could not connect)" if failed else ""
-        print(f"{n:>8} {joined:>7} {rss / 1024:>9.1f} {count:>7} {per:>11.0f}{note}")
+        print(f"{n:>8} {joined:>7} {rss / 1024:>9.1f} {count:>7} {per:>11.0f} {cpu:>8.1f}%{note}")
         for s in socks:
             s.close()
         deadline = time.time() + 30
