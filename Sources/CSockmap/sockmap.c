@@ -50,7 +50,7 @@ static int make_hash(int type) {
     memset(&attr, 0, sizeof(attr));
     attr.map_type = (uint32_t)type;
     attr.key_size = sizeof(uint64_t);
-    attr.value_size = sizeof(uint64_t);
+    attr.value_size = type == BPF_MAP_TYPE_HASH ? sizeof(struct harp_seen) : sizeof(uint64_t);
     attr.max_entries = 1 << 17;
     return sys_bpf(BPF_MAP_CREATE, &attr);
 }
@@ -78,9 +78,10 @@ int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
     // takes for a broken pipe; passed up, it would do the same to the socket's own queue if it
     // waits behind bytes for that socket. Either stops that sender for good, and whatever is
     // queued behind it is never sent.
-    // A socket with an entry in `tails` (a lead master's) has the last 6 bytes of each input
-    // written there (zeros for a shorter input): a session whose lead master last sent a whole
-    // ReadyForQuery, all of it delivered, is between two messages (see harp_sockmap_tail).
+    // A socket with an entry in `tails` (both of a joined pair) has there the count of the bytes
+    // it took in (see harp_sockmap_taken) and the last 6 bytes of its latest input (zeros for a
+    // shorter input): a session whose lead master last sent a whole ReadyForQuery, all of it
+    // delivered, is between two messages (see harp_sockmap_tail).
     struct bpf_insn program[] = {
         /* 0 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0),
         /* 1 */ INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_7, BPF_REG_1, offsetof(struct __sk_buff, len), 0),
@@ -95,27 +96,30 @@ int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
         /* 9 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0),
         /* 10 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -8),
         /* 11 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
-        /* 12 */ INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 8, 0),  // to the redirect
-        /* 13 */ INSN(BPF_ST | BPF_MEM | BPF_DW, BPF_REG_0, 0, 0, 0),
-        /* 14 */ INSN(BPF_JMP | BPF_JLT | BPF_K, BPF_REG_7, 0, 6, 6),  // shorter than 6: zeros stay
-        // bpf_skb_load_bytes(skb, len - 6, value, 6)
-        /* 15 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_0, 0, 0),
-        /* 16 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_7, 0, 0),
-        /* 17 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -6),
-        /* 18 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
-        /* 19 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 6),
-        /* 20 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes),
+        /* 12 */ INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 10, 0),  // to the redirect
+        // taken += len (atomic: the sockets' inputs may be read on two CPUs at once)
+        /* 13 */ INSN(BPF_STX | BPF_ATOMIC | BPF_DW, BPF_REG_0, BPF_REG_7, offsetof(struct harp_seen, taken), BPF_ADD),
+        /* 14 */ INSN(BPF_ST | BPF_MEM | BPF_DW, BPF_REG_0, 0, offsetof(struct harp_seen, tail), 0),
+        /* 15 */ INSN(BPF_JMP | BPF_JLT | BPF_K, BPF_REG_7, 0, 7, 6),  // shorter than 6: zeros stay
+        // bpf_skb_load_bytes(skb, len - 6, value->tail, 6)
+        /* 16 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_0, 0, 0),
+        /* 17 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, offsetof(struct harp_seen, tail)),
+        /* 18 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_7, 0, 0),
+        /* 19 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -6),
+        /* 20 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
+        /* 21 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 6),
+        /* 22 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes),
         // r0 = bpf_sk_redirect_hash(skb, targets, &cookie, 0); failed (no partner): SK_PASS.
-        /* 21 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
-        /* 22 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, map->targets),
-        /* 23 */ INSN(0, 0, 0, 0, 0),
-        /* 24 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0),
-        /* 25 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8),
-        /* 26 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 0),
-        /* 27 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_hash),
-        /* 28 */ INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 1, SK_DROP),  // redirected: done
-        /* 29 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, SK_PASS),
-        /* 30 */ INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+        /* 23 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
+        /* 24 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, map->targets),
+        /* 25 */ INSN(0, 0, 0, 0, 0),
+        /* 26 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0),
+        /* 27 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8),
+        /* 28 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 0),
+        /* 29 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_hash),
+        /* 30 */ INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 1, SK_DROP),  // redirected: done
+        /* 31 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, SK_PASS),
+        /* 32 */ INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
     };
     char log[4096];
     log[0] = 0;
@@ -186,7 +190,8 @@ fail:
 }
 
 int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie) {
-    uint64_t zero = 0;
+    struct harp_seen zero;
+    memset(&zero, 0, sizeof(zero));
     union bpf_attr attr;
     memset(&attr, 0, sizeof(attr));
     attr.map_fd = (uint32_t)map->tails;
@@ -201,15 +206,44 @@ void harp_sockmap_untrack(const struct harp_sockmap *map, uint64_t cookie) {
 }
 
 int harp_sockmap_tail(const struct harp_sockmap *map, uint64_t cookie, uint8_t tail[6]) {
-    uint64_t value = 0;
+    struct harp_seen value;
+    memset(&value, 0, sizeof(value));
     union bpf_attr attr;
     memset(&attr, 0, sizeof(attr));
     attr.map_fd = (uint32_t)map->tails;
     attr.key = (uint64_t)(uintptr_t)&cookie;
     attr.value = (uint64_t)(uintptr_t)&value;
     if (sys_bpf(BPF_MAP_LOOKUP_ELEM, &attr) != 0) return -errno;
-    memcpy(tail, &value, 6);
+    memcpy(tail, value.tail, 6);
     return 0;
+}
+
+int harp_sockmap_taken(const struct harp_sockmap *map, uint64_t *cookies, uint64_t *taken, int max) {
+    enum { CHUNK = 1024 };
+    static __thread struct harp_seen values[CHUNK];
+    uint64_t batch = 0, keys[CHUNK];
+    int total = 0, first = 1;
+    while (total < max) {
+        union bpf_attr attr;
+        memset(&attr, 0, sizeof(attr));
+        attr.batch.map_fd = (uint32_t)map->tails;
+        attr.batch.in_batch = first ? 0 : (uint64_t)(uintptr_t)&batch;
+        attr.batch.out_batch = (uint64_t)(uintptr_t)&batch;
+        attr.batch.keys = (uint64_t)(uintptr_t)keys;
+        attr.batch.values = (uint64_t)(uintptr_t)values;
+        attr.batch.count = (uint32_t)(max - total < CHUNK ? max - total : CHUNK);
+        int result = sys_bpf(BPF_MAP_LOOKUP_BATCH, &attr);
+        int error = result == 0 ? 0 : errno;
+        if (result != 0 && error != ENOENT) return -error;
+        for (uint32_t i = 0; i < attr.batch.count; i++) {
+            cookies[total] = keys[i];
+            taken[total] = values[i].taken;
+            total++;
+        }
+        if (error == ENOENT) return total;  // the whole map was read
+        first = 0;
+    }
+    return -ENOSPC;
 }
 
 int harp_sockmap_park(const struct harp_sockmap *map, int fd) {

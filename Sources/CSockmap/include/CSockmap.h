@@ -31,14 +31,22 @@ void harp_sockmap_close(struct harp_sockmap *map);
 /// the kernel may already have taken input (the sockets can then not be used on their own).
 int harp_sockmap_join(const struct harp_sockmap *map, int a, int b, int *started);
 
-/// `tails` (a plain hash, cookie -> 8 bytes): the sockets listed there have the last 6 bytes of
-/// each input written by the program (zeros for an input shorter than that).
-/// Lists a socket in `tails` (0, or -errno); `untrack` takes it out (do it before closing the
-/// socket: its cookie is the key).
+/// `tails` (a plain hash, cookie -> struct harp_seen): for each socket listed there, the program
+/// counts the bytes of its input and writes the last 6 bytes of each input (zeros for an input
+/// shorter than that).
+struct harp_seen {
+    uint64_t taken;
+    uint8_t tail[8];
+};
+/// Lists a socket in `tails` (0, or -errno); `untrack` takes it out.
 int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie);
 void harp_sockmap_untrack(const struct harp_sockmap *map, uint64_t cookie);
 /// The last 6 bytes of a tracked socket's latest input. 0, or -errno (-ENOENT: not tracked).
 int harp_sockmap_tail(const struct harp_sockmap *map, uint64_t cookie, uint8_t tail[6]);
+/// Every listed socket's cookie and input count so far, read in a few system calls however many
+/// there are: how many (at most `max`), or -errno (-ENOSPC: more than `max`; -EINVAL on a
+/// kernel without batch reads, before 5.6).
+int harp_sockmap_taken(const struct harp_sockmap *map, uint64_t *cookies, uint64_t *taken, int max);
 
 /// Parks `fd`: its input is no longer passed to its partner but kept for a read of `fd`.
 int harp_sockmap_park(const struct harp_sockmap *map, int fd);
