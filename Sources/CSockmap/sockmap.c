@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -45,29 +46,43 @@ static int map_delete(int map, uint64_t key) {
     return -errno;
 }
 
-static int make_hash(int type) {
+static int make_map(int type, uint32_t key_size, uint32_t value_size, uint32_t flags) {
     union bpf_attr attr;
     memset(&attr, 0, sizeof(attr));
     attr.map_type = (uint32_t)type;
-    attr.key_size = sizeof(uint64_t);
-    attr.value_size = type == BPF_MAP_TYPE_HASH ? sizeof(struct harp_seen) : sizeof(uint64_t);
-    attr.max_entries = 1 << 17;
+    attr.key_size = key_size;
+    attr.value_size = value_size;
+    attr.max_entries = HARP_SEEN_SLOTS;
+    attr.map_flags = flags;
     return sys_bpf(BPF_MAP_CREATE, &attr);
 }
 
 int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
-    map->targets = map->readers = map->tails = map->program = -1;
-    int *maps[] = {&map->targets, &map->readers, &map->tails};
-    int types[] = {BPF_MAP_TYPE_SOCKHASH, BPF_MAP_TYPE_SOCKHASH, BPF_MAP_TYPE_HASH};
-    for (int i = 0; i < 3; i++) {
-        *maps[i] = make_hash(types[i]);
-        if (*maps[i] < 0) {
+    map->targets = map->readers = map->slots = map->seen = map->program = -1;
+    map->seen_memory = NULL;
+    struct { int *fd; int type; uint32_t key, value, flags; const char *what; } maps[] = {
+        {&map->targets, BPF_MAP_TYPE_SOCKHASH, sizeof(uint64_t), sizeof(uint64_t), 0, "sock hash"},
+        {&map->readers, BPF_MAP_TYPE_SOCKHASH, sizeof(uint64_t), sizeof(uint64_t), 0, "sock hash"},
+        {&map->slots, BPF_MAP_TYPE_HASH, sizeof(uint64_t), sizeof(uint32_t), 0, "hash"},
+        {&map->seen, BPF_MAP_TYPE_ARRAY, sizeof(uint32_t), sizeof(struct harp_seen), BPF_F_MMAPABLE, "array"},
+    };
+    for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
+        *maps[i].fd = make_map(maps[i].type, maps[i].key, maps[i].value, maps[i].flags);
+        if (*maps[i].fd < 0) {
             int e = errno;
-            snprintf(error, error_size, "cannot create a BPF %s: %s", types[i] == BPF_MAP_TYPE_HASH ? "hash" : "sock hash", strerror(e));
+            snprintf(error, error_size, "cannot create a BPF %s: %s", maps[i].what, strerror(e));
             harp_sockmap_close(map);
             return -e;
         }
     }
+    void *memory = mmap(NULL, sizeof(struct harp_seen) * HARP_SEEN_SLOTS, PROT_READ | PROT_WRITE, MAP_SHARED, map->seen, 0);
+    if (memory == MAP_FAILED) {
+        int e = errno;
+        snprintf(error, error_size, "cannot map the BPF array into memory: %s", strerror(e));
+        harp_sockmap_close(map);
+        return -e;
+    }
+    map->seen_memory = memory;
     // r0 = bpf_sk_redirect_hash(skb, targets, &cookie(skb's socket), 0): send to the partner.
     // A socket with no entry in `targets` (parked, or its partner gone) gets SK_PASS: its input
     // waits in its own BPF queue, charged to its receive buffer, for a read of the socket.
@@ -78,10 +93,10 @@ int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
     // takes for a broken pipe; passed up, it would do the same to the socket's own queue if it
     // waits behind bytes for that socket. Either stops that sender for good, and whatever is
     // queued behind it is never sent.
-    // A socket with an entry in `tails` (both of a joined pair) has there the count of the bytes
-    // it took in (see harp_sockmap_taken) and the last 6 bytes of its latest input (zeros for a
-    // shorter input): a session whose lead master last sent a whole ReadyForQuery, all of it
-    // delivered, is between two messages (see harp_sockmap_tail).
+    // A socket with an entry in `slots` (both of a joined pair) has in its slot of `seen` the
+    // count of the bytes it took in (see harp_sockmap_taken) and the last 6 bytes of its latest
+    // input (zeros for a shorter input): a session whose lead master last sent a whole
+    // ReadyForQuery, all of it delivered, is between two messages (see harp_sockmap_tail).
     struct bpf_insn program[] = {
         /* 0 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0),
         /* 1 */ INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_7, BPF_REG_1, offsetof(struct __sk_buff, len), 0),
@@ -90,36 +105,44 @@ int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
         /* 4 */ INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
         /* 5 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_get_socket_cookie),
         /* 6 */ INSN(BPF_STX | BPF_MEM | BPF_DW, BPF_REG_10, BPF_REG_0, -8, 0),
-        // r0 = lookup(tails, &cookie); not listed: to the redirect.
-        /* 7 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, map->tails),
+        // r0 = lookup(seen, lookup(slots, &cookie)); not listed: to the redirect.
+        /* 7 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, map->slots),
         /* 8 */ INSN(0, 0, 0, 0, 0),
         /* 9 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0),
         /* 10 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -8),
         /* 11 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
-        /* 12 */ INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 10, 0),  // to the redirect
+        /* 12 */ INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 18, 0),  // to the redirect
+        /* 13 */ INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_1, BPF_REG_0, 0, 0),
+        /* 14 */ INSN(BPF_STX | BPF_MEM | BPF_W, BPF_REG_10, BPF_REG_1, -12, 0),
+        /* 15 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_1, BPF_PSEUDO_MAP_FD, 0, map->seen),
+        /* 16 */ INSN(0, 0, 0, 0, 0),
+        /* 17 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_10, 0, 0),
+        /* 18 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -12),
+        /* 19 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
+        /* 20 */ INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_0, 0, 10, 0),  // to the redirect
         // taken += len (atomic: the sockets' inputs may be read on two CPUs at once)
-        /* 13 */ INSN(BPF_STX | BPF_ATOMIC | BPF_DW, BPF_REG_0, BPF_REG_7, offsetof(struct harp_seen, taken), BPF_ADD),
-        /* 14 */ INSN(BPF_ST | BPF_MEM | BPF_DW, BPF_REG_0, 0, offsetof(struct harp_seen, tail), 0),
-        /* 15 */ INSN(BPF_JMP | BPF_JLT | BPF_K, BPF_REG_7, 0, 7, 6),  // shorter than 6: zeros stay
+        /* 21 */ INSN(BPF_STX | BPF_ATOMIC | BPF_DW, BPF_REG_0, BPF_REG_7, offsetof(struct harp_seen, taken), BPF_ADD),
+        /* 22 */ INSN(BPF_ST | BPF_MEM | BPF_DW, BPF_REG_0, 0, offsetof(struct harp_seen, tail), 0),
+        /* 23 */ INSN(BPF_JMP | BPF_JLT | BPF_K, BPF_REG_7, 0, 7, 6),  // shorter than 6: zeros stay
         // bpf_skb_load_bytes(skb, len - 6, value->tail, 6)
-        /* 16 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_0, 0, 0),
-        /* 17 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, offsetof(struct harp_seen, tail)),
-        /* 18 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_7, 0, 0),
-        /* 19 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -6),
-        /* 20 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
-        /* 21 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 6),
-        /* 22 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes),
+        /* 24 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_0, 0, 0),
+        /* 25 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, offsetof(struct harp_seen, tail)),
+        /* 26 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_2, BPF_REG_7, 0, 0),
+        /* 27 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_2, 0, 0, -6),
+        /* 28 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
+        /* 29 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 6),
+        /* 30 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_skb_load_bytes),
         // r0 = bpf_sk_redirect_hash(skb, targets, &cookie, 0); failed (no partner): SK_PASS.
-        /* 23 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
-        /* 24 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, map->targets),
-        /* 25 */ INSN(0, 0, 0, 0, 0),
-        /* 26 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0),
-        /* 27 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8),
-        /* 28 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 0),
-        /* 29 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_hash),
-        /* 30 */ INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 1, SK_DROP),  // redirected: done
-        /* 31 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, SK_PASS),
-        /* 32 */ INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+        /* 31 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0),
+        /* 32 */ INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, map->targets),
+        /* 33 */ INSN(0, 0, 0, 0, 0),
+        /* 34 */ INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0),
+        /* 35 */ INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -8),
+        /* 36 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 0),
+        /* 37 */ INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_hash),
+        /* 38 */ INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_0, 0, 1, SK_DROP),  // redirected: done
+        /* 39 */ INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, SK_PASS),
+        /* 40 */ INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
     };
     char log[4096];
     log[0] = 0;
@@ -154,10 +177,13 @@ int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
 
 void harp_sockmap_close(struct harp_sockmap *map) {
     if (map->program >= 0) close(map->program);
-    if (map->tails >= 0) close(map->tails);
+    if (map->seen_memory) munmap(map->seen_memory, sizeof(struct harp_seen) * HARP_SEEN_SLOTS);
+    if (map->seen >= 0) close(map->seen);
+    if (map->slots >= 0) close(map->slots);
     if (map->readers >= 0) close(map->readers);
     if (map->targets >= 0) close(map->targets);
-    map->targets = map->readers = map->tails = map->program = -1;
+    map->targets = map->readers = map->slots = map->seen = map->program = -1;
+    map->seen_memory = NULL;
 }
 
 /// SO_RCVLOWAT makes TCP call the socket's data-ready hook, which is now the verdict program's:
@@ -189,61 +215,29 @@ fail:
     return result;
 }
 
-int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie) {
-    struct harp_seen zero;
-    memset(&zero, 0, sizeof(zero));
+int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie, uint32_t slot) {
+    if (slot >= HARP_SEEN_SLOTS) return -EINVAL;
+    memset(&map->seen_memory[slot], 0, sizeof(struct harp_seen));
     union bpf_attr attr;
     memset(&attr, 0, sizeof(attr));
-    attr.map_fd = (uint32_t)map->tails;
+    attr.map_fd = (uint32_t)map->slots;
     attr.key = (uint64_t)(uintptr_t)&cookie;
-    attr.value = (uint64_t)(uintptr_t)&zero;
+    attr.value = (uint64_t)(uintptr_t)&slot;
     attr.flags = BPF_ANY;
     return sys_bpf(BPF_MAP_UPDATE_ELEM, &attr) == 0 ? 0 : -errno;
 }
 
 void harp_sockmap_untrack(const struct harp_sockmap *map, uint64_t cookie) {
-    map_delete(map->tails, cookie);
+    map_delete(map->slots, cookie);
 }
 
-int harp_sockmap_tail(const struct harp_sockmap *map, uint64_t cookie, uint8_t tail[6]) {
-    struct harp_seen value;
-    memset(&value, 0, sizeof(value));
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.map_fd = (uint32_t)map->tails;
-    attr.key = (uint64_t)(uintptr_t)&cookie;
-    attr.value = (uint64_t)(uintptr_t)&value;
-    if (sys_bpf(BPF_MAP_LOOKUP_ELEM, &attr) != 0) return -errno;
-    memcpy(tail, value.tail, 6);
-    return 0;
+uint64_t harp_sockmap_taken(const struct harp_sockmap *map, uint32_t slot) {
+    return slot < HARP_SEEN_SLOTS ? __atomic_load_n(&map->seen_memory[slot].taken, __ATOMIC_RELAXED) : 0;
 }
 
-int harp_sockmap_taken(const struct harp_sockmap *map, uint64_t *cookies, uint64_t *taken, int max) {
-    enum { CHUNK = 1024 };
-    static __thread struct harp_seen values[CHUNK];
-    uint64_t batch = 0, keys[CHUNK];
-    int total = 0, first = 1;
-    while (total < max) {
-        union bpf_attr attr;
-        memset(&attr, 0, sizeof(attr));
-        attr.batch.map_fd = (uint32_t)map->tails;
-        attr.batch.in_batch = first ? 0 : (uint64_t)(uintptr_t)&batch;
-        attr.batch.out_batch = (uint64_t)(uintptr_t)&batch;
-        attr.batch.keys = (uint64_t)(uintptr_t)keys;
-        attr.batch.values = (uint64_t)(uintptr_t)values;
-        attr.batch.count = (uint32_t)(max - total < CHUNK ? max - total : CHUNK);
-        int result = sys_bpf(BPF_MAP_LOOKUP_BATCH, &attr);
-        int error = result == 0 ? 0 : errno;
-        if (result != 0 && error != ENOENT) return -error;
-        for (uint32_t i = 0; i < attr.batch.count; i++) {
-            cookies[total] = keys[i];
-            taken[total] = values[i].taken;
-            total++;
-        }
-        if (error == ENOENT) return total;  // the whole map was read
-        first = 0;
-    }
-    return -ENOSPC;
+void harp_sockmap_tail(const struct harp_sockmap *map, uint32_t slot, uint8_t tail[6]) {
+    memset(tail, 0, 6);
+    if (slot < HARP_SEEN_SLOTS) memcpy(tail, (const void *)map->seen_memory[slot].tail, 6);
 }
 
 int harp_sockmap_park(const struct harp_sockmap *map, int fd) {

@@ -14,11 +14,24 @@
 /// A socket with no entry in `targets` is "parked": the program passes its input up to its own
 /// BPF queue, which a read of the socket returns in order and which is charged to its receive
 /// buffer, so that TCP flow control holds the sender back.
+/// What the program records of a tracked socket's input, in its slot of `seen`.
+struct harp_seen {
+    uint64_t taken;
+    uint8_t tail[8];
+};
+
+/// Slots in `seen`: sockets whose input can be tracked at once.
+enum { HARP_SEEN_SLOTS = 1 << 17 };
+
 struct harp_sockmap {
     int targets;
     int readers;
-    int tails;
+    /// cookie -> slot (a plain hash): the tracked sockets.
+    int slots;
+    /// slot -> struct harp_seen (an array, mapped into this process at `seen_memory`).
+    int seen;
     int program;
+    struct harp_seen *seen_memory;
 };
 
 /// Creates the maps and loads and attaches the program. 0, or -errno with `error` describing
@@ -31,22 +44,16 @@ void harp_sockmap_close(struct harp_sockmap *map);
 /// the kernel may already have taken input (the sockets can then not be used on their own).
 int harp_sockmap_join(const struct harp_sockmap *map, int a, int b, int *started);
 
-/// `tails` (a plain hash, cookie -> struct harp_seen): for each socket listed there, the program
-/// counts the bytes of its input and writes the last 6 bytes of each input (zeros for an input
-/// shorter than that).
-struct harp_seen {
-    uint64_t taken;
-    uint8_t tail[8];
-};
-/// Lists a socket in `tails` (0, or -errno); `untrack` takes it out.
-int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie);
+/// Tracks a socket in `slot` (which the caller hands out, one socket each): from now on the
+/// program counts its input there and records the last 6 bytes of each input (zeros for an
+/// input shorter than that). Read with plain memory loads, no system call. 0, or -errno.
+int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie, uint32_t slot);
+/// Stops tracking a socket (its slot may then be handed out again).
 void harp_sockmap_untrack(const struct harp_sockmap *map, uint64_t cookie);
-/// The last 6 bytes of a tracked socket's latest input. 0, or -errno (-ENOENT: not tracked).
-int harp_sockmap_tail(const struct harp_sockmap *map, uint64_t cookie, uint8_t tail[6]);
-/// Every listed socket's cookie and input count so far, read in a few system calls however many
-/// there are: how many (at most `max`), or -errno (-ENOSPC: more than `max`; -EINVAL on a
-/// kernel without batch reads, before 5.6).
-int harp_sockmap_taken(const struct harp_sockmap *map, uint64_t *cookies, uint64_t *taken, int max);
+/// The bytes of input the program has seen for the socket in `slot`.
+uint64_t harp_sockmap_taken(const struct harp_sockmap *map, uint32_t slot);
+/// The last 6 bytes of the latest input of the socket in `slot`.
+void harp_sockmap_tail(const struct harp_sockmap *map, uint32_t slot, uint8_t tail[6]);
 
 /// Parks `fd`: its input is no longer passed to its partner but kept for a read of `fd`.
 int harp_sockmap_park(const struct harp_sockmap *map, int fd);

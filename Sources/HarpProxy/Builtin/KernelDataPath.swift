@@ -79,10 +79,10 @@ final class KernelDataPath: @unchecked Sendable {
         let id: UInt64
         let client: CInt
         let server: CInt
-        /// The sockets' cookies, if the program counts their input and records its end (see
-        /// `sayGoodbye` and `run`); 0 if not.
-        fileprivate var clientCookie: UInt64 = 0
-        fileprivate var serverCookie: UInt64 = 0
+        /// The sockets' slots, if the program counts their input and records its end (see
+        /// `sayGoodbye` and `needsLook`), with the cookies they are tracked under.
+        fileprivate var clientSlot: (cookie: UInt64, slot: UInt32)?
+        fileprivate var serverSlot: (cookie: UInt64, slot: UInt32)?
         /// Their input counts as of the last tick.
         fileprivate var clientSeen: UInt64 = 0
         fileprivate var serverSeen: UInt64 = 0
@@ -125,6 +125,9 @@ final class KernelDataPath: @unchecked Sendable {
     private let lock = NSLock()
     private var pairs: [UInt64: Pair] = [:]
     private var nextID: UInt64 = 1
+    /// Slots of the program's `seen` array: handed out one a socket, under the lock.
+    private var freeSlots: [UInt32] = []
+    private var nextSlot: UInt32 = 0
     private var thread: Thread?
 
     // MARK: - Opening, once per process
@@ -178,15 +181,12 @@ final class KernelDataPath: @unchecked Sendable {
                 return .notJoined(IOError(errnoCode: -added, reason: "epoll_ctl"))
             }
         }
-        // Listed before the join, so that everything the sockets take in is seen.
-        let cookies = [client, server].map { fd -> UInt64 in
-            let cookie = harp_socket_cookie(fd)
-            return cookie != 0 && harp_sockmap_track(&map, cookie) == 0 ? cookie : 0
-        }
+        // Tracked before the join, so that everything the sockets take in is seen.
+        let slots = [client, server].map { track($0) }
         var started: CInt = 0
         let joined = harp_sockmap_join(&map, client, server, &started)
         guard joined == 0 else {
-            for cookie in cookies where cookie != 0 { harp_sockmap_untrack(&map, cookie) }
+            for slot in slots { untrack(slot) }
             _ = harp_watch_remove(epoll, client)
             _ = harp_watch_remove(epoll, server)
             let error = IOError(errnoCode: -joined, reason: "joining the sockets in the BPF sockmap")
@@ -198,10 +198,37 @@ final class KernelDataPath: @unchecked Sendable {
             return .notJoined(error)
         }
         let pair = Pair(id: id, client: client, server: server, base: base, onBytes: onBytes, onEnd: onEnd)
-        pair.clientCookie = cookies[0]
-        pair.serverCookie = cookies[1]
+        pair.clientSlot = slots[0]
+        pair.serverSlot = slots[1]
         pairs[id] = pair
         return .joined(pair)
+    }
+
+    /// A slot for `fd`, and the program told to track it there; nil if there is none (all in use)
+    /// or the kernel refused. Under the lock.
+    private func track(_ fd: CInt) -> (cookie: UInt64, slot: UInt32)? {
+        let cookie = harp_socket_cookie(fd)
+        guard cookie != 0 else { return nil }
+        let slot: UInt32
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else if nextSlot < UInt32(HARP_SEEN_SLOTS) {
+            slot = nextSlot
+            nextSlot += 1
+        } else {
+            return nil
+        }
+        guard harp_sockmap_track(&map, cookie, slot) == 0 else {
+            freeSlots.append(slot)
+            return nil
+        }
+        return (cookie, slot)
+    }
+
+    private func untrack(_ tracked: (cookie: UInt64, slot: UInt32)?) {
+        guard let tracked else { return }
+        harp_sockmap_untrack(&map, tracked.cookie)
+        freeSlots.append(tracked.slot)
     }
 
     /// Closes both sockets now (the lead master moved, or the instance stops). Does nothing if
@@ -238,7 +265,7 @@ final class KernelDataPath: @unchecked Sendable {
     /// (6 bytes at the end of an unrelated write, of a TLS record) is wrongly taken for one at
     /// rest about once in 2^40; it then reads a broken message instead of a bare close. Under the lock.
     private func sayGoodbye(_ pair: Pair, _ message: [UInt8]) {
-        guard pair.serverCookie != 0, !pair.demoting, !message.isEmpty else { return }
+        guard let server = pair.serverSlot, !pair.demoting, !message.isEmpty else { return }
         _ = harp_sockmap_park(&map, pair.server)
         let now = Self.measure(client: pair.client, server: pair.server, mode: HARP_COUNT_JOINED)
         guard !now.failed else { return }
@@ -247,7 +274,8 @@ final class KernelDataPath: @unchecked Sendable {
         // none parked.
         guard since.serverIn == since.clientOut else { return }
         var tail = [UInt8](repeating: 0, count: 6)
-        guard harp_sockmap_tail(&map, pair.serverCookie, &tail) == 0, Self.isReadyForQuery(tail) else { return }
+        harp_sockmap_tail(&map, server.slot, &tail)
+        guard Self.isReadyForQuery(tail) else { return }
         _ = message.withUnsafeBytes { send(pair.client, $0.baseAddress, $0.count, CInt(MSG_DONTWAIT | MSG_NOSIGNAL)) }
     }
 
@@ -263,15 +291,12 @@ final class KernelDataPath: @unchecked Sendable {
         var flags = [CInt](repeating: 0, count: 128)
         var nextTick = ContinuousClock.now + Self.tick
         var ticks = 0
-        var joinedCount = 0
         while true {
             let wait = max(0, Int((nextTick - ContinuousClock.now).fractionalMilliseconds.rounded(.up)))
             let n = harp_watch_wait(epoll, &tokens, &flags, CInt(tokens.count), CInt(wait))
             var endings: [() -> Void] = []
             var toLook: [Pair] = []
-            // Every socket's input count, in a few system calls for all pairs (nil: look at all).
             let tickDue = ContinuousClock.now >= nextTick
-            let taken = tickDue ? readTaken(atMost: 2 * joinedCount + 256) : nil
 
             // Events first, under the lock: they only set flags (or end a pair that was reset).
             lock.lock()
@@ -296,14 +321,8 @@ final class KernelDataPath: @unchecked Sendable {
             if tickDue {
                 nextTick = ContinuousClock.now + Self.tick
                 ticks &+= 1
-                let everything = taken == nil || ticks % Self.looksAtAllEvery == 0
-                for pair in pairs.values where everything || needsLook(pair, taken!) { toLook.append(pair) }
-                if let taken {
-                    for pair in pairs.values {
-                        pair.clientSeen = taken[pair.clientCookie] ?? pair.clientSeen
-                        pair.serverSeen = taken[pair.serverCookie] ?? pair.serverSeen
-                    }
-                }
+                let everything = ticks % Self.looksAtAllEvery == 0
+                for pair in pairs.values where needsLook(pair) || everything { toLook.append(pair) }
                 var seen = Set<UInt64>()
                 toLook = toLook.filter { seen.insert($0.id).inserted }
             } else {
@@ -311,7 +330,6 @@ final class KernelDataPath: @unchecked Sendable {
                 toLook = toLook.filter { seen.insert($0.id).inserted }
             }
             let modes = toLook.map { $0.demoting ? HARP_COUNT_PARKED : HARP_COUNT_JOINED }
-            joinedCount = pairs.count
             lock.unlock()
 
             // The counters, outside the path's lock: the system calls for every pair must not hold
@@ -338,28 +356,19 @@ final class KernelDataPath: @unchecked Sendable {
 
     /// A pair is looked at on a tick only if it may have changed: new input on either socket
     /// (only input can make bytes pile up in front of a reader, or change the counts for
-    /// `/metrics`), a half-close to pass on, or a move under way. An idle pair costs no system
-    /// call; every pair is still looked at every 10 s. Under the lock.
-    private func needsLook(_ pair: Pair, _ taken: [UInt64: UInt64]) -> Bool {
+    /// `/metrics`), a half-close to pass on, or a move under way. The input counts are the
+    /// program's, read from memory: an idle pair costs no system call. Every pair is still looked
+    /// at every 10 s. Under the lock; notes the counts it read.
+    private func needsLook(_ pair: Pair) -> Bool {
+        guard let client = pair.clientSlot, let server = pair.serverSlot else { return true }
+        let clientTaken = harp_sockmap_taken(&map, client.slot), serverTaken = harp_sockmap_taken(&map, server.slot)
+        defer { (pair.clientSeen, pair.serverSeen) = (clientTaken, serverTaken) }
         if pair.demoting || (pair.clientEOF && !pair.shutToServer) || (pair.serverEOF && !pair.shutToClient) { return true }
-        guard pair.clientCookie != 0, pair.serverCookie != 0, let client = taken[pair.clientCookie], let server = taken[pair.serverCookie] else { return true }
-        return client != pair.clientSeen || server != pair.serverSeen
+        return clientTaken != pair.clientSeen || serverTaken != pair.serverSeen
     }
 
     /// Looks at every pair once in this many ticks (10 s), whatever `needsLook` says.
     static let looksAtAllEvery = 400
-
-    /// Every listed socket's input count by cookie; nil if they cannot be read (then every pair is
-    /// looked at).
-    private func readTaken(atMost capacity: Int) -> [UInt64: UInt64]? {
-        var cookies = [UInt64](repeating: 0, count: capacity)
-        var counts = [UInt64](repeating: 0, count: capacity)
-        let n = harp_sockmap_taken(&map, &cookies, &counts, CInt(capacity))
-        guard n >= 0 else { return nil }
-        var taken = [UInt64: UInt64](minimumCapacity: Int(n))
-        for i in 0..<Int(n) { taken[cookies[i]] = counts[i] }
-        return taken
-    }
 
     /// `mode`: a HARP_COUNT_* value, for both sockets.
     private static func measure(client: CInt, server: CInt, mode: Int) -> Counts {
@@ -435,7 +444,10 @@ final class KernelDataPath: @unchecked Sendable {
     /// `closeServer: false` leaves the lead-master socket open (marked closed) for the caller to close.
     private func finish(_ pair: Pair, demote: Bool, counts: Counts?, closeServer: Bool = true, lost: UInt64 = 0) -> () -> Void {
         pairs[pair.id] = nil
-        for cookie in [pair.clientCookie, pair.serverCookie] where cookie != 0 { harp_sockmap_untrack(&map, cookie) }
+        untrack(pair.clientSlot)
+        untrack(pair.serverSlot)
+        pair.clientSlot = nil
+        pair.serverSlot = nil
         _ = harp_watch_remove(epoll, pair.client)
         _ = harp_watch_remove(epoll, pair.server)
         let last = counts ?? Self.measure(client: pair.client, server: pair.server, mode: pair.demoting ? HARP_COUNT_PARKED : HARP_COUNT_JOINED)
