@@ -3,10 +3,12 @@
 
 /// The kernel data path: two BPF sock hashes and one sk_skb verdict program that hands every
 /// byte a joined socket receives straight to its partner's send queue, with no copy to user
-/// space and no wake-up of this process.
+/// space and no wake-up of this process; and two maps in which the program records what it saw.
 ///
 ///   targets:  cookie(socket) -> partner   (no program; the socket to send to)
 ///   readers:  cookie(socket) -> socket    (the verdict program runs on these sockets' input)
+///   slots:    cookie(socket) -> slot      (the sockets whose input is tracked)
+///   seen:     slot -> struct harp_seen    (input count and last 6 bytes, mapped into memory)
 ///
 /// A socket stays in `readers` until it is closed (closing takes it out of both maps). Its
 /// program is never detached while it lives: input that arrives while the program is being
@@ -14,6 +16,7 @@
 /// A socket with no entry in `targets` is "parked": the program passes its input up to its own
 /// BPF queue, which a read of the socket returns in order and which is charged to its receive
 /// buffer, so that TCP flow control holds the sender back.
+
 /// What the program records of a tracked socket's input, in its slot of `seen`.
 struct harp_seen {
     uint64_t taken;
