@@ -481,8 +481,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     private static func closeDemoted(_ end: KernelDataPath.End) {
         if case .demoted(let client, let server, _, _) = end {
-            close(client)
-            close(server)
+            harp_socket_close(client)  // a reset if parked input waits (see ParkedSocketClose)
+            harp_socket_close(server)
         }
     }
 
@@ -510,8 +510,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded):
             guard !stopped, entry.target != nil else {
                 dropClient(id)
-                close(clientFD)
-                close(serverFD)
+                Self.closeDemoted(end)
                 return
             }
             entry.adopting = true
@@ -670,6 +669,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         bindRetry?.cancel()
         var closing: [EventLoopFuture<Void>] = []
         let stopping = cutMessage(from: target, to: nil)
+        let goodbye = Array(stopping.readableBytesView)
         if let listener {
             listener.close(promise: nil)
             closing.append(listener.closeFuture)
@@ -681,7 +681,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 waiter.promise.fail(Refusal.shuttingDown)
             }
             if let (path, pair) = entry.pair {
-                path.close(pair, goodbye: Array(stopping.readableBytesView))
+                path.close(pair, goodbye: goodbye)
                 continue
             }
             // The lead-master side only after the client's cut, on the client's loop: closed
