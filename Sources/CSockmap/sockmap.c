@@ -1,4 +1,5 @@
 #include "CSockmap.h"
+#include <arpa/inet.h>
 #include <errno.h>
 #include <linux/bpf.h>
 #include <linux/sockios.h>
@@ -55,6 +56,49 @@ static int make_map(int type, uint32_t key_size, uint32_t value_size, uint32_t f
     attr.max_entries = HARP_SEEN_SLOTS;
     attr.map_flags = flags;
     return sys_bpf(BPF_MAP_CREATE, &attr);
+}
+
+/// Moving a pair to user space counts on SIOCINQ reporting what a parked socket holds, which
+/// Linux does only since 6.4 ("bpf, sockmap: Incorrectly handling copied_seq"; before, the
+/// input counts as read, and a move would wait for it forever). So one loopback connection is
+/// parked and sent 100 bytes at open: SIOCINQ must say 100, and a read must return them.
+static int check_parking(const struct harp_sockmap *map, char *error, int error_size) {
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), client = -1, server = -1, parked = -1, result = -EIO;
+    uint64_t cookie = 0;
+    struct sockaddr_in address;
+    memset(&address, 0, sizeof(address));
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(listener, 1) != 0 ||
+        getsockname(listener, (struct sockaddr *)&address, &length) != 0) goto done;
+    client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (client < 0 || connect(client, (struct sockaddr *)&address, sizeof(address)) != 0) goto done;
+    server = accept(listener, NULL, NULL);
+    if (server < 0 || (cookie = harp_socket_cookie(server)) == 0) goto done;
+    if (map_put(map->readers, cookie, server) != 0) goto done;  // read by the program, no partner: parked
+    char probe[100];
+    memset(probe, 'p', sizeof(probe));
+    if (send(client, probe, sizeof(probe), 0) != (ssize_t)sizeof(probe)) goto done;
+    for (int i = 0; i < 100; i++) {  // up to 1 s for the input to arrive
+        if (ioctl(server, SIOCINQ, &parked) != 0 || parked >= (int)sizeof(probe)) break;
+        usleep(10000);
+    }
+    ssize_t read = recv(server, probe, sizeof(probe), MSG_DONTWAIT);
+    result = parked == (int)sizeof(probe) && read == (ssize_t)sizeof(probe) ? 0 : -ENOTSUP;
+done:
+    if (cookie != 0) map_delete(map->readers, cookie);
+    if (result == -EIO) {
+        int e = errno;
+        snprintf(error, error_size, "cannot check the kernel's sockmap on a loopback connection: %s", strerror(e));
+        result = -e;
+    } else if (result != 0) {
+        snprintf(error, error_size, "this kernel does not report the input a parked sockmap socket holds (SIOCINQ gave %d bytes of 100; Linux 6.4 or later is needed)", parked);
+    }
+    if (server >= 0) close(server);
+    if (client >= 0) close(client);
+    if (listener >= 0) close(listener);
+    return result;
 }
 
 int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
@@ -172,7 +216,9 @@ int harp_sockmap_open(struct harp_sockmap *map, char *error, int error_size) {
         harp_sockmap_close(map);
         return -e;
     }
-    return 0;
+    int checked = check_parking(map, error, error_size);
+    if (checked != 0) harp_sockmap_close(map);
+    return checked;
 }
 
 void harp_sockmap_close(struct harp_sockmap *map) {

@@ -267,17 +267,27 @@ final class KernelDataPath: @unchecked Sendable {
     private func sayGoodbye(_ pair: Pair, _ message: [UInt8]) {
         guard let server = pair.serverSlot, !pair.demoting, !message.isEmpty else { return }
         _ = harp_sockmap_park(&map, pair.server)
-        let now = Self.measure(client: pair.client, server: pair.server, mode: HARP_COUNT_JOINED)
-        guard !now.failed else { return }
-        let since = now.since(pair.base)
-        // Everything taken from the lead master is in the client's send queue: none under way,
-        // none parked.
-        guard since.serverIn == since.clientOut else { return }
-        var tail = [UInt8](repeating: 0, count: 6)
+        // The program adds to `taken` before it writes `tail`: the same count and tail before and
+        // after the look mean that no input came in during it (as with a seqlock). Input that came
+        // in after the park is parked, but its tail is recorded all the same.
+        var tail = [UInt8](repeating: 0, count: 6), tailAfter = tail
+        let takenBefore = harp_sockmap_taken(&map, server.slot)
         harp_sockmap_tail(&map, server.slot, &tail)
-        guard Self.isReadyForQuery(tail) else { return }
+        let now = Self.measure(client: pair.client, server: pair.server, mode: HARP_COUNT_JOINED)
+        harp_sockmap_tail(&map, server.slot, &tailAfter)
+        guard harp_sockmap_taken(&map, server.slot) == takenBefore, tail == tailAfter, !now.failed else { return }
+        let since = now.since(pair.base)
+        // Everything taken from the lead master is in the client's send queue (none under way,
+        // none parked), and that queue has room for the whole message: a short write would leave
+        // the client half a message.
+        guard since.serverIn == since.clientOut, now.clientQueued + UInt64(message.count) <= Self.goodbyeRoom,
+              Self.isReadyForQuery(tail) else { return }
         _ = message.withUnsafeBytes { send(pair.client, $0.baseAddress, $0.count, CInt(MSG_DONTWAIT | MSG_NOSIGNAL)) }
     }
+
+    /// What a client's send queue may hold for the goodbye to be written: well under the smallest
+    /// send buffer Linux gives a TCP socket, so that the message goes in whole.
+    static let goodbyeRoom: UInt64 = 2048
 
     /// A whole ReadyForQuery: 'Z', length 5, and a transaction status (idle, in a transaction, failed).
     static func isReadyForQuery(_ bytes: [UInt8]) -> Bool {
