@@ -27,15 +27,19 @@ uint64_t harp_socket_cookie(int fd) {
     return cookie;
 }
 
-static int map_put(int map, uint64_t key, int fd) {
-    uint64_t value = (uint64_t)fd;
+static int map_update(int map, uint64_t key, const void *value) {
     union bpf_attr attr;
     memset(&attr, 0, sizeof(attr));
     attr.map_fd = (uint32_t)map;
     attr.key = (uint64_t)(uintptr_t)&key;
-    attr.value = (uint64_t)(uintptr_t)&value;
+    attr.value = (uint64_t)(uintptr_t)value;
     attr.flags = BPF_ANY;
     return sys_bpf(BPF_MAP_UPDATE_ELEM, &attr) == 0 ? 0 : -errno;
+}
+
+static int map_put(int map, uint64_t key, int fd) {
+    uint64_t value = (uint64_t)fd;
+    return map_update(map, key, &value);
 }
 
 static int map_delete(int map, uint64_t key) {
@@ -264,13 +268,7 @@ fail:
 int harp_sockmap_track(const struct harp_sockmap *map, uint64_t cookie, uint32_t slot) {
     if (slot >= HARP_SEEN_SLOTS) return -EINVAL;
     memset(&map->seen_memory[slot], 0, sizeof(struct harp_seen));
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.map_fd = (uint32_t)map->slots;
-    attr.key = (uint64_t)(uintptr_t)&cookie;
-    attr.value = (uint64_t)(uintptr_t)&slot;
-    attr.flags = BPF_ANY;
-    return sys_bpf(BPF_MAP_UPDATE_ELEM, &attr) == 0 ? 0 : -errno;
+    return map_update(map->slots, cookie, &slot);
 }
 
 void harp_sockmap_untrack(const struct harp_sockmap *map, uint64_t cookie) {
@@ -299,8 +297,8 @@ int harp_socket_counts(int fd, int mode, uint64_t *received, uint64_t *written, 
     //   without copying them). No buffer: should the peek meet a BPF queue after all, its copy
     //   fails with EFAULT instead of writing anywhere.
     // - Joined, nothing: the kernel path takes input as it arrives, so TCP's queue is empty. It
-    //   is not peeked: a peek would return, and so clear, a pending error (the EPIPE by which the
-    //   kernel tells of a FIN passed on).
+    //   is not peeked: a peek would return, and so clear, a pending error (a reset the watcher
+    //   must see).
     // - Parked, the socket's own BPF queue (SIOCINQ on a socket in a sockmap reports that queue).
     //   Input on its way into it is counted as taken until it is there: too high again.
     ssize_t unread = 0;

@@ -225,13 +225,9 @@ final class KernelDataPathTests: XCTestCase {
     /// returns once the backend waits to write (the pair parked, see above).
     private func copyNotRead(through port: Int, tag: String) async throws -> CInt {
         guard let fd = connectedLoopbackSocket(port: port) else { throw FixtureError("cannot connect to the proxy") }
-        func message(_ type: UInt8?, _ body: [UInt8]) -> [UInt8] {
-            let length = UInt32(body.count + 4)
-            return (type.map { [$0] } ?? []) + [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)] + body
-        }
-        writeAll(fd, message(nil, [0, 3, 0, 0] + Array("user\0postgres\0database\0postgres\0\0".utf8)))
+        writeAll(fd, startupMessage())
         let copy = "COPY (SELECT g, md5(g::text) FROM generate_series(1, 1500000) g) TO STDOUT /* \(tag) */"
-        writeAll(fd, message(UInt8(ascii: "Q"), Array(copy.utf8) + [0]))
+        writeAll(fd, wireMessage("Q", Array(copy.utf8) + [0]))
         XCTAssertTrue(heldBack(tag: tag), "the result piles up in front of the client, and the lead master is held back")
         return fd
     }

@@ -260,6 +260,19 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #fileP
     }
 }
 
+/// A PostgreSQL protocol-3 message as a client sends it: `type` (none for the startup
+/// message), the length, the body.
+func wireMessage(_ type: Character?, _ body: [UInt8]) -> [UInt8] {
+    let length = UInt32(body.count + 4)
+    return (type.map { [UInt8(ascii: $0.unicodeScalars.first!)] } ?? [])
+        + [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)] + body
+}
+
+/// The startup message of user postgres to database postgres, protocol 3.0.
+func startupMessage() -> [UInt8] {
+    wireMessage(nil, [0, 3, 0, 0] + Array("user\0postgres\0database\0postgres\0\0".utf8))
+}
+
 /// `count` bytes in which each 4-byte word holds its own index: a byte lost, doubled or moved
 /// shows. (Built a word at a time: a debug build is slow at millions of bytes one by one.)
 func indexedBytes(_ count: Int) -> [UInt8] {

@@ -5,16 +5,6 @@ import XCTest
 /// Where a cut session may be told why: only between two of the lead master's messages, never
 /// inside one, never in an encrypted stream, never while an encryption request awaits its answer.
 final class SessionFramingTests: XCTestCase {
-    private func startupMessage() -> [UInt8] {
-        var body = ByteBuffer()
-        body.writeInteger(Int32(196608))
-        body.writeString("user\0postgres\0database\0postgres\0\0")
-        var message = ByteBuffer()
-        message.writeInteger(Int32(body.readableBytes + 4))
-        message.writeBuffer(&body)
-        return Array(message.readableBytesView)
-    }
-
     private func request(_ code: Int32) -> [UInt8] {
         var message = ByteBuffer()
         message.writeInteger(Int32(8))
