@@ -24,6 +24,8 @@ public actor ProxyHost {
         var modeName: String?
         var plan: InstancePlan?
         var logger: Logger
+        /// The instance's own `log_level` (nil: the process's), which a reload changes in place.
+        let logLevel: LogLevelSetting
         /// The unknown `type` last reported, so that it is logged once.
         var unavailableMode: String?
         /// When the state name last changed.
@@ -60,8 +62,9 @@ public actor ProxyHost {
     private static func makeRunning(_ instance: InstanceConfiguration, logger: Logger, session: DCSSession, layout: DCSLayout) -> Running {
         var instanceLogger = logger
         instanceLogger[metadataKey: "instance"] = "\(instance.name)"
-        if let level = instance.logLevel { instanceLogger.logLevel = level.swiftLogLevel }
-        return Running(logger: instanceLogger,
+        let level = LogLevelSetting(instance.logLevel?.swiftLogLevel)
+        instanceLogger.handler = LiveLevelHandler(wrapping: instanceLogger.handler, setting: level)
+        return Running(logger: instanceLogger, logLevel: level,
                        statusWriter: StatusWriter(client: session.client, key: layout.proxyStatus(instance.name), logger: instanceLogger))
     }
 
@@ -73,11 +76,18 @@ public actor ProxyHost {
         for (name, _) in old where !new.contains(name) {
             guard let r = running.removeValue(forKey: name) else { continue }
             r.logger.info("instance removed from the configuration: stopping it")
-            await r.mode?.shutdown()
-            await r.statusWriter.remove()
+            await stop(name, r)
         }
         for instance in newInstances {
             if let before = old[instance.name] {
+                if before.logLevel != instance.logLevel, let r = running[instance.name] {
+                    let said = ["from": "\(before.logLevel?.rawValue ?? "the process's")", "to": "\(instance.logLevel?.rawValue ?? "the process's")"]
+                    // Said at whichever of the two levels shows it.
+                    let shownBefore = r.logger.logLevel <= .info
+                    if shownBefore { r.logger.info("log_level changed", metadata: said.mapValues { .string($0) }) }
+                    r.logLevel.level = instance.logLevel?.swiftLogLevel
+                    if !shownBefore { r.logger.info("log_level changed", metadata: said.mapValues { .string($0) }) }
+                }
                 if !before.sameSettings(as: instance) { running[instance.name]?.logger.info("instance changed: re-planning") }
             } else {
                 running[instance.name] = Self.makeRunning(instance, logger: logger, session: session, layout: layout)
@@ -107,18 +117,43 @@ public actor ProxyHost {
     public func shutdown() async {
         fenceTimer?.cancel()
         for (name, r) in running {
-            await r.mode?.shutdown()
-            await r.statusWriter.remove()
+            await stop(name, r)
             running[name]?.mode = nil
         }
+    }
+
+    /// Stops an instance's mode; its status record then says `stopped` and is left on its lease,
+    /// not renewed, so that `harpctl get proxies` shows the stop for up to three
+    /// `monitor_interval`s, then forgets the proxy (as it does one that died).
+    private func stop(_ name: String, _ r: Running) async {
+        await r.mode?.shutdown()
+        guard r.plan != nil || r.unavailableMode != nil, let instance = instances.first(where: { $0.name == name }) else {
+            await r.statusWriter.finish(nil, interval: statusInterval)
+            return
+        }
+        var clients = await r.mode?.counters() ?? ClientCounters()
+        clients.current = 0  // every connection is closed; the last ones may not be counted out yet
+        clients.inKernel = 0
+        var record = StatusRecord(InstanceStatus(name: name, location: instance.location, type: r.modeName ?? "builtin", plan: nil,
+                                                 listen: nil, clients: clients, since: Date(), leaderChanges: r.leaderChanges,
+                                                 leaderSince: r.leaderSince))
+        record.managed = r.plan?.managed ?? true
+        record.maxClientConn = r.plan?.maxClientConn ?? 0
+        await r.statusWriter.finish(record, interval: statusInterval)
+    }
+
+    /// The shortest `monitor_interval` any instance asks for: how often records are written.
+    private var statusInterval: Duration {
+        running.values.compactMap { $0.plan?.directives.monitorInterval }.min() ?? .seconds(5)
     }
 
     /// Writes every instance's status record each `monitor_interval` (the shortest any asks for).
     private func reportStatus() async {
         while !Task.isCancelled {
-            let interval = running.values.compactMap { $0.plan?.directives.monitorInterval }.min() ?? .seconds(5)
+            let interval = statusInterval
             for s in await status() {
-                guard let r = running[s.name], r.plan != nil else { continue }
+                // Not before the first plan; an instance whose type this build lacks says `stopped`.
+                guard let r = running[s.name], r.plan != nil || r.unavailableMode != nil else { continue }
                 await r.statusWriter.write(StatusRecord(s), interval: interval)
             }
             try? await Task.sleep(for: max(interval, .milliseconds(100)))
@@ -128,9 +163,8 @@ public actor ProxyHost {
     /// Writes one instance's record at once: a new state or lead master should not wait for the
     /// next `monitor_interval` to reach `harpctl get proxies`.
     private func reportStatusNow(_ name: String) async {
-        let interval = running.values.compactMap { $0.plan?.directives.monitorInterval }.min() ?? .seconds(5)
-        guard let s = await status(of: name), let r = running[name], r.plan != nil else { return }
-        await r.statusWriter.write(StatusRecord(s), interval: interval)
+        guard let s = await status(of: name), let r = running[name], r.plan != nil || r.unavailableMode != nil else { return }
+        await r.statusWriter.write(StatusRecord(s), interval: statusInterval)
     }
 
     /// Each instance's plan and counters, for status output.

@@ -67,6 +67,7 @@ actor StatusWriter {
     private let key: String
     private let logger: Logger
     private var lease: (id: Int64, ttl: Int64)?
+    private var finished = false
 
     init(client: EtcdClient, key: String, logger: Logger) {
         self.client = client
@@ -75,6 +76,7 @@ actor StatusWriter {
     }
 
     func write(_ record: StatusRecord, interval: Duration) async {
+        guard !finished else { return }
         let ttl = max(2, Int64((interval * 3).seconds.rounded(.up)))
         do {
             if let current = lease, current.ttl == ttl {
@@ -86,16 +88,25 @@ actor StatusWriter {
                 let granted = try await client.leaseGrant(ttl: ttl)
                 lease = (granted.id, ttl)
             }
-            try await client.put(key, record.jsonText, lease: lease!.id)
+            // A report that was under way when the instance stopped must not bring it back.
+            guard !finished, let lease else { return }
+            try await client.put(key, record.jsonText, lease: lease.id)
         } catch {
             lease = nil
             logger.debug("status record not written", metadata: ["key": "\(key)", "error": "\(error)"])
         }
     }
 
-    /// Removes the record at shutdown: a stopped proxy shows as down at once.
-    func remove() async {
-        if let lease { try? await client.leaseRevoke(lease.id) }
+    /// The last record of a stopped instance (nil: none, the record goes at once). It stays on
+    /// the lease, which is no longer renewed; later writes, from reports under way, are dropped.
+    func finish(_ record: StatusRecord?, interval: Duration) async {
+        guard !finished else { return }
+        if let record {
+            await write(record, interval: interval)
+        } else if let lease {
+            try? await client.leaseRevoke(lease.id)
+        }
+        finished = true
         lease = nil
     }
 }

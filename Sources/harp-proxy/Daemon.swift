@@ -10,14 +10,20 @@ import Logging
 import NIOCore
 import NIOPosix
 
+/// The process's `log_level`, which SIGHUP changes for every logger (`LiveLevelHandler`).
+let rootLogLevel = LogLevelSetting(.info)
+
 /// The running process: one DCS session shared by every instance, and the signals that stop it.
 struct Daemon {
     let configuration: HarpConfiguration
 
     func run() async throws {
-        let level = configuration.logLevel
         let json = configuration.logFormat == .json
-        LoggingSystem.bootstrap { label in LogfmtHandler(label: label, level: level.swiftLogLevel, json: json) }
+        let level = rootLogLevel
+        level.level = configuration.logLevel.swiftLogLevel
+        LoggingSystem.bootstrap { label in
+            LiveLevelHandler(wrapping: LogfmtHandler(label: label, level: .info, json: json), setting: level)
+        }
         let logger = Logger(label: "harp-proxy")
         for warning in configuration.warnings {
             logger.warning("\(warning.message)", metadata: ["at": "\(warning.location)"])
@@ -123,6 +129,13 @@ struct Daemon {
         // Credentials and TLS files included: the running session keeps using the old ones.
         if next.clusterName != current.clusterName || next.dcs != current.dcs {
             logger.warning("cluster and dcs changes (endpoints, credentials, TLS files) take effect only after a restart")
+        }
+        if next.logLevel != current.logLevel {
+            // Said at whichever of the two levels shows it.
+            let more = next.logLevel < current.logLevel
+            if more { rootLogLevel.level = next.logLevel.swiftLogLevel }
+            logger.info("log_level changed", metadata: ["from": "\(current.logLevel.rawValue)", "to": "\(next.logLevel.rawValue)"])
+            if !more { rootLogLevel.level = next.logLevel.swiftLogLevel }
         }
         await host.reload(next.instances)
         logger.info("configuration reloaded", metadata: ["instances": "\(next.instances.map(\.name).joined(separator: ","))"])

@@ -50,8 +50,13 @@ final class BuiltinModeTests: XCTestCase {
         XCTAssertTrue(waitForActivity(on: a, "switchover", count: 0, timeout: 5), "node1's side is closed too")
 
         XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)", "the next connection lands on node2")
-        let logged = rig.capture.all.contains { $0.message.contains("lead master changed") && $0.metadata["closed"] == "1" }
-        XCTAssertTrue(logged)
+        let line = rig.capture.all.first { $0.message.contains("lead master changed") }
+        XCTAssertEqual(line?.metadata["closed"], "1", "one line for the change, with what it closed")
+        XCTAssertTrue(line?.metadata["from"]?.hasPrefix("node1") ?? false, "\(line?.metadata ?? [:])")
+        XCTAssertTrue(line?.metadata["to"]?.hasPrefix("node2") ?? false, "\(line?.metadata ?? [:])")
+        let ms = line?.metadata["ms_since_dcs_event"].flatMap(Double.init)
+        XCTAssertNotNil(ms, "the milliseconds from the DCS event to the last close")
+        XCTAssertLessThan(ms ?? 1e9, 5000)
         await rig.stop()
     }
 
@@ -202,10 +207,78 @@ final class BuiltinModeTests: XCTestCase {
         guard case .failure(let error) = serverPort(through: port) else { return XCTFail("no server listens at the leader's address") }
         XCTAssertTrue(error.description.contains("cannot connect to the lead master node1 (127.0.0.1:\(dead)): Connection refused"), error.description)
         XCTAssertFalse(error.description.contains("SingleConnectionFailure"), "a DBA reads a reason, not an error dump: \(error)")
+        let fields = refusal(through: port).fields
+        XCTAssertEqual(fields?["S"], "FATAL")
+        XCTAssertEqual(fields?["C"], "08006")
+        XCTAssertEqual(fields?["M"], "cannot connect to the lead master node1 (127.0.0.1:\(dead)): Connection refused")
         let counters = await rig.counters("p1")
-        XCTAssertEqual(counters.refused, 1)
+        XCTAssertEqual(counters.refused, 2)
         let gone = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
         XCTAssertTrue(gone, "the refused client is closed and forgotten")
+        await rig.stop()
+    }
+
+    /// `timeout`: a lead master that never answers the connect (its accept queue full, so the
+    /// SYN is dropped) gives 08006 once the timeout has passed, saying so.
+    func testALeaderThatNeverAnswersTheConnectGives08006AfterTimeout() async throws {
+        let port = freePort()
+        let silent = try SilentHost()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "timeout": .duration(.milliseconds(600))])])
+        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(silent.port)")
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let started = Date()
+        let fields = refusal(through: port).fields
+        XCTAssertGreaterThan(Date().timeIntervalSince(started), 0.5, "refused only once the timeout passed")
+        XCTAssertEqual(fields?["S"], "FATAL")
+        XCTAssertEqual(fields?["C"], "08006")
+        XCTAssertEqual(fields?["M"], "cannot connect to the lead master node1 (127.0.0.1:\(silent.port)): no answer within 600 ms (timeout)")
+        withExtendedLifetime(silent) {}
+        await rig.stop()
+    }
+
+    /// With no lead master a client is held for `hold_timeout`, then reads FATAL 57P03. One that
+    /// opens with an SSLRequest or a GSSENCRequest is answered 'N' first, as libpq expects, so
+    /// that it reads the message. A `hold_timeout` set in the DCS (a bare number: milliseconds)
+    /// applies to the next client; a held client that hangs up is forgotten, not refused.
+    func testNoLeaderGivesFATAL57P03AfterAnNToSSLOrGSSENCRequests() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "hold_timeout": .duration(.milliseconds(300))])])
+        try await rig.node("node1", location: "dc1", server: a)
+        let listening = await rig.waitUntilRouting("p1", to: nil)
+        XCTAssertTrue(listening)
+        for request: UInt32? in [nil, 80877103, 80877104] {
+            let started = Date()
+            let (answer, fields) = refusal(through: port, request: request)
+            if let request { XCTAssertEqual(answer, UInt8(ascii: "N"), "the answer to request \(request)") }
+            XCTAssertEqual(fields?["S"], "FATAL")
+            XCTAssertEqual(fields?["V"], "FATAL")
+            XCTAssertEqual(fields?["C"], "57P03")
+            XCTAssertEqual(fields?["M"], "no lead master for location dc1 (proxy p1)")
+            XCTAssertGreaterThan(Date().timeIntervalSince(started), 0.25, "held for hold_timeout first")
+        }
+        let refused = await rig.counters("p1").refused
+        XCTAssertEqual(refused, 3)
+
+        try await rig.client.put(rig.layout.proxyConfig("p1"), #"{"hold_timeout": 4000}"#)
+        let applied = await eventuallyAsync { await rig.host.status().first?.plan?.directives.holdTimeout == .milliseconds(4000) }
+        XCTAssertTrue(applied)
+        let fd = connectedLoopbackSocket(port: port)!
+        writeAll(fd, startupMessage())
+        let held = await eventuallyAsync { await rig.counters("p1").current == 1 }
+        XCTAssertTrue(held)
+        try await Task.sleep(for: .seconds(1))
+        let stillHeld = await rig.counters("p1")
+        XCTAssertEqual(stillHeld.current, 1, "held past the old 300 ms: the new hold_timeout applies")
+        XCTAssertEqual(stillHeld.refused, 3)
+        close(fd)
+        let forgotten = await eventuallyAsync(timeout: .seconds(2)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(forgotten, "a held client that hangs up is forgotten before its hold_timeout")
+        let after = await rig.counters("p1")
+        XCTAssertEqual(after.refused, 3, "a client that left is not counted as refused")
         await rig.stop()
     }
 
@@ -223,6 +296,23 @@ final class BuiltinModeTests: XCTestCase {
         guard case .failure(let error) = serverPort(through: port) else { return XCTFail("a third client got in") }
         XCTAssertTrue(error.description.contains("too many connections for proxy p1"), error.description)
         XCTAssertTrue(s1.isRunning && s2.isRunning, "the two admitted clients are unaffected")
+        let refusedBefore = await rig.counters("p1").refused
+        for _ in 0..<10 {
+            let fields = refusal(through: port).fields
+            XCTAssertEqual(fields?["S"], "FATAL")
+            XCTAssertEqual(fields?["C"], "53300")
+            XCTAssertEqual(fields?["M"], "too many connections for proxy p1")
+        }
+        let refusedAfter = await rig.counters("p1").refused
+        XCTAssertEqual(refusedAfter - refusedBefore, 10)
+        // The log: the first refusal at once, then one line for the burst that followed it
+        // within five seconds, with its count: never a burst reported as one refusal.
+        func refusalLines() -> [String] {
+            rig.capture.messages(at: .warning).filter { $0.message.contains("client refused: too many connections") }.map { $0.metadata["refused"] ?? "" }
+        }
+        XCTAssertTrue(eventually(timeout: 8) { refusalLines().count == 2 }, "\(refusalLines())")
+        XCTAssertEqual(refusalLines(), ["\(refusedBefore)", "10"])
+        XCTAssertTrue(s1.isRunning && s2.isRunning)
         s1.killNow()
         s2.killNow()
         await rig.stop()
@@ -290,7 +380,7 @@ final class BuiltinModeTests: XCTestCase {
     func testEachInstanceWritesItsStatusRecordOnALease() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "monitor_interval": .duration(.milliseconds(300))])])
+                                               "monitor_interval": .duration(.milliseconds(300)), "hold_timeout": .duration(.milliseconds(300))])])
         try await rig.node("node1", location: "dc1", server: a)
         try await rig.leader("dc1", "node1")
         let routed = await rig.waitUntilRouting("p1", to: "node1")
@@ -316,14 +406,47 @@ final class BuiltinModeTests: XCTestCase {
         XCTAssertEqual((record["leader"] as? [String: Any])?["name"] as? String, "node1")
         XCTAssertEqual((record["leader"] as? [String: Any])?["address"] as? String, "127.0.0.1:\(a.port)")
         XCTAssertEqual(record["max_client_conn"] as? Int, 100)
-        XCTAssertNotNil(record["since"] as? String)
+        let since = (record["since"] as? String).flatMap { ISO8601DateFormatter().date(from: $0) }
+        XCTAssertNotNil(since, "since is an RFC 3339 time: \(record["since"] ?? "none")")
+        XCTAssertLessThan(abs(since?.timeIntervalSinceNow ?? 100), 60)
         XCTAssertNotEqual(kv!.lease, 0, "the record sits on a lease")
         let ttl = try await rig.client.leaseTimeToLive(kv!.lease)
         XCTAssertEqual(ttl.granted, 2, "three intervals, at least two seconds")
 
+        @Sendable func current() async -> [String: Any]? {
+            guard let kv = try? await rig.client.range(key).kvs.first else { return nil }
+            return try? JSONSerialization.jsonObject(with: Data(kv.value.utf8)) as? [String: Any]
+        }
+        @Sendable func clients(_ record: [String: Any]?) -> [String: Int] { record?["clients"] as? [String: Int] ?? [:] }
+        let session = try openSession(through: port, tag: "record", seconds: 30, logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "record"))
+        let counted = await eventuallyAsync { clients(await current())["current"] == 1 }
+        let whileOpen = await current()
+        XCTAssertTrue(counted, "clients.current counts the open session: \(whileOpen ?? [:])")
+
+        try await rig.leader("dc1", nil)
+        let noLeader = await eventuallyAsync { await current()?["state"] as? String == "no-leader" }
+        XCTAssertTrue(noLeader)
+        let withoutLeader = await current()
+        XCTAssertTrue(withoutLeader?["leader"] is NSNull, "leader is null: \(withoutLeader ?? [:])")
+        XCTAssertTrue(eventually(timeout: 5) { !session.isRunning })
+        let refusedClient = serverPort(through: port)  // held for hold_timeout, then refused
+        guard case .failure = refusedClient else { return XCTFail("a client got through with no lead master") }
+        let refused = await eventuallyAsync {
+            let record = clients(await current())
+            return record["refused"] == 1 && record["current"] == 0
+        }
+        let afterRefusal = await current()
+        XCTAssertTrue(refused, "\(afterRefusal ?? [:])")
+
         await rig.stop()
-        let gone = try await rig.client.range(key).kvs
-        XCTAssertTrue(gone.isEmpty, "a stopped proxy's record goes at once")
+        let stopped = await current()
+        XCTAssertEqual(stopped?["state"] as? String, "stopped", "a stopped proxy says so: \(stopped ?? [:])")
+        XCTAssertTrue(stopped?["leader"] is NSNull)
+        XCTAssertEqual(clients(stopped)["current"], 0)
+        XCTAssertEqual(clients(stopped)["total"], 3)
+        let gone = await eventuallyAsync(timeout: .seconds(5)) { await current() == nil }
+        XCTAssertTrue(gone, "then, its lease no longer renewed, the record goes")
     }
 
     func testNoDescriptorLeakAfterManyConnections() async throws {

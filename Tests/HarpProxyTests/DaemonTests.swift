@@ -62,6 +62,32 @@ final class DaemonTests: XCTestCase {
         XCTAssertTrue(proxy.isRunning)
         XCTAssertEqual(try serverPort(through: pc).get(), "\(Self.pg.port)")
         XCTAssertTrue(onB.isRunning)
+
+        // A changed instance is re-planned in place: c moves to a new port and gets its own
+        // log_level; b is untouched and keeps its session.
+        unlink(dir.file("conf.d/d.yml"))
+        let pc2 = freePort()
+        dir.write("conf.d/c.yml", instanceFile("c", "dc1", pc2) + "  log_level: debug\n")
+        proxy.signal(SIGHUP)
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: pc2).get()) == "\(Self.pg.port)" }, "c moved to its new port:\n\(proxy.log)")
+        XCTAssertTrue(eventually(timeout: 5) { !canConnect(port: pc) }, "c's old port is closed")
+        XCTAssertTrue(proxy.log.split(separator: "\n").contains { $0.contains("log_level changed") && $0.contains("instance=c") && $0.contains("to=DEBUG") }, proxy.log)
+        XCTAssertTrue(onB.isRunning)
+
+        // The process's log_level applies at once: at WARNING, the next reload's INFO lines are not written.
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], resync_interval: 1s}\n"
+                  + "control: {socket: \(dir.path)/run/control.sock}\nlog_level: warning\n")
+        proxy.signal(SIGHUP)
+        XCTAssertTrue(eventually(timeout: 5) { proxy.log.contains("to=WARNING") }, proxy.log)
+        func reloads() -> Int { proxy.log.components(separatedBy: "configuration reloaded").count - 1 }
+        let before = reloads()
+        dir.write("conf.d/c.yml", instanceFile("c", "dc1", pc2))
+        proxy.signal(SIGHUP)
+        func levelChangesOfC() -> Int { proxy.log.split(separator: "\n").count { $0.contains("log_level changed") && $0.contains("instance=c") } }
+        XCTAssertTrue(eventually(timeout: 10) { levelChangesOfC() == 2 }, "c's own level is gone, said while c was at DEBUG:\n\(proxy.log)")
+        try await Task.sleep(for: .milliseconds(500))
+        XCTAssertEqual(reloads(), before, "no INFO line at log_level WARNING:\n\(proxy.log)")
+        XCTAssertTrue(proxy.isRunning)
         onB.killNow()
         proxy.stop()
     }
@@ -440,20 +466,57 @@ final class DaemonTests: XCTestCase {
     }
 
     func testSigtermClosesConnectionsAndExitsZero() async throws {
+        try await stopsCleanly(on: SIGTERM, "SIGTERM")
+    }
+
+    func testSigintClosesConnectionsAndExitsZero() async throws {
+        try await stopsCleanly(on: SIGINT, "SIGINT")
+    }
+
+    /// Stop accepting, close the connections, mark the status record `stopped`, exit 0.
+    private func stopsCleanly(on signal: Int32, _ name: String, file: StaticString = #filePath, line: UInt = #line) async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
         let port = freePort()
         dir.write("conf.d/a.yml", instanceFile("a", "dc1", port))
         let proxy = try start(dir, etcd: etcd)
-        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
-        let session = try openSession(through: port, tag: "term", logDirectory: dir.path)
-        XCTAssertTrue(waitForActivity(on: Self.pg, "term"))
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log, file: file, line: line)
+        let session = try openSession(through: port, tag: "stop-\(name)", logDirectory: dir.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, "stop-\(name)"), file: file, line: line)
 
-        proxy.signal(SIGTERM)
-        XCTAssertTrue(eventually(timeout: 10) { !proxy.isRunning })
+        proxy.signal(signal)
+        XCTAssertTrue(eventually(timeout: 10) { !proxy.isRunning }, file: file, line: line)
         let status = proxy.waitForExit()
-        XCTAssertEqual(status, 0, "exit status 0 after SIGTERM:\n\(proxy.log)")
-        XCTAssertTrue(eventually(timeout: 5) { !session.isRunning }, "its connections were closed")
-        XCTAssertFalse(canConnect(port: port))
+        XCTAssertEqual(status, 0, "exit status 0 after \(name):\n\(proxy.log)", file: file, line: line)
+        XCTAssertTrue(eventually(timeout: 5) { !session.isRunning }, "its connections were closed", file: file, line: line)
+        XCTAssertFalse(canConnect(port: port), file: file, line: line)
+        let record = try await EtcdClient(configuration: etcd.dcsConfiguration()).range(DCSLayout(cluster: "d").proxyStatus("a")).kvs.first
+        let state = record.flatMap { try? JSONSerialization.jsonObject(with: Data($0.value.utf8)) as? [String: Any] }?["state"] as? String
+        XCTAssertEqual(state, "stopped", "the status record says the proxy stopped", file: file, line: line)
+    }
+
+    /// At start the soft RLIMIT_NOFILE is raised to the hard limit; `max_client_conn` beyond what
+    /// that can hold (two descriptors a client, 64 in reserve) is lowered, with a WARNING that
+    /// gives both values, and the lowered value is in force.
+    func testTheDescriptorLimitIsRaisedAndMaxClientConnLoweredToFit() async throws {
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port) + "  max_client_conn: 5000\n")
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
+                  + "control: {socket: \(dir.path)/run/control.sock}\n")
+        let proxy = try TestProcess(name: "harp-proxy", executable: "/usr/bin/prlimit",
+                                    arguments: ["--nofile=256:4096", "--", builtExecutable("harp-proxy"), "-f", dir.file("config.yml")],
+                                    logDirectory: dir.path)
+        defer { proxy.stop() }
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
+        let limits = (try? String(contentsOfFile: "/proc/\(proxy.pid)/limits", encoding: .utf8)) ?? ""
+        let openFiles = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") }?.split(separator: " ", omittingEmptySubsequences: true)
+        XCTAssertEqual(openFiles.map { Array($0.dropFirst(3).prefix(2)) }, ["4096", "4096"], "soft limit raised to the hard one: \(limits)")
+        XCTAssertTrue(proxy.log.contains("max_client_conn lowered"), proxy.log)
+        let warning = proxy.log.split(separator: "\n").first { $0.contains("max_client_conn lowered") }.map(String.init) ?? ""
+        XCTAssertTrue(warning.contains("level=warning") && warning.contains("max_client_conn=5000") && warning.contains("lowered_to=2016"), warning)
+        let replies = try control(dir.path + "/run/control.sock", Array("status a\n".utf8))
+        XCTAssertEqual(replies.first.map(object)?["max_client_conn"] as? Int, 2016, "the lowered value is in force: \(replies)")
     }
 }

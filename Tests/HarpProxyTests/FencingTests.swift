@@ -41,18 +41,46 @@ final class FencingTests: XCTestCase {
         rig.etcd.kill(0)
         let killedAt = Date()
         XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "fenced: connections close once the outage outlasts the lease")
-        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(killedAt), 1.5, "not before the lease could have expired")
+        let closedAfter = Date().timeIntervalSince(killedAt)
+        XCTAssertGreaterThanOrEqual(closedAfter, 1.5, "not before the lease could have expired")
+        XCTAssertLessThan(closedAfter, 5, "the key's 2 s lease, not the 6 s leader_lease_duration, which is for keys without one")
         XCTAssertTrue(session.log.contains("FATAL:  terminating connection because the proxy is fenced: DCS unreachable for"),
                       "the cut session, in the middle of a query, reads why: \(session.log)")
         guard case .failure(let refused) = serverPort(through: port) else { return XCTFail("a fenced proxy routed a client") }
         XCTAssertTrue(refused.description.contains("57P03") || refused.description.contains("no lead master"), refused.description)
-        XCTAssertTrue(rig.capture.messages(at: .warning).contains { $0.message.contains("fencing") })
+        let warning = rig.capture.messages(at: .warning).first { $0.message.contains("fencing") }
+        XCTAssertEqual(warning?.metadata["lease_s"].flatMap(Double.init), 2)
+        XCTAssertGreaterThanOrEqual(warning?.metadata["outage_s"].flatMap(Double.init) ?? 0, 2, "the outage's duration: \(warning?.metadata ?? [:])")
 
         try rig.etcd.restart(0)
         let recovered = await rig.waitUntilRouting("p1", to: "node1", timeout: .seconds(15))
         XCTAssertTrue(recovered, "routing resumes when the DCS is back")
         XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)")
         keeper.cancel()
+        await rig.stop()
+    }
+
+    /// A leader key without a lease: the proxy assumes `leader_lease_duration`.
+    func testFenceWithoutALeaseUsesLeaderLeaseDuration() async throws {
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "leader_lease_duration": .duration(.seconds(1)), "hold_timeout": .duration(.milliseconds(500))])],
+                               requestTimeout: .milliseconds(200), resyncInterval: .milliseconds(300))
+        try await rig.node("node1", location: "dc1", server: Self.pg)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let session = try openSession(through: port, tag: "fence-nolease", logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, "fence-nolease"))
+
+        rig.etcd.kill(0)
+        let killedAt = Date()
+        XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "fenced once the outage outlasts leader_lease_duration")
+        let closedAfter = Date().timeIntervalSince(killedAt)
+        XCTAssertGreaterThanOrEqual(closedAfter, 0.8, "not before leader_lease_duration")
+        XCTAssertLessThan(closedAfter, 5, "leader_lease_duration is 1 s here, not the default 6 s")
+        let warning = rig.capture.messages(at: .warning).first { $0.message.contains("fencing") }
+        XCTAssertEqual(warning?.metadata["lease_s"].flatMap(Double.init), 1, "\(warning?.metadata ?? [:])")
         await rig.stop()
     }
 

@@ -307,3 +307,35 @@ func readToEOF(_ fd: CInt, atMost limit: Int) -> [UInt8] {
 func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     a.count == b.count && memcmp(a, b, a.count) == 0
 }
+
+/// What a raw client reads from the proxy at `port` when it opens with the 8-byte request
+/// `request` (SSLRequest 80877103, GSSENCRequest 80877104, or none), then sends a StartupMessage:
+/// the one-byte answer to the request, and the fields of the ErrorResponse that ends the
+/// connection, by field type ("S", "V", "C", "M"); nil when something else came.
+func refusal(through port: Int, request: UInt32? = nil) -> (answer: UInt8?, fields: [Character: String]?) {
+    guard let fd = connectedLoopbackSocket(port: port) else { return (nil, nil) }
+    defer { close(fd) }
+    var answer: UInt8?
+    if let request {
+        writeAll(fd, wireMessage(nil, [UInt8(request >> 24), UInt8(request >> 16 & 0xFF), UInt8(request >> 8 & 0xFF), UInt8(request & 0xFF)]))
+        var timeout = timeval(tv_sec: 15, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var byte: UInt8 = 0
+        guard recv(fd, &byte, 1, 0) == 1 else { return (nil, nil) }
+        answer = byte
+    }
+    writeAll(fd, startupMessage())
+    let reply = readToEOF(fd, atMost: 1 << 16)
+    guard reply.count >= 5, reply[0] == UInt8(ascii: "E") else { return (answer, nil) }
+    let length = Int(reply[1]) << 24 | Int(reply[2]) << 16 | Int(reply[3]) << 8 | Int(reply[4])
+    guard reply.count == 1 + length else { return (answer, nil) }  // one message, then the end
+    var fields: [Character: String] = [:]
+    var i = 5
+    while i < reply.count, reply[i] != 0 {
+        let type = Character(UnicodeScalar(reply[i]))
+        guard let end = reply[(i + 1)...].firstIndex(of: 0) else { return (answer, nil) }
+        fields[type] = String(decoding: reply[(i + 1)..<end], as: UTF8.self)
+        i = end + 1
+    }
+    return (answer, fields)
+}

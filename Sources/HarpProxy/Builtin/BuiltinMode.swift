@@ -76,8 +76,11 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// Bytes each way, added to by the connections' glue handlers on any event loop.
     let traffic = Traffic()
     private var stopped = false
-    private var refusalsNotLogged = 0
+    /// Refusals since the last "client refused" line, by reason, and the last one's details.
+    private var refusalsNotLogged: [String: Int] = [:]
+    private var lastRefusal: (what: String, metadata: Logger.Metadata)?
     private var lastRefusalLog: NIODeadline?
+    private var refusalSummary: Scheduled<Void>?
     /// The kernel data path when `data_path` is kernel and it could be opened.
     private var kernelPath: KernelDataPath?
     private var kernelPathUnavailableLogged = false
@@ -582,18 +585,36 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         entry.server?.close(promise: nil)
     }
 
-    /// Counts a refusal and logs at most one line per five seconds, with how many there were.
+    /// Counts a refusal and logs at most one line per five seconds. Refusals within the five
+    /// seconds after a line are summed up in one more line when they end, by reason, so that a
+    /// burst is never reported as a single refusal.
     private func noteRefusal(_ what: String, reason: String, _ metadata: Logger.Metadata) {
         clientCounters.refused += 1
         clientCounters.refusedByReason[reason, default: 0] += 1
-        refusalsNotLogged += 1
-        let now = NIODeadline.now()
-        if let last = lastRefusalLog, now - last < .seconds(5) { return }
+        refusalsNotLogged[reason, default: 0] += 1
+        lastRefusal = (what, metadata)
+        if let last = lastRefusalLog, NIODeadline.now() - last < .seconds(5) {
+            if refusalSummary == nil {
+                refusalSummary = loop.scheduleTask(deadline: last + .seconds(5)) {
+                    self.refusalSummary = nil
+                    self.logRefusals()
+                }
+            }
+            return
+        }
+        logRefusals()
+    }
+
+    private func logRefusals() {
+        guard let (what, metadata) = lastRefusal, !refusalsNotLogged.isEmpty else { return }
         var m = metadata
-        m["refused"] = "\(refusalsNotLogged)"
+        m["refused"] = "\(refusalsNotLogged.values.reduce(0, +))"
+        if refusalsNotLogged.count > 1 {
+            m["by_reason"] = "\(refusalsNotLogged.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))"
+        }
         logger.warning("client refused: \(what)", metadata: m)
-        refusalsNotLogged = 0
-        lastRefusalLog = now
+        refusalsNotLogged = [:]
+        lastRefusalLog = .now()
     }
 
     // MARK: - Listener
@@ -667,6 +688,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         stopped = true
         publishRoute()
         bindRetry?.cancel()
+        refusalSummary?.cancel()
+        refusalSummary = nil
+        logRefusals()  // refusals not yet reported
         var closing: [EventLoopFuture<Void>] = []
         let stopping = cutMessage(from: target, to: nil)
         let goodbye = Array(stopping.readableBytesView)
