@@ -196,6 +196,40 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    /// The glue passes a client's FIN on only after every byte it sent before: 6 MB and a
+    /// half-close to an echo server that ends on the FIN; all of it comes back, then the EOF.
+    func testAHalfCloseIsPassedOnOnlyAfterEveryByteBeforeIt() async throws {
+        let port = freePort()
+        let rig = try await routingRig(port: port)
+        let (fd, echo) = try await echoClient(rig: rig, port: port)
+        try await echoBack(indexedBytes(6 << 20), readAfter: .zero, fd: fd, echo: echo, rig: rig)
+    }
+
+    /// Backpressure both ways at once: 24 MB streamed to an echo server, with a half-close, by a
+    /// client that reads only after 2 s. Every byte comes back, in order, then the EOF.
+    func testAFloodBothWaysWithALateReaderLosesNothing() async throws {
+        let port = freePort()
+        let rig = try await routingRig(port: port)
+        let (fd, echo) = try await echoClient(rig: rig, port: port)
+        try await echoBack(indexedBytes(24 << 20), readAfter: .seconds(2), fd: fd, echo: echo, rig: rig)
+    }
+
+    /// A client that does not read holds the lead master back (the backend waits in
+    /// ClientWrite) instead of the proxy taking the 60 MB result into its memory; a reset from it
+    /// ends both sides at once.
+    func testALeadMasterIsHeldBackWhileTheClientDoesNotReadAndAResetEndsBothSides() async throws {
+        let port = freePort()
+        let rig = try await routingRig(port: port)
+        let fd = try await copyNotRead(through: port, tag: "glue-held", on: a)
+        try await Task.sleep(for: .seconds(1))
+        XCTAssertTrue(heldBack(on: a, tag: "glue-held"), "still held back a second later")
+        resetAndClose(fd)
+        XCTAssertTrue(waitForActivity(on: a, "glue-held", count: 0, timeout: 5), "the backend ends")
+        let ended = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(ended)
+        await rig.stop()
+    }
+
     func testALeaderThatDoesNotAnswerGives08006NamingItsAddress() async throws {
         let port = freePort()
         let dead = freePort()  // nothing listens there

@@ -39,23 +39,7 @@ final class KernelDataPathTests: XCTestCase {
     /// came before the join would keep the client in user space. `-t 60`: socat otherwise ends a
     /// connection 0.5 s after the client's EOF.
     private func joinedEchoClient(rig: ProxyRig, port: Int) async throws -> (CInt, TestProcess) {
-        let echoPort = freePort()
-        let echo = try TestProcess(name: "echo", executable: "/usr/bin/socat",
-                                   arguments: ["-t", "60", "TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:sleep 0.3; exec cat"],
-                                   logDirectory: rig.etcd.directory.path)
-        XCTAssertTrue(eventually(timeout: 5) { canConnect(port: echoPort) })
-        try await rig.node("echo", location: "dc1", dsn: "host=127.0.0.1 port=\(echoPort)")
-        try await rig.leader("dc1", "echo")
-        let routed = await rig.waitUntilRouting("p1", to: "echo")
-        XCTAssertTrue(routed)
-        guard let fd = connectedLoopbackSocket(port: port) else {
-            echo.stop()
-            throw FixtureError("cannot connect to the proxy")
-        }
-        writeAll(fd, Array("hello".utf8))
-        var answer = [UInt8](repeating: 0, count: 5)
-        XCTAssertEqual(recv(fd, &answer, 5, CInt(MSG_WAITALL)), 5)
-        XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
+        let (fd, echo) = try await echoClient(rig: rig, port: port)
         let joined = await rig.counters("p1")
         XCTAssertEqual(joined.inKernel, 1)
         return (fd, echo)
@@ -177,7 +161,7 @@ final class KernelDataPathTests: XCTestCase {
     func testAClientResetWhileItsResultPilesUpEndsTheConnection() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)
-        let fd = try await copyNotRead(through: port, tag: "reset-reader")
+        let fd = try await copyNotRead(through: port, tag: "reset-reader", on: a)
         resetAndClose(fd)
         let ended = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
         XCTAssertTrue(ended, "the connection ends")
@@ -193,7 +177,7 @@ final class KernelDataPathTests: XCTestCase {
     func testAClientResetAfterTheMoveEndsTheLeadMastersSideAtOnce() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)
-        let fd = try await copyNotRead(through: port, tag: "moved-reset")
+        let fd = try await copyNotRead(through: port, tag: "moved-reset", on: a)
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         var read = 0
         var moved = false
@@ -210,7 +194,7 @@ final class KernelDataPathTests: XCTestCase {
             if !moved { usleep(10_000) }
         }
         XCTAssertTrue(moved, "the pair moved to user space once the client read (\(read) bytes)")
-        XCTAssertTrue(heldBack(tag: "moved-reset"), "with the client no longer reading, the backend waits to write again")
+        XCTAssertTrue(heldBack(on: a, tag: "moved-reset"), "with the client no longer reading, the backend waits to write again")
         // Held back for a while: the backend's zero-window probes back off (0.2 s, doubling), so
         // its next one is seconds away when the client goes. Only a reset reaches it sooner.
         try await Task.sleep(for: .seconds(8))
@@ -221,49 +205,12 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
-    /// A raw client through `port` that starts a 60 MB COPY tagged `tag` and reads none of it;
-    /// returns once the backend waits to write (the pair parked, see above).
-    private func copyNotRead(through port: Int, tag: String) async throws -> CInt {
-        guard let fd = connectedLoopbackSocket(port: port) else { throw FixtureError("cannot connect to the proxy") }
-        writeAll(fd, startupMessage())
-        let copy = "COPY (SELECT g, md5(g::text) FROM generate_series(1, 1500000) g) TO STDOUT /* \(tag) */"
-        writeAll(fd, wireMessage("Q", Array(copy.utf8) + [0]))
-        XCTAssertTrue(heldBack(tag: tag), "the result piles up in front of the client, and the lead master is held back")
-        return fd
-    }
-
-    private func heldBack(tag: String) -> Bool {
-        eventually(timeout: 10) {
-            (try? a.query("SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%\(tag)%' AND pid <> pg_backend_pid()")) == "ClientWrite"
-        }
-    }
-
-    private func resetAndClose(_ fd: CInt) {
-        var reset = linger(l_onoff: 1, l_linger: 0)
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
-        close(fd)
-    }
-
-    /// Sends `payload` on a client joined to an echo server and half-closes, reads after
-    /// `readAfter`, and checks that every byte came back, in order, before the EOF, and that the
-    /// pair then ends. True if the pair moved to user space on the way.
+    /// `echoBack` (see there) through a kernel-path instance. True if the pair moved to user space on the way.
     private func echoBack(_ payload: [UInt8], readAfter: Duration) async throws -> Bool {
         let port = freePort()
         let rig = try await kernelRig(port: port)
         let (fd, echo) = try await joinedEchoClient(rig: rig, port: port)
-        defer { close(fd); echo.stop() }
-        let writer = Thread {
-            writeAll(fd, payload)
-            shutdown(fd, CInt(SHUT_WR))
-        }
-        writer.start()
-        try await Task.sleep(for: readAfter)
-        let received = readToEOF(fd, atMost: payload.count + 1)
-        XCTAssertEqual(received.count, payload.count, "every byte came back before the EOF")
-        XCTAssertTrue(sameBytes(received, payload), "in order")
-        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
-        XCTAssertTrue(drained, "the pair ends once both sides have closed")
-        await rig.stop()
+        try await HarpProxyTests.echoBack(payload, readAfter: readAfter, fd: fd, echo: echo, rig: rig)
         return rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") }
     }
 

@@ -339,3 +339,74 @@ func refusal(through port: Int, request: UInt32? = nil) -> (answer: UInt8?, fiel
     }
     return (answer, fields)
 }
+
+/// A raw client through instance p1 at `port`, whose lead master (dc1's) is now an echo server
+/// (socat running `cat`, which ends on the client's FIN): "hello" has been sent and echoed.
+func echoClient(rig: ProxyRig, port: Int) async throws -> (CInt, TestProcess) {
+    let echoPort = freePort()
+    let echo = try TestProcess(name: "echo", executable: "/usr/bin/socat",
+                               arguments: ["-t", "60", "TCP-LISTEN:\(echoPort),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:sleep 0.3; exec cat"],
+                               logDirectory: rig.etcd.directory.path)
+    XCTAssertTrue(eventually(timeout: 5) { canConnect(port: echoPort) })
+    try await rig.node("echo", location: "dc1", dsn: "host=127.0.0.1 port=\(echoPort)")
+    try await rig.leader("dc1", "echo")
+    let routed = await rig.waitUntilRouting("p1", to: "echo")
+    XCTAssertTrue(routed)
+    guard let fd = connectedLoopbackSocket(port: port) else {
+        echo.stop()
+        throw FixtureError("cannot connect to the proxy")
+    }
+    writeAll(fd, Array("hello".utf8))
+    var answer = [UInt8](repeating: 0, count: 5)
+    XCTAssertEqual(recv(fd, &answer, 5, CInt(MSG_WAITALL)), 5)
+    XCTAssertEqual(String(decoding: answer, as: UTF8.self), "hello")
+    return (fd, echo)
+}
+
+/// Sends `payload` on `fd` (an `echoClient`) and half-closes, reads after `readAfter`, and checks
+/// that every byte came back, in order, before the EOF (the echo ends only on the client's FIN,
+/// passed on after everything sent before it), and that the connection then ends. Stops the rig.
+func echoBack(_ payload: [UInt8], readAfter: Duration, fd: CInt, echo: TestProcess, rig: ProxyRig,
+              file: StaticString = #filePath, line: UInt = #line) async throws {
+    defer { close(fd); echo.stop() }
+    let writer = Thread {
+        writeAll(fd, payload)
+        shutdown(fd, CInt(SHUT_WR))
+    }
+    writer.start()
+    try await Task.sleep(for: readAfter)
+    let received = readToEOF(fd, atMost: payload.count + 1)
+    XCTAssertEqual(received.count, payload.count, "every byte came back before the EOF", file: file, line: line)
+    XCTAssertTrue(sameBytes(received, payload), "in order", file: file, line: line)
+    var byte: UInt8 = 0
+    XCTAssertEqual(recv(fd, &byte, 1, CInt(MSG_DONTWAIT)), 0, "then the EOF (not a receive timeout)", file: file, line: line)
+    let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+    XCTAssertTrue(drained, "the connection ends once both sides have closed", file: file, line: line)
+    await rig.stop()
+}
+
+/// A raw client through `port` that starts a 60 MB COPY tagged `tag` on `server` and reads none
+/// of it; returns once the backend waits to write: the proxy holds it back instead of taking
+/// the result into its memory.
+func copyNotRead(through port: Int, tag: String, on server: PostgresServer, file: StaticString = #filePath, line: UInt = #line) async throws -> CInt {
+    guard let fd = connectedLoopbackSocket(port: port) else { throw FixtureError("cannot connect to the proxy") }
+    writeAll(fd, startupMessage())
+    let copy = "COPY (SELECT g, md5(g::text) FROM generate_series(1, 1500000) g) TO STDOUT /* \(tag) */"
+    writeAll(fd, wireMessage("Q", Array(copy.utf8) + [0]))
+    XCTAssertTrue(heldBack(on: server, tag: tag), "the result piles up in front of the client, and the lead master is held back", file: file, line: line)
+    return fd
+}
+
+/// Whether the backend running the COPY tagged `tag` waits to write to its client.
+func heldBack(on server: PostgresServer, tag: String) -> Bool {
+    eventually(timeout: 10) {
+        (try? server.query("SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%\(tag)%' AND pid <> pg_backend_pid()")) == "ClientWrite"
+    }
+}
+
+/// Closes `fd` with a reset (SO_LINGER 0), as a client that crashes or is killed does.
+func resetAndClose(_ fd: CInt) {
+    var reset = linger(l_onoff: 1, l_linger: 0)
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+    close(fd)
+}
