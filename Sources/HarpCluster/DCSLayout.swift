@@ -25,4 +25,10 @@ public struct DCSLayout: Sendable {
     public var globalProxyConfig: String { proxyConfig("global") }
     public func proxyManaged(_ name: String) -> String { proxiesPrefix + name + "/managed" }
     public func proxyStatus(_ name: String) -> String { proxiesPrefix + name + "/status" }
+    /// Whether `key` is a proxy's status record (`proxies/<name>/status`), which no proxy reads back.
+    public func isProxyStatus(_ key: String) -> Bool {
+        guard key.hasPrefix(proxiesPrefix), key.hasSuffix("/status") else { return false }
+        let name = key.dropFirst(proxiesPrefix.count).dropLast("/status".count)
+        return !name.isEmpty && !name.contains("/")
+    }
 }

@@ -36,15 +36,20 @@ public final class DCSSession: @unchecked Sendable {
 
     // All of `state` is guarded by `lock`; the threads wait on it as a condition.
     private let lock = NSCondition()
+    private let ignoring: @Sendable (String) -> Bool
     private var state: State
     private let threads = DispatchGroup()
 
     static let minimumBackoff: Duration = .milliseconds(100)
 
-    public init(configuration: DCSConfiguration, prefix: String, logger: Logger = Logger(label: "harp.dcs")) {
+    /// - Parameter ignoring: keys under `prefix` the caller never reads (its own reports, say):
+    ///   kept out of the snapshot, so that writing one does not publish a new snapshot.
+    public init(configuration: DCSConfiguration, prefix: String, logger: Logger = Logger(label: "harp.dcs"),
+                ignoring: @escaping @Sendable (String) -> Bool = { _ in false }) {
         self.configuration = configuration
         self.prefix = prefix
         self.logger = logger
+        self.ignoring = ignoring
         client = EtcdClient(configuration: configuration, logger: logger)
         let now = Date()
         state = State(health: DCSHealth(reachable: true, since: now),
@@ -150,7 +155,7 @@ public final class DCSSession: @unchecked Sendable {
         let (suspect, changed) = locked { s -> ((revision: Int64, keys: [String])?, Bool) in
             // The watch has already delivered something newer than this read: keep the newer state.
             guard result.revision >= s.revision else { return (nil, false) }
-            let fresh = Dictionary(result.kvs.map { ($0.key, $0) }, uniquingKeysWith: { $1 })
+            let fresh = Dictionary(result.kvs.filter { !ignoring($0.key) }.map { ($0.key, $0) }, uniquingKeysWith: { $1 })
             var target: Int64 = 0
             var keys: [String] = []
             for (key, kv) in fresh where s.values[key] != kv {
@@ -360,7 +365,7 @@ public final class DCSSession: @unchecked Sendable {
             for event in events {
                 s.watchRevision = max(s.watchRevision, event.kv.modRevision)
                 // Already known from a resync that read a later revision.
-                guard event.kv.modRevision > s.revision else { continue }
+                guard event.kv.modRevision > s.revision, !ignoring(event.kv.key) else { continue }
                 switch event.kind {
                 case .put: s.values[event.kv.key] = event.kv
                 case .delete: s.values[event.kv.key] = nil

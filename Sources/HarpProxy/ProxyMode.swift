@@ -14,7 +14,9 @@ public protocol ProxyMode: AnyObject, Sendable {
     /// `max_client_conn` must fit its descriptor limit. A mode that drives another process does not.
     static var holdsClientConnections: Bool { get }
 
-    init(instance: InstanceConfiguration, group: any EventLoopGroup, logger: Logger)
+    /// - Parameter loop: the loop of the host, which applies plans: the mode's own bookkeeping
+    ///   on it takes no thread hop from the plan.
+    init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger)
 
     /// Level-triggered: called with the full desired state on every change. Must return at once.
     func apply(_ plan: InstancePlan)

@@ -30,7 +30,9 @@ struct Daemon {
         }
 
         let layout = DCSLayout(cluster: configuration.clusterName)
-        let session = DCSSession(configuration: configuration.dcs, prefix: layout.prefix, logger: Logger(label: "harp.dcs"))
+        // The proxies' own status records change every monitor_interval and route nothing.
+        let session = DCSSession(configuration: configuration.dcs, prefix: layout.prefix, logger: Logger(label: "harp.dcs"),
+                                 ignoring: { layout.isProxyStatus($0) })
         logger.info("starting", metadata: [
             "version": "\(HarpVersion.string)", "cluster": "\(configuration.clusterName)",
             "dcs": "\(configuration.dcs)", "instances": "\(configuration.instances.map(\.name).joined(separator: ","))",

@@ -109,4 +109,14 @@ final class ClusterStateTests: XCTestCase {
         XCTAssertTrue(reasons.contains { $0.contains("unknown directive 'maxclientconn'; did you mean 'max_client_conn'?") }, "\(reasons)")
         XCTAssertTrue(reasons.contains { $0.contains("/harp/c/proxies/p1/managed") }, "\(reasons)")
     }
+
+    func testProxyStatusKeysAreRecognised() {
+        let layout = DCSLayout(cluster: "c")
+        XCTAssertTrue(layout.isProxyStatus(layout.proxyStatus("p1")))
+        XCTAssertFalse(layout.isProxyStatus(layout.proxyConfig("p1")))
+        XCTAssertFalse(layout.isProxyStatus(layout.proxiesPrefix + "status"), "no proxy name")
+        XCTAssertFalse(layout.isProxyStatus(layout.proxiesPrefix + "a/b/status"), "one name, no deeper keys")
+        XCTAssertFalse(layout.isProxyStatus("/harp/other/proxies/p1/status"), "another cluster's")
+        XCTAssertFalse(layout.isProxyStatus(layout.leader(location: "status")))
+    }
 }

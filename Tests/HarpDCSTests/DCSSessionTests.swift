@@ -31,6 +31,32 @@ final class DCSSessionTests: XCTestCase {
         XCTAssertEqual(session.statistics.resyncs, 1, "only the first read: the rest came through the watch")
     }
 
+    /// Keys the caller says it never reads (the proxies' own status records) stay out of the
+    /// snapshots, by watch and by resync alike: writing one publishes no snapshot.
+    func testIgnoredKeysPublishNoSnapshot() async throws {
+        let etcd = try EtcdCluster()
+        let client = EtcdClient(configuration: etcd.dcsConfiguration())
+        try await client.put("/harp/c/proxies/p1/status", "before")
+        try await client.put("/harp/c/nodes/node1", "one")
+        let session = DCSSession(configuration: etcd.dcsConfiguration(resyncInterval: .milliseconds(300)), prefix: "/harp/c/",
+                                 ignoring: { $0.hasSuffix("/status") })
+        session.start()
+        defer { session.shutdown() }
+        let first = await session.waitForSnapshot(timeout: .seconds(10)) { $0.synced }
+        XCTAssertEqual(first?["/harp/c/nodes/node1"]?.value, "one")
+        XCTAssertNil(first?["/harp/c/proxies/p1/status"], "not in the first read")
+
+        var snapshots = session.snapshots().makeAsyncIterator()
+        _ = await snapshots.next()  // the current one
+        for i in 0..<3 { try await client.put("/harp/c/proxies/p1/status", "\(i)") }
+        try await Task.sleep(for: .milliseconds(700))  // two resyncs too
+        try await client.put("/harp/c/nodes/node2", "two")
+        let next = await snapshots.next()
+        XCTAssertEqual(next?["/harp/c/nodes/node2"]?.value, "two", "the next snapshot is the one a relevant write made")
+        XCTAssertNil(next?["/harp/c/proxies/p1/status"])
+        XCTAssertEqual(session.statistics.repairs, 0, "the resyncs did not take the ignored writes for a dead watch")
+    }
+
     func testAKeyOnALeaseThatNobodyRenewsDisappears() async throws {
         let etcd = try EtcdCluster()
         let client = EtcdClient(configuration: etcd.dcsConfiguration())

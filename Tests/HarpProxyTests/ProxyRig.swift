@@ -27,8 +27,9 @@ final class ProxyRig: @unchecked Sendable {
          requestTimeout: Duration = .milliseconds(300), resyncInterval: Duration = .seconds(1), configDirectory: String = ".") throws {
         self.etcd = try etcd ?? EtcdCluster()
         client = EtcdClient(configuration: self.etcd.dcsConfiguration())
+        let layout = self.layout
         session = DCSSession(configuration: self.etcd.dcsConfiguration(requestTimeout: requestTimeout, resyncInterval: resyncInterval),
-                             prefix: layout.prefix, logger: capture.logger("harp.dcs"))
+                             prefix: layout.prefix, logger: capture.logger("harp.dcs"), ignoring: { layout.isProxyStatus($0) })
         let configs = instances.map { name, location, directives in
             var instance = InstanceConfiguration(name: name, location: location, directives: DirectiveSet(directives),
                                                  source: SourceLocation(file: "test", line: 1, column: 1))

@@ -104,17 +104,18 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private var earlyEnds: [UInt64: KernelDataPath.End] = [:]
     private var rejected: Set<UInt64> = []
 
-    init(instance: InstanceConfiguration, group: any EventLoopGroup, logger: Logger) {
+    init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger) {
         self.instance = instance
         self.group = group
         self.logger = logger
-        loop = group.next()
+        self.loop = loop
     }
 
     // MARK: - ProxyMode
 
     func apply(_ plan: InstancePlan) {
-        loop.execute { self.reconcile(plan) }
+        // The host applies plans on this loop (see `ProxyHost.hostLoop`): at once, not queued.
+        if loop.inEventLoop { reconcile(plan) } else { loop.execute { self.reconcile(plan) } }
     }
 
     func listening() async -> String? {
