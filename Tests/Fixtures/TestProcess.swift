@@ -124,6 +124,7 @@ public final class TemporaryDirectory: @unchecked Sendable {
         var bytes = Array(template.utf8CString)
         path = bytes.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
         chmod(path, 0o755)
+        LiveDirectories.add(path)
     }
 
     public func file(_ name: String) -> String { "\(path)/\(name)" }
@@ -137,9 +138,40 @@ public final class TemporaryDirectory: @unchecked Sendable {
     }
 
     deinit {
-        if ProcessInfo.processInfo.environment["HARP_KEEP_TEST_DIRS"] == nil {
-            try? FileManager.default.removeItem(atPath: path)
+        LiveDirectories.remove(path)
+    }
+}
+
+/// Test folders not yet removed. Most go with their `TemporaryDirectory`; those of objects that
+/// live until the process ends (the shared PostgreSQL servers, rigs kept by teardown blocks) go
+/// at exit, after the processes using them are stopped: the exit handler is registered with the
+/// first folder, before any process, and exit handlers run last-registered first.
+/// `HARP_KEEP_TEST_DIRS=1` keeps them all, for a look after a failure.
+enum LiveDirectories {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var paths: Set<String> = []
+    nonisolated(unsafe) private static var registered = false
+    private static let keep = ProcessInfo.processInfo.environment["HARP_KEEP_TEST_DIRS"] != nil
+
+    static func add(_ path: String) {
+        lock.withLock {
+            if !registered {
+                registered = true
+                atexit { LiveDirectories.removeAll() }
+            }
+            paths.insert(path)
         }
+    }
+
+    static func remove(_ path: String) {
+        lock.withLock { _ = paths.remove(path) }
+        if !keep { try? FileManager.default.removeItem(atPath: path) }
+    }
+
+    private static func removeAll() {
+        let all = lock.withLock { paths }
+        guard !keep else { return }
+        for path in all { try? FileManager.default.removeItem(atPath: path) }
     }
 }
 

@@ -7,7 +7,7 @@ gateway timestamps each etcd write, as any watcher sees it. Per switchover: the 
 write to the first successful write on the new leader. Writes a timeline for gnuplot.
 Usage: switchover.py HARPCTL CONFIG ETCD_PORT CLUSTER LOCATION PROXY_PORT NODE_A:PORT_A NODE_B:PORT_B SWITCHOVERS OUT_DIR
 """
-import os, struct, subprocess, sys, threading, time
+import multiprocessing, os, struct, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reaction import read_until_ready, startup, summary, watch  # noqa: E402
@@ -38,24 +38,24 @@ def main():
     etcd_port, proxy_port = int(etcd_port), int(proxy_port)
     nodes = [(n.split(":")[0], int(n.split(":")[1])) for n in sys.argv[7:9]]
     count, out = int(sys.argv[9]), sys.argv[10]
-    writes, events, stop, watching = [], [], threading.Event(), threading.Event()
-    threading.Thread(target=watch, args=(etcd_port, f"/harp/{cluster}/locations/{location}/leader", writes, watching), daemon=True).start()
-    watching.wait(5)
+    events, stop = [], threading.Event()
+    # The watcher in a process of its own (see reaction.watch): it sends each write's arrival time.
+    writes, sent = multiprocessing.Pipe(duplex=False)
+    multiprocessing.Process(target=watch, args=(etcd_port, f"/harp/{cluster}/locations/{location}/leader", sent), daemon=True).start()
+    if not writes.poll(5) or writes.recv() != "ready":
+        raise SystemExit("no watch on the leader key")
     w = threading.Thread(target=writer, args=(proxy_port, events, stop))
     w.start()
     time.sleep(1)
     promotions = []
     for i in range(count):
         target = nodes[(i + 1) % 2]
-        before = len(writes)
         t0 = time.monotonic()
         subprocess.run([harpctl, "-f", config, "promote", target[0]], check=True, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while len(writes) == before and time.monotonic() < deadline:
-            time.sleep(0.001)
-        if len(writes) == before:
+        took = time.monotonic() - t0
+        if not writes.poll(5):
             raise SystemExit("the watch saw no write for promote %d" % i)
-        promotions.append((writes[before], target[1], time.monotonic() - t0))
+        promotions.append((writes.recv(), target[1], took))
         time.sleep(1.5)
     stop.set()
     w.join()
