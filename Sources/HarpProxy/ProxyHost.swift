@@ -44,6 +44,10 @@ public actor ProxyHost {
     }
 
     private var running: [String: Running] = [:]
+    /// Tasks the host started that come back to it (see `chore`), and whether it is stopping.
+    private var chores: [Int: Task<Void, Never>] = [:]
+    private var nextChore = 0
+    private var shuttingDown = false
     /// Instances whose record is to be written soon (`reportStatusSoon`).
     private var statusDue: Set<String> = []
     private var caps: [String: Int] = [:]
@@ -126,8 +130,14 @@ public actor ProxyHost {
         }
     }
 
+    /// Stops every instance. The caller cancels `run()` and waits for it first; the host's own
+    /// timers, lookups and reports are cancelled and waited for here, so that nothing resumes on
+    /// `hostLoop` once the caller shuts the event loops down.
     public func shutdown() async {
+        shuttingDown = true
         fenceTimer?.cancel()
+        for chore in chores.values { chore.cancel() }
+        for chore in Array(chores.values) { await chore.value }
         for (name, r) in running {
             await stop(name, r)
             running[name]?.mode = nil
@@ -181,11 +191,28 @@ public actor ProxyHost {
     /// together.
     private func reportStatusSoon(_ name: String) {
         guard statusDue.insert(name).inserted else { return }
-        Task {
+        chore {
             try? await Task.sleep(for: Self.statusDelay)
+            guard !Task.isCancelled else { return }
             await self.reportStatusNow(name)
         }
     }
+
+    /// Starts `body` as one of the host's chores (see `shutdown`); none once it is shutting down.
+    @discardableResult
+    private func chore(_ body: @escaping @Sendable () async -> Void) -> Task<Void, Never>? {
+        guard !shuttingDown else { return nil }
+        nextChore += 1
+        let id = nextChore
+        let task = Task {
+            await body()
+            await self.choreDone(id)
+        }
+        chores[id] = task
+        return task
+    }
+
+    private func choreDone(_ id: Int) { chores[id] = nil }
 
     static let statusDelay: Duration = .milliseconds(500)
 
@@ -307,9 +334,9 @@ public actor ProxyHost {
     private func lookUpLease(_ id: Int64) {
         guard leaseLookups.insert(id).inserted else { return }
         let client = session.client
-        Task {
+        chore {
             let ttl = try? await client.leaseTimeToLive(id)
-            self.recordLease(id, ttl: ttl.flatMap { $0.granted > 0 ? .seconds($0.granted) : nil })
+            await self.recordLease(id, ttl: ttl.flatMap { $0.granted > 0 ? .seconds($0.granted) : nil })
         }
     }
 
@@ -325,10 +352,10 @@ public actor ProxyHost {
     private func scheduleFenceCheck(at deadline: ContinuousClock.Instant?) {
         fenceTimer?.cancel()
         guard let deadline else { return }
-        fenceTimer = Task {
+        fenceTimer = chore {
             try? await Task.sleep(until: deadline, clock: .continuous)
             guard !Task.isCancelled else { return }
-            self.fenceDeadlinePassed()
+            await self.fenceDeadlinePassed()
         }
     }
 
@@ -340,7 +367,7 @@ public actor ProxyHost {
         guard r.modeName != name else { return }
         if let old = r.mode {
             r.logger.info("proxy type changed: stopping the old mode", metadata: ["from": "\(r.modeName ?? "")", "to": "\(name)"])
-            Task { await old.shutdown() }
+            chore { await old.shutdown() }
             r.mode = nil
             r.plan = nil
         }

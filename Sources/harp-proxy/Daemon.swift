@@ -81,6 +81,9 @@ struct Daemon {
         routing.cancel()
         await control.stop()
         try? await health?.close()
+        // Everything that runs on the host's event loop ends before the loops do.
+        await watchdog.value
+        await routing.value
         await host.shutdown()
         session.shutdown()
         try? await group.shutdownGracefully()

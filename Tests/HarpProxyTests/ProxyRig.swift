@@ -74,6 +74,7 @@ final class ProxyRig: @unchecked Sendable {
         guard let routing else { return }
         self.routing = nil
         routing.cancel()
+        await routing.value  // nothing may come back to the host's event loop once the group stops
         await host.shutdown()
         session.shutdown()
         try? await group.shutdownGracefully()
