@@ -4,22 +4,33 @@ import Synchronization
 /// A log level that a reload changes for every logger built on it, copies included (a
 /// `Logger` is a value: each mode and task holds its own copy).
 public final class LogLevelSetting: Sendable {
-    private let value: Mutex<Logger.Level?>
+    /// The level's index in `Logger.Level.allCases`, or -1 for none.
+    private let value: Atomic<Int>
 
     /// - Parameter level: nil: the wrapped handler's level applies.
-    public init(_ level: Logger.Level?) { value = Mutex(level) }
+    public init(_ level: Logger.Level?) { value = Atomic(Self.code(level)) }
 
     public var level: Logger.Level? {
-        get { value.withLock { $0 } }
-        set { value.withLock { $0 = newValue } }
+        get {
+            let code = value.load(ordering: .relaxed)
+            return code < 0 ? nil : Logger.Level.allCases[code]
+        }
+        set { value.store(Self.code(newValue), ordering: .relaxed) }
+    }
+
+    private static func code(_ level: Logger.Level?) -> Int {
+        level.flatMap { Logger.Level.allCases.firstIndex(of: $0) } ?? -1
     }
 }
 
 /// A handler whose level is `setting`'s when that is set, else the wrapped handler's: an
-/// instance's `log_level` over the process's, both changed by SIGHUP without a restart.
+/// instance's `log_level` over the process's, both changed by SIGHUP without a restart (through
+/// their `LogLevelSetting`). Setting `logLevel` on a logger changes that copy only, as with any
+/// handler.
 public struct LiveLevelHandler: LogHandler {
     public var wrapped: any LogHandler
     public let setting: LogLevelSetting
+    private var own: Logger.Level?
 
     public init(wrapping handler: any LogHandler, setting: LogLevelSetting) {
         wrapped = handler
@@ -27,8 +38,8 @@ public struct LiveLevelHandler: LogHandler {
     }
 
     public var logLevel: Logger.Level {
-        get { setting.level ?? wrapped.logLevel }
-        set { setting.level = newValue }
+        get { own ?? setting.level ?? wrapped.logLevel }
+        set { own = newValue }
     }
 
     public var metadata: Logger.Metadata {

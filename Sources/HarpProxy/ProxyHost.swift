@@ -138,21 +138,31 @@ public actor ProxyHost {
         fenceTimer?.cancel()
         for chore in chores.values { chore.cancel() }
         for chore in Array(chores.values) { await chore.value }
-        for (name, r) in running {
-            await stop(name, r)
-            running[name]?.mode = nil
+        // Every instance's connections first, then the records, all at once: with the DCS slow
+        // or gone, no instance's clients wait for another's record.
+        for r in running.values { await r.mode?.shutdown() }
+        var finals: [(StatusWriter, StatusRecord?)] = []
+        for (name, r) in running { finals.append((r.statusWriter, await stoppedRecord(name, r))) }
+        let interval = statusInterval, reachable = session.health.reachable
+        await withTaskGroup(of: Void.self) { group in
+            for (writer, record) in finals {
+                group.addTask { await writer.finish(record, interval: interval, reachable: reachable) }
+            }
         }
+        for name in running.keys { running[name]?.mode = nil }
     }
 
     /// Stops an instance's mode; its status record then says `stopped` and is left on its lease,
-    /// not renewed, so that `harpctl get proxies` shows the stop for up to three
-    /// `monitor_interval`s, then forgets the proxy (as it does one that died).
+    /// not renewed, so that `harpctl get proxies` shows the stop until the lease runs out (three
+    /// `monitor_interval`s), then forgets the proxy (as it does one that died).
     private func stop(_ name: String, _ r: Running) async {
         await r.mode?.shutdown()
-        guard r.plan != nil || r.unavailableMode != nil, let instance = instances.first(where: { $0.name == name }) else {
-            await r.statusWriter.finish(nil, interval: statusInterval)
-            return
-        }
+        await r.statusWriter.finish(await stoppedRecord(name, r), interval: statusInterval, reachable: session.health.reachable)
+    }
+
+    /// The last record of a stopped instance: nil if it never had one.
+    private func stoppedRecord(_ name: String, _ r: Running) async -> StatusRecord? {
+        guard r.plan != nil || r.unavailableMode != nil, let instance = instances.first(where: { $0.name == name }) else { return nil }
         var clients = await r.mode?.counters() ?? ClientCounters()
         clients.current = 0  // every connection is closed; the last ones may not be counted out yet
         clients.inKernel = 0
@@ -161,7 +171,7 @@ public actor ProxyHost {
                                                  leaderSince: r.leaderSince))
         record.managed = r.plan?.managed ?? true
         record.maxClientConn = r.plan?.maxClientConn ?? 0
-        await r.statusWriter.finish(record, interval: statusInterval)
+        return record
     }
 
     /// The shortest `monitor_interval` any instance asks for: how often records are written.
@@ -174,6 +184,7 @@ public actor ProxyHost {
         while !Task.isCancelled {
             let interval = statusInterval
             for s in await status() {
+                guard !Task.isCancelled else { return }  // stopping: the records are written by `shutdown`
                 // Not before the first plan; an instance whose type this build lacks says `stopped`.
                 guard let r = running[s.name], r.plan != nil || r.unavailableMode != nil else { continue }
                 await r.statusWriter.write(StatusRecord(s), interval: interval)

@@ -62,12 +62,16 @@ public struct StatusRecord: Sendable {
 }
 
 /// Writes one instance's status record on its own lease, renewing or replacing the lease as needed.
+/// Writes go one after another, in the order asked for (an actor alone would interleave them at
+/// each etcd call), so that the last record asked for is the one etcd keeps.
 actor StatusWriter {
     private let client: EtcdClient
     private let key: String
     private let logger: Logger
     private var lease: (id: Int64, ttl: Int64)?
     private var finished = false
+    /// The last write asked for; the next one waits for it.
+    private var tail: Task<Void, Never>?
 
     init(client: EtcdClient, key: String, logger: Logger) {
         self.client = client
@@ -78,6 +82,37 @@ actor StatusWriter {
     func write(_ record: StatusRecord, interval: Duration) async {
         guard !finished else { return }
         let ttl = max(2, Int64((interval * 3).seconds.rounded(.up)))
+        await serially { await self.put(record, ttl: ttl) }
+    }
+
+    /// The last record of a stopped instance, on the lease it has, which is no longer renewed
+    /// (nil: none, and the record goes at once). Writes asked for before go first; later ones
+    /// are dropped. `reachable` false: the DCS is not answering, and nothing is tried.
+    func finish(_ record: StatusRecord?, interval: Duration, reachable: Bool) async {
+        guard !finished else { return }
+        finished = true
+        guard reachable else { return }
+        let ttl = lease?.ttl ?? max(2, Int64((interval * 3).seconds.rounded(.up)))
+        await serially {
+            if let record {
+                await self.put(record, ttl: ttl)
+            } else if let lease = await self.lease {
+                try? await self.client.leaseRevoke(lease.id)
+            }
+        }
+    }
+
+    private func serially(_ body: @escaping @Sendable () async -> Void) async {
+        let previous = tail
+        let task = Task {
+            await previous?.value
+            await body()
+        }
+        tail = task
+        await task.value
+    }
+
+    private func put(_ record: StatusRecord, ttl: Int64) async {
         do {
             if let current = lease, current.ttl == ttl {
                 if try await client.leaseKeepAlive(current.id) <= 0 { lease = nil }
@@ -88,25 +123,11 @@ actor StatusWriter {
                 let granted = try await client.leaseGrant(ttl: ttl)
                 lease = (granted.id, ttl)
             }
-            // A report that was under way when the instance stopped must not bring it back.
-            guard !finished, let lease else { return }
+            guard let lease else { return }
             try await client.put(key, record.jsonText, lease: lease.id)
         } catch {
             lease = nil
             logger.debug("status record not written", metadata: ["key": "\(key)", "error": "\(error)"])
         }
-    }
-
-    /// The last record of a stopped instance (nil: none, the record goes at once). It stays on
-    /// the lease, which is no longer renewed; later writes, from reports under way, are dropped.
-    func finish(_ record: StatusRecord?, interval: Duration) async {
-        guard !finished else { return }
-        if let record {
-            await write(record, interval: interval)
-        } else if let lease {
-            try? await client.leaseRevoke(lease.id)
-        }
-        finished = true
-        lease = nil
     }
 }

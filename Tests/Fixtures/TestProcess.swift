@@ -144,8 +144,7 @@ public final class TemporaryDirectory: @unchecked Sendable {
 
 /// Test folders not yet removed. Most go with their `TemporaryDirectory`; those of objects that
 /// live until the process ends (the shared PostgreSQL servers, rigs kept by teardown blocks) go
-/// at exit, after the processes using them are stopped: the exit handler is registered with the
-/// first folder, before any process, and exit handlers run last-registered first.
+/// at exit, after the processes using them are stopped.
 /// `HARP_KEEP_TEST_DIRS=1` keeps them all, for a look after a failure.
 enum LiveDirectories {
     private static let lock = NSLock()
@@ -171,6 +170,7 @@ enum LiveDirectories {
     private static func removeAll() {
         let all = lock.withLock { paths }
         guard !keep else { return }
+        LiveChildren.stopAll()  // whatever the order the exit handlers run in
         for path in all { try? FileManager.default.removeItem(atPath: path) }
     }
 }

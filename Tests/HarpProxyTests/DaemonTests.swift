@@ -473,8 +473,14 @@ final class DaemonTests: XCTestCase {
         try await stopsCleanly(on: SIGINT, "SIGINT")
     }
 
+    /// With etcd gone: the stop does not wait on it (the `stopped` record cannot be written).
+    func testSigtermWithTheDCSDownStillStopsAtOnce() async throws {
+        try await stopsCleanly(on: SIGTERM, "SIGTERM-dcs-down", dcsDown: true)
+    }
+
     /// Stop accepting, close the connections, mark the status record `stopped`, exit 0.
-    private func stopsCleanly(on signal: Int32, _ name: String, file: StaticString = #filePath, line: UInt = #line) async throws {
+    private func stopsCleanly(on signal: Int32, _ name: String, dcsDown: Bool = false,
+                              file: StaticString = #filePath, line: UInt = #line) async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
         let port = freePort()
@@ -484,12 +490,18 @@ final class DaemonTests: XCTestCase {
         let session = try openSession(through: port, tag: "stop-\(name)", logDirectory: dir.path)
         XCTAssertTrue(waitForActivity(on: Self.pg, "stop-\(name)"), file: file, line: line)
 
+        if dcsDown { etcd.kill(0) }
+        let signalled = Date()
         proxy.signal(signal)
         XCTAssertTrue(eventually(timeout: 10) { !proxy.isRunning }, file: file, line: line)
         let status = proxy.waitForExit()
         XCTAssertEqual(status, 0, "exit status 0 after \(name):\n\(proxy.log)", file: file, line: line)
         XCTAssertTrue(eventually(timeout: 5) { !session.isRunning }, "its connections were closed", file: file, line: line)
         XCTAssertFalse(canConnect(port: port), file: file, line: line)
+        if dcsDown {
+            XCTAssertLessThan(Date().timeIntervalSince(signalled), 5, "stopped without waiting on the DCS:\n\(proxy.log)", file: file, line: line)
+            return
+        }
         let record = try await EtcdClient(configuration: etcd.dcsConfiguration()).range(DCSLayout(cluster: "d").proxyStatus("a")).kvs.first
         let state = record.flatMap { try? JSONSerialization.jsonObject(with: Data($0.value.utf8)) as? [String: Any] }?["state"] as? String
         XCTAssertEqual(state, "stopped", "the status record says the proxy stopped", file: file, line: line)

@@ -594,7 +594,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         clientCounters.refusedByReason[reason, default: 0] += 1
         refusalsNotLogged[reason, default: 0] += 1
         lastRefusal = (what, metadata)
-        if let last = lastRefusalLog, NIODeadline.now() - last < .seconds(5) {
+        // Stopped (a connect that failed just before the stop, say): said at once, no timer left.
+        if !stopped, let last = lastRefusalLog, NIODeadline.now() - last < .seconds(5) {
             if refusalSummary == nil {
                 refusalSummary = loop.scheduleTask(deadline: last + .seconds(5)) {
                     self.refusalSummary = nil
