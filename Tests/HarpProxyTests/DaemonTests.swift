@@ -27,11 +27,17 @@ final class DaemonTests: XCTestCase {
         return etcd
     }
 
-    func start(_ dir: TemporaryDirectory, etcd: EtcdCluster, extra: String = "") throws -> TestProcess {
+    func writeConfig(_ dir: TemporaryDirectory, etcd: EtcdCluster, extra: String = "") {
         dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], resync_interval: 1s}\n"
                   + "control: {socket: \(dir.path)/run/control.sock}\n" + extra)
-        return try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
-                               logDirectory: dir.path)
+    }
+
+    /// harp-proxy with `dir`'s config.yml (written here, plus `extra`) and conf.d, run through
+    /// `wrapper` (a command and its arguments, such as setpriv or prlimit) if one is given.
+    func start(_ dir: TemporaryDirectory, etcd: EtcdCluster, extra: String = "", under wrapper: [String] = []) throws -> TestProcess {
+        writeConfig(dir, etcd: etcd, extra: extra)
+        let command = wrapper + [builtExecutable("harp-proxy"), "-f", dir.file("config.yml")]
+        return try TestProcess(name: "harp-proxy", executable: command[0], arguments: Array(command.dropFirst()), logDirectory: dir.path)
     }
 
     func testSighupAddsAndRemovesInstancesAndKeepsTheOldConfigurationOnErrors() async throws {
@@ -75,8 +81,7 @@ final class DaemonTests: XCTestCase {
         XCTAssertTrue(onB.isRunning)
 
         // The process's log_level applies at once: at WARNING, the next reload's INFO lines are not written.
-        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], resync_interval: 1s}\n"
-                  + "control: {socket: \(dir.path)/run/control.sock}\nlog_level: warning\n")
+        writeConfig(dir, etcd: etcd, extra: "log_level: warning\n")
         proxy.signal(SIGHUP)
         XCTAssertTrue(eventually(timeout: 5) { proxy.log.contains("to=WARNING") }, proxy.log)
         func reloads() -> Int { proxy.log.components(separatedBy: "configuration reloaded").count - 1 }
@@ -413,12 +418,8 @@ final class DaemonTests: XCTestCase {
         let dir = TemporaryDirectory()
         let port = freePort()
         dir.write("conf.d/a.yml", instanceFile("a", "dc1", port) + "  data_path: kernel\n")
-        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
-                  + "control: {socket: \(dir.path)/run/control.sock}\n")
-        let proxy = try TestProcess(name: "harp-proxy", executable: "/usr/bin/setpriv",
-                                    arguments: ["--bounding-set", "-bpf,-net_admin,-sys_admin", "--inh-caps", "-bpf,-net_admin,-sys_admin", "--",
-                                                builtExecutable("harp-proxy"), "-f", dir.file("config.yml")],
-                                    logDirectory: dir.path)
+        let proxy = try start(dir, etcd: etcd, under: ["/usr/bin/setpriv", "--bounding-set", "-bpf,-net_admin,-sys_admin",
+                                                       "--inh-caps", "-bpf,-net_admin,-sys_admin", "--"])
         XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
         XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)")
         XCTAssertTrue(proxy.log.contains("data_path kernel is not available"), proxy.log)
@@ -515,11 +516,7 @@ final class DaemonTests: XCTestCase {
         let dir = TemporaryDirectory()
         let port = freePort()
         dir.write("conf.d/a.yml", instanceFile("a", "dc1", port) + "  max_client_conn: 5000\n")
-        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
-                  + "control: {socket: \(dir.path)/run/control.sock}\n")
-        let proxy = try TestProcess(name: "harp-proxy", executable: "/usr/bin/prlimit",
-                                    arguments: ["--nofile=256:4096", "--", builtExecutable("harp-proxy"), "-f", dir.file("config.yml")],
-                                    logDirectory: dir.path)
+        let proxy = try start(dir, etcd: etcd, under: ["/usr/bin/prlimit", "--nofile=256:4096", "--"])
         defer { proxy.stop() }
         XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
         let limits = (try? String(contentsOfFile: "/proc/\(proxy.pid)/limits", encoding: .utf8)) ?? ""

@@ -10,18 +10,20 @@ import XCTest
 final class FencingTests: XCTestCase {
     static var pg: PostgresServer { SharedPostgres.first }
 
-    /// A rig whose leader key sits on a 2 s lease that the test keeps alive until etcd dies.
-    func rig(policy: String, port: Int) async throws -> (ProxyRig, Task<Void, Never>) {
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "dcs_failure_policy": .string(policy), "hold_timeout": .duration(.milliseconds(500))])],
-                               requestTimeout: .milliseconds(200), resyncInterval: .milliseconds(300))
+    /// A rig whose leader key sits on a 2 s lease that the test keeps alive until etcd dies, or
+    /// (`leased` false) on no lease.
+    func rig(policy: String, port: Int, leased: Bool = true, _ extra: [String: DirectiveValue] = [:]) async throws -> (ProxyRig, Task<Void, Never>) {
+        var directives: [String: DirectiveValue] = ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                                    "dcs_failure_policy": .string(policy), "hold_timeout": .duration(.milliseconds(500))]
+        directives.merge(extra) { $1 }
+        let rig = try ProxyRig([("p1", "dc1", directives)], requestTimeout: .milliseconds(200), resyncInterval: .milliseconds(300))
         try await rig.node("node1", location: "dc1", server: Self.pg)
-        let lease = try await rig.client.leaseGrant(ttl: 2)
-        try await rig.leader("dc1", "node1", lease: lease.id)
+        let lease = leased ? try await rig.client.leaseGrant(ttl: 2).id : 0
+        try await rig.leader("dc1", "node1", lease: lease)
         let client = rig.client
         let keeper = Task {
-            while !Task.isCancelled {
-                _ = try? await client.leaseKeepAlive(lease.id)
+            while leased, !Task.isCancelled {
+                _ = try? await client.leaseKeepAlive(lease)
                 try? await Task.sleep(for: .milliseconds(400))
             }
         }
@@ -32,16 +34,22 @@ final class FencingTests: XCTestCase {
         return (rig, keeper)
     }
 
+    /// Opens a session tagged `tag` through the rig, kills etcd, and returns how long after the
+    /// kill the session was closed (nil: not within 10 s), with the session.
+    func fenceAfterKillingEtcd(_ rig: ProxyRig, port: Int, tag: String) throws -> (TimeInterval?, TestProcess) {
+        let session = try openSession(through: port, tag: tag, logDirectory: rig.etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: Self.pg, tag))
+        rig.etcd.kill(0)
+        let killedAt = Date()
+        guard eventually(timeout: 10, { !session.isRunning }) else { return (nil, session) }
+        return (Date().timeIntervalSince(killedAt), session)
+    }
+
     func testFenceClosesConnectionsAfterTheLeaseTTLAndRoutingRecovers() async throws {
         let port = freePort()
         let (rig, keeper) = try await rig(policy: "fence", port: port)
-        let session = try openSession(through: port, tag: "fence", logDirectory: rig.etcd.directory.path)
-        XCTAssertTrue(waitForActivity(on: Self.pg, "fence"))
-
-        rig.etcd.kill(0)
-        let killedAt = Date()
-        XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "fenced: connections close once the outage outlasts the lease")
-        let closedAfter = Date().timeIntervalSince(killedAt)
+        let (closed, session) = try fenceAfterKillingEtcd(rig, port: port, tag: "fence")
+        guard let closedAfter = closed else { return XCTFail("fenced: connections close once the outage outlasts the lease") }
         XCTAssertGreaterThanOrEqual(closedAfter, 1.5, "not before the lease could have expired")
         XCTAssertLessThan(closedAfter, 5, "the key's 2 s lease, not the 6 s leader_lease_duration, which is for keys without one")
         XCTAssertTrue(session.log.contains("FATAL:  terminating connection because the proxy is fenced: DCS unreachable for"),
@@ -63,20 +71,9 @@ final class FencingTests: XCTestCase {
     /// A leader key without a lease: the proxy assumes `leader_lease_duration`.
     func testFenceWithoutALeaseUsesLeaderLeaseDuration() async throws {
         let port = freePort()
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "leader_lease_duration": .duration(.seconds(1)), "hold_timeout": .duration(.milliseconds(500))])],
-                               requestTimeout: .milliseconds(200), resyncInterval: .milliseconds(300))
-        try await rig.node("node1", location: "dc1", server: Self.pg)
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
-        let session = try openSession(through: port, tag: "fence-nolease", logDirectory: rig.etcd.directory.path)
-        XCTAssertTrue(waitForActivity(on: Self.pg, "fence-nolease"))
-
-        rig.etcd.kill(0)
-        let killedAt = Date()
-        XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "fenced once the outage outlasts leader_lease_duration")
-        let closedAfter = Date().timeIntervalSince(killedAt)
+        let (rig, _) = try await rig(policy: "fence", port: port, leased: false, ["leader_lease_duration": .duration(.seconds(1))])
+        let (closed, _) = try fenceAfterKillingEtcd(rig, port: port, tag: "fence-nolease")
+        guard let closedAfter = closed else { return XCTFail("fenced once the outage outlasts leader_lease_duration") }
         // From the last answer of etcd, which a resync (every 300 ms) may have had up to 0.3 s
         // before the kill.
         XCTAssertGreaterThanOrEqual(closedAfter, 0.6, "not before leader_lease_duration")
