@@ -316,6 +316,41 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    /// A client being refused when the lead master moves (its lead master did not answer; it has
+    /// been answered 'N' and its startup message is still to come) still reads its error, and
+    /// counts neither as a session cut nor as a client started again.
+    func testAClientBeingRefusedWhenTheLeaderMovesIsNeitherCutNorStartedAgain() async throws {
+        let (port, dead) = (freePort(), freePort())
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(dead)")
+        try await rig.node("node2", location: "dc1", server: a)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        guard let fd = connectedLoopbackSocket(port: port) else { return XCTFail("cannot connect to the proxy") }
+        defer { close(fd) }
+        writeAll(fd, wireMessage(nil, [0x04, 0xD2, 0x16, 0x2F]))  // SSLRequest
+        var answer: UInt8 = 0
+        XCTAssertEqual(recv(fd, &answer, 1, 0), 1)
+        XCTAssertEqual(answer, UInt8(ascii: "N"))
+        let refusing = await eventuallyAsync { await rig.counters("p1").refused == 1 }
+        XCTAssertTrue(refusing, "the connect to node1 failed and the client is being refused")
+
+        try await rig.leader("dc1", "node2")
+        XCTAssertTrue(eventually(timeout: 5) { rig.capture.all.contains { $0.message.contains("lead master changed") } })
+        let line = rig.capture.all.first { $0.message.contains("lead master changed") }
+        XCTAssertEqual(line?.metadata["closed"], "0", "\(line?.metadata ?? [:])")
+        XCTAssertNil(line?.metadata["started_again"], "\(line?.metadata ?? [:])")
+        let counters = await rig.counters("p1")
+        XCTAssertEqual(counters.cut, 0)
+        XCTAssertEqual(counters.startedAgain, 0)
+
+        writeAll(fd, startupMessage())
+        let reply = readToEOF(fd, atMost: 1 << 16)
+        XCTAssertTrue(String(decoding: reply, as: UTF8.self).contains("08006"), "it reads its error: \(String(decoding: reply, as: UTF8.self))")
+        await rig.stop()
+    }
+
     func testMaxClientConnRefusesOnlyTheExtraClient() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),

@@ -167,7 +167,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// connecting has sent nothing to the old one: it starts again instead (`startAgain`).
     private func closeConnections(from previous: LeaderTarget?, to next: LeaderTarget?, observedAt: ContinuousClock.Instant) {
         var closed: [EventLoopFuture<Void>] = []
-        var restarting: [EventLoopFuture<Bool>] = []
+        var restarting: [EventLoopFuture<ClientHandler.Restart>] = []
         var joined: [ObjectIdentifier: (KernelDataPath, [KernelDataPath.Pair])] = [:]
         var byLoop: [ObjectIdentifier: (loop: any EventLoop, clients: [any Channel], servers: [any Channel])] = [:]
         for entry in clients.values where entry.target != nil {
@@ -214,11 +214,15 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
         let restartingCount = restarting.count
         EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
-            let restarted = (try? result.get().0.count { (try? $0.get()) == true }) ?? 0
-            self.clientCounters.cut += attached + restartingCount - restarted
+            let outcomes = (try? result.get().0.map { try? $0.get() }) ?? []
+            let restarted = outcomes.count { $0 == .startsAgain }
+            // Being refused (their lead master did not answer): neither cut nor started again.
+            let refused = outcomes.count { $0 == .beingRefused }
+            let closed = attached + restartingCount - restarted - refused
+            self.clientCounters.cut += closed
             self.clientCounters.startedAgain += restarted
             var m = metadata
-            m["closed"] = "\(attached + restartingCount - restarted)"
+            m["closed"] = "\(closed)"
             if restarted > 0 { m["started_again"] = "\(restarted)" }
             m["ms_since_dcs_event"] = "\(String(format: "%.2f", (ContinuousClock.now - observedAt).fractionalMilliseconds))"
             logger.info("lead master changed: connections to the old one closed", metadata: m)
@@ -394,17 +398,15 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// new one (or waits for one) instead of being cut. In an unplanned failover, a connect to
     /// the failed node that would hang until `timeout` is dropped at once. A client that was
     /// joined meanwhile, on its own loop, is closed. True if it starts again.
-    private func startAgain(_ entry: ClientEntry) -> EventLoopFuture<Bool> {
+    private func startAgain(_ entry: ClientEntry) -> EventLoopFuture<ClientHandler.Restart> {
         entry.target = nil
         let channel = entry.channel
         let generation = self.generation
         return channel.eventLoop.submit {
-            if let handler = try? channel.pipeline.syncOperations.handler(type: ClientHandler.self),
-               handler.startAgain(movedAt: generation) {
-                return true
-            }
-            channel.close(promise: nil)
-            return false
+            let handler = try? channel.pipeline.syncOperations.handler(type: ClientHandler.self)
+            let outcome = handler?.startAgain(movedAt: generation) ?? .mustClose
+            if outcome == .mustClose { channel.close(promise: nil) }
+            return outcome
         }
     }
 

@@ -59,23 +59,27 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// What a client still connecting does when its lead master moves (`startAgain`).
+    enum Restart { case startsAgain, beingRefused, mustClose }
+
     /// The lead master moved after `movedAt - 1`, before this client was joined to it: nothing
-    /// it sent has been passed on, so it drops the connect under way and asks again. False if it
-    /// can no longer start again (it is joined, or being joined) and must be closed instead.
-    func startAgain(movedAt generation: UInt64) -> Bool {
-        guard let context else { return false }
+    /// it sent has been passed on, so it drops the connect under way and asks again. A client
+    /// being refused (its lead master did not answer) is left to read its error. One that can no
+    /// longer start again (it is joined, or being joined) must be closed instead.
+    func startAgain(movedAt generation: UInt64) -> Restart {
+        guard let context else { return .mustClose }
         movedAt = max(movedAt, generation)
         switch state {
-        case .admitting, .refusing:
-            // Being admitted: `connect` looks at `movedAt`. Refusing: the error on its way is
-            // left to finish.
-            return true
+        case .admitting:
+            return .startsAgain  // `connect` looks at `movedAt`
+        case .refusing:
+            return .beingRefused
         case .connecting:
-            guard admittedGeneration < generation else { return true }
+            guard admittedGeneration < generation else { return .startsAgain }
             restart(context: context)
-            return true
+            return .startsAgain
         case .joining, .handedOver:
-            return false
+            return .mustClose
         }
     }
 
