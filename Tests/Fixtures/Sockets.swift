@@ -47,17 +47,41 @@ public func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
 }
 
-/// A loopback TCP port that was free a moment ago.
+/// A loopback TCP port that was free a moment ago, below the kernel's ephemeral range, so that
+/// no outgoing connection of the tests (thousands of them) can take it as its local port before
+/// the test listens on it; never the same twice in a process. (Ports the kernel hands out for
+/// port 0 come from the ephemeral range, and one was taken that way between the pick and the
+/// listen in a CI run.)
 public func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    _ = withLoopbackAddress(port: 0) { bind(fd, $0, $1) }
-    var address = sockaddr_in()
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    FreePorts.lock.withLock {
+        let span = FreePorts.ephemeralLow - FreePorts.first
+        for _ in 0..<span {
+            let port = FreePorts.first + FreePorts.next % span
+            FreePorts.next += 1
+            if FreePorts.bindable(port) { return port }
+        }
+        fatalError("test fixture: no free loopback port below \(FreePorts.ephemeralLow)")
     }
-    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+private enum FreePorts {
+    static let lock = NSLock()
+    static let first = 10_000
+    /// The start of net.ipv4.ip_local_port_range (32768 unless changed).
+    static let ephemeralLow: Int = {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let low = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { Int($0) } ?? 32768
+        return max(low, first + 1000)
+    }()
+    /// Where the next search starts: random per process, so that two test processes in turn
+    /// (the debug and the release run) do not walk the same ports.
+    nonisolated(unsafe) static var next = Int.random(in: 0..<(ephemeralLow - first))
+
+    static func bindable(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        return withLoopbackAddress(port: port) { bind(fd, $0, $1) } == 0
+    }
 }
 
 /// Whether something accepts TCP connections on a loopback port.
