@@ -18,6 +18,15 @@ public final class LogLevelSetting: Sendable {
         set { value.store(Self.code(newValue), ordering: .relaxed) }
     }
 
+    /// Sets the level and says so through `logger` (built on this setting), at whichever of the
+    /// old and new levels shows the line.
+    public func change(to level: Logger.Level?, saying logger: Logger, _ metadata: Logger.Metadata) {
+        let shownBefore = logger.logLevel <= .info
+        if shownBefore { logger.info("log_level changed", metadata: metadata) }
+        self.level = level
+        if !shownBefore { logger.info("log_level changed", metadata: metadata) }
+    }
+
     private static func code(_ level: Logger.Level?) -> Int {
         level.flatMap { Logger.Level.allCases.firstIndex(of: $0) } ?? -1
     }

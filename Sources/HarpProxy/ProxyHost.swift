@@ -94,12 +94,8 @@ public actor ProxyHost {
         for instance in newInstances {
             if let before = old[instance.name] {
                 if before.logLevel != instance.logLevel, let r = running[instance.name] {
-                    let said = ["from": "\(before.logLevel?.rawValue ?? "the process's")", "to": "\(instance.logLevel?.rawValue ?? "the process's")"]
-                    // Said at whichever of the two levels shows it.
-                    let shownBefore = r.logger.logLevel <= .info
-                    if shownBefore { r.logger.info("log_level changed", metadata: said.mapValues { .string($0) }) }
-                    r.logLevel.level = instance.logLevel?.swiftLogLevel
-                    if !shownBefore { r.logger.info("log_level changed", metadata: said.mapValues { .string($0) }) }
+                    r.logLevel.change(to: instance.logLevel?.swiftLogLevel, saying: r.logger,
+                                      ["from": "\(before.logLevel?.rawValue ?? "the process's")", "to": "\(instance.logLevel?.rawValue ?? "the process's")"])
                 }
                 if !before.sameSettings(as: instance) { running[instance.name]?.logger.info("instance changed: re-planning") }
             } else {

@@ -136,11 +136,8 @@ struct Daemon {
             logger.warning("cluster and dcs changes (endpoints, credentials, TLS files) take effect only after a restart")
         }
         if next.logLevel != current.logLevel {
-            // Said at whichever of the two levels shows it.
-            let more = next.logLevel < current.logLevel
-            if more { rootLogLevel.level = next.logLevel.swiftLogLevel }
-            logger.info("log_level changed", metadata: ["from": "\(current.logLevel.rawValue)", "to": "\(next.logLevel.rawValue)"])
-            if !more { rootLogLevel.level = next.logLevel.swiftLogLevel }
+            rootLogLevel.change(to: next.logLevel.swiftLogLevel, saying: logger,
+                                ["from": "\(current.logLevel.rawValue)", "to": "\(next.logLevel.rawValue)"])
         }
         await host.reload(next.instances)
         logger.info("configuration reloaded", metadata: ["instances": "\(next.instances.map(\.name).joined(separator: ","))"])

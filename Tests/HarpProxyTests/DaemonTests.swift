@@ -474,7 +474,8 @@ final class DaemonTests: XCTestCase {
         try await stopsCleanly(on: SIGINT, "SIGINT")
     }
 
-    /// With etcd gone: the stop does not wait on it (the `stopped` record cannot be written).
+    /// With etcd gone, and the proxy aware of it: the stop tries no status write (each would wait
+    /// out its timeout), and still closes and exits 0.
     func testSigtermWithTheDCSDownStillStopsAtOnce() async throws {
         try await stopsCleanly(on: SIGTERM, "SIGTERM-dcs-down", dcsDown: true)
     }
@@ -485,13 +486,20 @@ final class DaemonTests: XCTestCase {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
         let port = freePort()
-        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port))
-        let proxy = try start(dir, etcd: etcd)
+        // dcsDown: a long monitor_interval, so that no periodic report is under way at the stop;
+        // debug logging, which shows every status write that fails.
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port) + (dcsDown ? "  monitor_interval: 60\n" : ""))
+        let proxy = try start(dir, etcd: etcd, extra: dcsDown ? "log_level: debug\n" : "")
         XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log, file: file, line: line)
         let session = try openSession(through: port, tag: "stop-\(name)", logDirectory: dir.path)
         XCTAssertTrue(waitForActivity(on: Self.pg, "stop-\(name)"), file: file, line: line)
 
-        if dcsDown { etcd.kill(0) }
+        var logBeforeStop = 0
+        if dcsDown {
+            etcd.kill(0)
+            XCTAssertTrue(eventually(timeout: 10) { proxy.log.contains("DCS unreachable; retrying") }, proxy.log, file: file, line: line)
+            logBeforeStop = proxy.log.utf8.count
+        }
         let signalled = Date()
         proxy.signal(signal)
         XCTAssertTrue(eventually(timeout: 10) { !proxy.isRunning }, file: file, line: line)
@@ -501,6 +509,9 @@ final class DaemonTests: XCTestCase {
         XCTAssertFalse(canConnect(port: port), file: file, line: line)
         if dcsDown {
             XCTAssertLessThan(Date().timeIntervalSince(signalled), 5, "stopped without waiting on the DCS:\n\(proxy.log)", file: file, line: line)
+            let stopLog = String(proxy.log.utf8.dropFirst(logBeforeStop)) ?? ""
+            XCTAssertTrue(stopLog.contains("stopping"), stopLog, file: file, line: line)
+            XCTAssertFalse(stopLog.contains("status record not written"), "no write tried with the DCS unreachable:\n\(stopLog)", file: file, line: line)
             return
         }
         let record = try await EtcdClient(configuration: etcd.dcsConfiguration()).range(DCSLayout(cluster: "d").proxyStatus("a")).kvs.first

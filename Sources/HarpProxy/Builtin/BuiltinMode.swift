@@ -397,7 +397,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// `loop` knows, to start again: no byte of it has reached the old one, so it goes to the
     /// new one (or waits for one) instead of being cut. In an unplanned failover, a connect to
     /// the failed node that would hang until `timeout` is dropped at once. A client that was
-    /// joined meanwhile, on its own loop, is closed. True if it starts again.
+    /// joined meanwhile, on its own loop, is closed; one being refused reads its error.
     private func startAgain(_ entry: ClientEntry) -> EventLoopFuture<ClientHandler.Restart> {
         entry.target = nil
         let channel = entry.channel
