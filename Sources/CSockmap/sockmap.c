@@ -329,6 +329,14 @@ int harp_socket_counts(int fd, int mode, uint64_t *received, uint64_t *written, 
     return 0;
 }
 
+int harp_socket_state(int fd) {
+    struct tcp_info info;
+    memset(&info, 0, sizeof(info));
+    socklen_t length = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return -errno;
+    return info.tcpi_state;
+}
+
 #include <sys/epoll.h>
 
 int harp_watch_create(void) {

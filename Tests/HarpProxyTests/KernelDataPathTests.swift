@@ -242,6 +242,26 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
+    /// The lead master sends most of a large answer, pauses, then sends the rest and closes, to a
+    /// client that has half-closed and does not read yet: the pair is parked before the rest
+    /// comes, so the rest waits in the lead master's socket, which has closed by the time the
+    /// client reads and the pair moves to user space. NIO reads such a socket to its end the
+    /// moment it takes it over; the rest must still reach the client, then the EOF. (Whether the
+    /// glue is there in time was a race, seen once in 1,400 stress runs; `AdoptedSocketTests`
+    /// checks that part without one.)
+    func testAnAnswerParkedAfterTheLeadMasterClosedStillArrivesWhole() async throws {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        try await halfCloseThenReadLate(rig: rig, port: port, size: 28 << 20, pauseAfter: 24 << 20) { joined in
+            XCTAssertEqual(joined.inKernel, 1)
+        }
+        XCTAssertTrue(rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") },
+                      "the pair left the kernel")
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained, "the pair ends once both sides have closed")
+        await rig.stop()
+    }
+
     func testNoDescriptorLeakAfterManyJoinedConnections() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)

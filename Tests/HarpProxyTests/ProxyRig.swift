@@ -226,16 +226,21 @@ func clientsConnectingToADownLeaderGoToTheNewOne(rig: ProxyRig, port: Int, newLe
 /// arrive whole, in order, then the EOF. (Not PostgreSQL: in these tests it cancels a query
 /// once the client has half-closed; and socat's `-t`: by default it ends the whole connection
 /// 0.5 s after one direction's EOF.) `joined` looks at the counters once the client is through.
-func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #filePath, line: UInt = #line,
+/// `pauseAfter`: the server sends that many bytes of the answer, waits 0.3 s, then sends the rest
+/// and closes (so that, on the kernel path, the rest waits parked in the lead master's socket,
+/// which has closed by the time the pair moves to user space).
+func halfCloseThenReadLate(rig: ProxyRig, port: Int, size: Int = 20 << 20, pauseAfter: Int? = nil,
+                           file: StaticString = #filePath, line: UInt = #line,
                            joined: (ClientCounters) -> Void = { _ in }) async throws {
     let directory = rig.etcd.directory.path
-    let size = 20 << 20
     let payload = indexedBytes(size)
-    _ = FileManager.default.createFile(atPath: "\(directory)/answer", contents: Data(payload))
+    let split = pauseAfter ?? size
+    _ = FileManager.default.createFile(atPath: "\(directory)/answer", contents: Data(payload[..<split]))
+    _ = FileManager.default.createFile(atPath: "\(directory)/rest", contents: Data(payload[split...]))
     let serverPort = freePort()
     let server = try TestProcess(name: "answer", executable: "/usr/bin/socat",
                                  arguments: ["-t", "60", "TCP-LISTEN:\(serverPort),bind=127.0.0.1,reuseaddr,fork",
-                                             "SYSTEM:read a; sleep 0.3; echo ok; read b; cat \(directory)/answer"],
+                                             "SYSTEM:read a; sleep 0.3; echo ok; read b; cat \(directory)/answer; sleep 0.3; cat \(directory)/rest"],
                                  logDirectory: directory)
     defer { server.stop() }
     XCTAssertTrue(eventually(timeout: 5) { canConnect(port: serverPort) }, file: file, line: line)
@@ -255,11 +260,46 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, file: StaticString = #fileP
     shutdown(fd, CInt(SHUT_WR))
     try await Task.sleep(for: .seconds(2))
     let received = readToEOF(fd, atMost: size + 1)
-    XCTAssertEqual(received.count, size, "the whole answer, then the EOF", file: file, line: line)
-    if !sameBytes(received, payload) {
-        let prefix = (0..<min(received.count, size)).first { received[$0] != payload[$0] } ?? min(received.count, size)
-        XCTFail("not the answer as sent, in order: the first \(prefix) bytes were", file: file, line: line)
+    _ = assertWholeOrRepeatStopped(received, payload, rig: rig, file: file, line: line)
+}
+
+/// Checks what a client read through a pair that may have moved from the kernel data path to
+/// user space: all of `sent`, in order (true). Or (false), where Linux handed the proxy some
+/// input twice (see `ParkedInputCheck`), a prefix of it, cut by the reset the proxy logs then:
+/// never a repeated byte, and never a cut without that ERROR.
+func assertWholeOrRepeatStopped(_ received: [UInt8], _ sent: [UInt8], rig: ProxyRig,
+                                file: StaticString = #filePath, line: UInt = #line) -> Bool {
+    // The ERROR is logged on the instance's loop as the reset goes out: it may come just after.
+    if received.count < sent.count, memcmp(received, sent, received.count) == 0,
+       eventually(timeout: 2, { rig.capture.all.contains { $0.level == .error && $0.message.contains("twice after it moved") } }) {
+        print("note: Linux handed the proxy input twice; the connection was reset after \(received.count) correct bytes, as it must be")
+        return false
     }
+    XCTAssertEqual(received.count, sent.count, "all of it, then the EOF", file: file, line: line)
+    if !sameBytes(received, sent) {
+        let prefix = (0..<min(received.count, sent.count)).first { received[$0] != sent[$0] } ?? min(received.count, sent.count)
+        XCTFail("not as sent, in order: the first \(prefix) bytes were; \(streamDifference(received, sent, at: prefix))", file: file, line: line)
+    }
+    return true
+}
+
+/// How `received` differs from `sent` from byte `at` on, for a failure message: the bytes there,
+/// and whether the rest is `sent`'s, shifted by a few bytes (some inserted, or lost).
+func streamDifference(_ received: [UInt8], _ sent: [UInt8], at start: Int) -> String {
+    func hex(_ bytes: ArraySlice<UInt8>) -> String { bytes.map { String(format: "%02x", $0) }.joined(separator: " ") }
+    let from = max(0, start - 8)
+    var said = "received[\(from)...]: \(hex(received[from..<min(received.count, start + 16)])); sent[\(from)...]: \(hex(sent[from..<min(sent.count, start + 16)]))"
+    for shift in 1...64 {
+        let rest = min(received.count - start - shift, sent.count - start)
+        if rest > 0, memcmp(received.withUnsafeBufferPointer { $0.baseAddress! + start + shift }, sent.withUnsafeBufferPointer { $0.baseAddress! + start }, rest) == 0 {
+            said += "; then the rest as sent, after \(shift) bytes inserted"
+        }
+        let lostRest = min(received.count - start, sent.count - start - shift)
+        if lostRest > 0, memcmp(received.withUnsafeBufferPointer { $0.baseAddress! + start }, sent.withUnsafeBufferPointer { $0.baseAddress! + start + shift }, lostRest) == 0 {
+            said += "; then the rest as sent, after \(shift) bytes lost"
+        }
+    }
+    return said
 }
 
 /// A PostgreSQL protocol-3 message as a client sends it: `type` (none for the startup
@@ -378,10 +418,10 @@ func echoBack(_ payload: [UInt8], readAfter: Duration, fd: CInt, echo: TestProce
     writer.start()
     try await Task.sleep(for: readAfter)
     let received = readToEOF(fd, atMost: payload.count + 1)
-    XCTAssertEqual(received.count, payload.count, "every byte came back before the EOF", file: file, line: line)
-    XCTAssertTrue(sameBytes(received, payload), "in order", file: file, line: line)
-    var byte: UInt8 = 0
-    XCTAssertEqual(recv(fd, &byte, 1, CInt(MSG_DONTWAIT)), 0, "then the EOF (not a receive timeout)", file: file, line: line)
+    if assertWholeOrRepeatStopped(received, payload, rig: rig, file: file, line: line) {
+        var byte: UInt8 = 0
+        XCTAssertEqual(recv(fd, &byte, 1, CInt(MSG_DONTWAIT)), 0, "then the EOF (not a receive timeout)", file: file, line: line)
+    }
     let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
     XCTAssertTrue(drained, "the connection ends once both sides have closed", file: file, line: line)
     await rig.stop()

@@ -77,6 +77,9 @@ enum {
 /// compare differences). -errno on failure.
 int harp_socket_counts(int fd, int mode, uint64_t *received, uint64_t *written, uint64_t *queued);
 
+/// The socket's TCP state (tcpi_state: 7 is CLOSE), -errno on failure.
+int harp_socket_state(int fd);
+
 /// The socket's cookie (SO_COOKIE), 0 on failure.
 uint64_t harp_socket_cookie(int fd);
 

@@ -486,10 +486,35 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     }
 
     private static func closeDemoted(_ end: KernelDataPath.End) {
-        if case .demoted(let client, let server, _, _) = end {
+        if case .demoted(let client, let server, _, _, _, _) = end {
             harp_socket_close(client)  // a reset if parked input waits (see ParkedSocketClose)
             harp_socket_close(server)
         }
+    }
+
+    /// A NIO channel for a socket back from the kernel data path, with the close that resets a
+    /// socket with unread input and then `handlers` in its pipeline from the start: a socket
+    /// whose connection has ended both ways is read to its end the moment NIO registers it, and
+    /// what it held would reach no handler added after. Reading waits for `autoRead`.
+    /// NIO owns the descriptor only once its channel exists; if that failed, the descriptor is
+    /// still ours (the same socket, by its cookie) and is closed here.
+    static func adopt(_ fd: CInt, on loop: any EventLoop,
+                      handlers: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void) -> EventLoopFuture<any Channel> {
+        let cookie = harp_socket_cookie(fd)
+        let adopted = ClientBootstrap(group: loop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.autoRead, value: false)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ParkedSocketClose(descriptor: fd))
+                    try handlers(channel.pipeline.syncOperations)
+                }
+            }
+            .withConnectedSocket(fd)
+        adopted.whenFailure { _ in
+            if fcntl(fd, F_GETFD) != -1, harp_socket_cookie(fd) == cookie { close(fd) }
+        }
+        return adopted
     }
 
     /// A kernel-joined pair ended: closed, or handed back to user space because a reader fell behind.
@@ -513,7 +538,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         case .lost(let bytes):
             dropClient(id)
             logger.error("the kernel lost \(bytes) bytes of a connection while moving it from the kernel data path to user space; the connection is closed rather than passed on with a gap (data_path kernel)")
-        case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded):
+        case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded, let clientTaken, let serverTaken):
             guard !stopped, entry.target != nil else {
                 dropClient(id)
                 Self.closeDemoted(end)
@@ -521,30 +546,35 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             }
             entry.adopting = true
             let channelLoop = group.next()
-            func adopt(_ fd: CInt) -> EventLoopFuture<any Channel> {
-                let cookie = harp_socket_cookie(fd)
-                let adopted = ClientBootstrap(group: channelLoop)
-                    .channelOption(.allowRemoteHalfClosure, value: true)
-                    .channelOption(.autoRead, value: false)
-                    .withConnectedSocket(fd)
-                // NIO owns the descriptor only once its channel exists; if it failed before, the
-                // descriptor is still ours (the same socket, by its cookie) and is closed here.
-                adopted.whenFailure { _ in
-                    if fcntl(fd, F_GETFD) != -1, harp_socket_cookie(fd) == cookie { close(fd) }
+            let traffic = self.traffic
+            let adopted = channelLoop.flatSubmit {
+                let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: traffic, clientInputEnded: clientInputEnded, serverInputEnded: serverInputEnded)
+                let clientGlue = NIOLoopBound(clientSide, eventLoop: channelLoop)
+                let serverGlue = NIOLoopBound(serverSide, eventLoop: channelLoop)
+                // The glue is in each pipeline before NIO registers the socket (see `adopt`): the
+                // lead master's socket, say, once it closed after the client's FIN. It comes
+                // second, once the client's glue is there to take what it reads.
+                let repeated: @Sendable (UInt64) -> Void = { bytes in
+                    self.loop.execute {
+                        self.logger.error("the kernel handed \(bytes) bytes of a connection to harp-proxy twice after it moved from the kernel data path to user space; the connection is reset rather than passed on with bytes repeated (data_path kernel)")
+                    }
                 }
-                return adopted
+                let clientCheck = NIOLoopBound(ParkedInputCheck(descriptor: clientFD, partner: serverFD, taken: clientTaken, onRepeat: repeated), eventLoop: channelLoop)
+                let serverCheck = NIOLoopBound(ParkedInputCheck(descriptor: serverFD, partner: clientFD, taken: serverTaken, onRepeat: repeated), eventLoop: channelLoop)
+                let client = Self.adopt(clientFD, on: channelLoop) { try $0.addHandlers(clientCheck.value, clientGlue.value) }
+                let server = client.flatMap { _ in
+                    Self.adopt(serverFD, on: channelLoop) { try $0.addHandlers(serverCheck.value, serverGlue.value) }
+                }
+                client.whenFailure { _ in harp_socket_close(serverFD) }
+                server.whenFailure { _ in client.whenSuccess { $0.close(promise: nil) } }
+                return client.and(server)
             }
-            let client = adopt(clientFD)
-            let server = adopt(serverFD)
-            client.and(server).hop(to: self.loop).whenComplete { result in
+            adopted.hop(to: self.loop).whenComplete { result in
                 self.clients[id]?.adopting = false
                 guard case .success(let (client, server)) = result, let entry = self.clients[id], entry.target != nil, !self.stopped else {
                     if case .success(let (client, server)) = result {
                         client.close(promise: nil)
                         server.close(promise: nil)
-                    } else {
-                        client.whenSuccess { $0.close(promise: nil) }
-                        server.whenSuccess { $0.close(promise: nil) }
                     }
                     self.dropClient(id)
                     return
@@ -553,18 +583,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 entry.server = server
                 client.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: client) } }
                 channelLoop.execute {
-                    let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: self.traffic, clientInputEnded: clientInputEnded, serverInputEnded: serverInputEnded)
-                    do {
-                        try server.pipeline.syncOperations.addHandler(ParkedSocketClose(descriptor: serverFD))
-                        try client.pipeline.syncOperations.addHandler(ParkedSocketClose(descriptor: clientFD))
-                        try server.pipeline.syncOperations.addHandler(serverSide)
-                        try client.pipeline.syncOperations.addHandler(clientSide)
-                        try client.syncOptions?.setOption(.autoRead, value: true)
-                        try server.syncOptions?.setOption(.autoRead, value: true)
-                    } catch {
-                        client.close(promise: nil)
-                        server.close(promise: nil)
-                    }
+                    _ = try? client.syncOptions?.setOption(.autoRead, value: true)
+                    _ = try? server.syncOptions?.setOption(.autoRead, value: true)
                 }
             }
             logger.info("a reader fell behind by more than \(KernelDataPath.highWater >> 20) MiB: its connection moved from the kernel data path to user space, where it is flow-controlled")

@@ -93,6 +93,10 @@ final class GlueHandler {
     private var partnerWritable: Bool { context?.channel.isWritable ?? false }
 }
 
+/// An error after which nothing more may pass either way: the partner closes at once, with what
+/// it has not sent yet, instead of after it.
+protocol GlueAbort: Error {}
+
 extension GlueHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = NIOAny
@@ -141,7 +145,11 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        partner?.partnerCloseFull()
+        if error is any GlueAbort {
+            partner?.context?.close(promise: nil)
+        } else {
+            partner?.partnerCloseFull()
+        }
         context.close(promise: nil)
     }
 
