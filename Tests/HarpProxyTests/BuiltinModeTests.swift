@@ -60,6 +60,38 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    /// Level-triggered: a leader change whose watch event never arrives (the watch's connection
+    /// stays open and says nothing, like a dropped network path) still moves the instance, at
+    /// the next re-read of the DCS, and the open session to the old lead master is cut.
+    func testALeaderChangeTheWatchMissedIsFollowedAfterTheReread() async throws {
+        let port = freePort()
+        let etcd = try EtcdCluster()
+        let relay = try FreezableRelay(to: etcd.members[0].clientPort, logDirectory: etcd.directory.path)
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])], etcd: etcd,
+                               endpointsFirst: [DCSEndpoint(tls: false, host: "127.0.0.1", port: relay.port)])
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.node("node2", location: "dc1", server: b)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let streaming = await eventuallyAsync { rig.session.health.watchEndpoint == "http://127.0.0.1:\(relay.port)" }
+        XCTAssertTrue(streaming, "the watch streams through the relay")
+        let session = try openSession(through: port, tag: "missed-event", logDirectory: etcd.directory.path)
+        XCTAssertTrue(waitForActivity(on: a, "missed-event"), "a transaction is open on node1")
+
+        relay.freeze()
+        try await rig.leader("dc1", "node2")
+        let moved = await rig.waitUntilRouting("p1", to: "node2", timeout: .seconds(10))
+        XCTAssertTrue(moved, "the re-read repairs what the watch missed")
+        // Counted once the watch has had its grace to deliver it (a second or so).
+        let repaired = await eventuallyAsync(timeout: .seconds(5)) { rig.session.statistics.repairs >= 1 }
+        XCTAssertTrue(repaired, "found by a re-read, not by the watch: \(rig.session.statistics)")
+        XCTAssertTrue(eventually(timeout: 5) { !session.isRunning }, "the session on node1 is cut")
+        XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)", "the next connection lands on node2")
+        relay.thaw()
+        await rig.stop()
+    }
+
     /// Sessions cut by a switchover or a stop read why (see `sessionsCutBetweenMessagesAreToldWhy`).
     func testASessionCutByASwitchoverOrAStopIsToldWhy() async throws {
         let port = freePort()

@@ -519,6 +519,26 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(state, "stopped", "the status record says the proxy stopped", file: file, line: line)
     }
 
+    /// One SwiftNIO event loop group, with one thread per core, for all the instances of the
+    /// process (here two); no other group.
+    func testOneEventLoopThreadPerCoreForAllInstances() async throws {
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let (pa, pb) = (freePort(), freePort())
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", pa))
+        dir.write("conf.d/b.yml", instanceFile("b", "dc2", pb))
+        let proxy = try start(dir, etcd: etcd)
+        defer { proxy.stop() }
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: pa).get()) != nil && (try? serverPort(through: pb).get()) != nil }, proxy.log)
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.pid)/task")) ?? []
+        let names = tasks.compactMap { try? String(contentsOfFile: "/proc/\(proxy.pid)/task/\($0)/comm", encoding: .utf8) }
+            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        // NIO names its threads NIO-ELT-<group>-#<thread>.
+        let loops = names.filter { $0.hasPrefix("NIO-ELT-") }
+        XCTAssertEqual(loops.count, ProcessInfo.processInfo.activeProcessorCount, "\(names)")
+        XCTAssertEqual(Set(loops.map { $0.split(separator: "-").prefix(3).joined(separator: "-") }).count, 1, "one group: \(loops)")
+    }
+
     /// At start the soft RLIMIT_NOFILE is raised to the hard limit; `max_client_conn` beyond what
     /// that can hold (two descriptors a client, 64 in reserve) is lowered, with a WARNING that
     /// gives both values, and the lowered value is in force.
