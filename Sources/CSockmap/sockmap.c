@@ -290,6 +290,22 @@ int harp_sockmap_park(const struct harp_sockmap *map, int fd) {
     return map_delete(map->targets, cookie);
 }
 
+/// TCP_INFO, and the payload bytes the socket received: bytes_received less the one sequence
+/// number a received FIN takes (in the states that follow one).
+static int received_payload(int fd, struct tcp_info *info, uint64_t *received) {
+    memset(info, 0, sizeof(*info));
+    socklen_t length = sizeof(*info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &length) != 0) return -errno;
+    uint64_t in = info->tcpi_bytes_received;
+    switch (info->tcpi_state) {
+    case 6: /* TIME_WAIT */ case 7: /* CLOSE */ case 8: /* CLOSE_WAIT */ case 9: /* LAST_ACK */ case 11: /* CLOSING */
+        if (in > 0) in -= 1;
+        break;
+    }
+    *received = in;
+    return 0;
+}
+
 int harp_socket_counts(int fd, int mode, uint64_t *received, uint64_t *written, uint64_t *queued_out) {
     // What waits to be read, first: bytes that arrive before TCP_INFO is read then make the count
     // too high, never too low (the safe side: a move or a flush waits a little longer).
@@ -311,30 +327,27 @@ int harp_socket_counts(int fd, int mode, uint64_t *received, uint64_t *written, 
         unread = parked;
     }
     struct tcp_info info;
-    memset(&info, 0, sizeof(info));
-    socklen_t length = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return -errno;
+    uint64_t in = 0;
+    int failed = received_payload(fd, &info, &in);
+    if (failed != 0) return failed;
     int queued = 0;
     if (ioctl(fd, SIOCOUTQ, &queued) != 0) return -errno;
-    uint64_t in = info.tcpi_bytes_received;
-    // A received FIN takes one sequence number, which bytes_received counts.
-    switch (info.tcpi_state) {
-    case 6: /* TIME_WAIT */ case 7: /* CLOSE */ case 8: /* CLOSE_WAIT */ case 9: /* LAST_ACK */ case 11: /* CLOSING */
-        if (in > 0) in -= 1;
-        break;
-    }
     *received = in > (uint64_t)unread ? in - (uint64_t)unread : 0;
     *written = info.tcpi_bytes_acked + (uint64_t)queued;
     *queued_out = (uint64_t)queued;
     return 0;
 }
 
-int harp_socket_state(int fd) {
+int harp_socket_taken(int fd, uint64_t *taken, int *closed) {
+    int parked = 0;
+    if (ioctl(fd, SIOCINQ, &parked) != 0) return -errno;  // first, as in harp_socket_counts
     struct tcp_info info;
-    memset(&info, 0, sizeof(info));
-    socklen_t length = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return -errno;
-    return info.tcpi_state;
+    uint64_t in = 0;
+    int failed = received_payload(fd, &info, &in);
+    if (failed != 0) return failed;
+    *taken = in > (uint64_t)parked ? in - (uint64_t)parked : 0;
+    *closed = info.tcpi_state == 7;  // TCP_CLOSE
+    return 0;
 }
 
 #include <sys/epoll.h>

@@ -77,8 +77,10 @@ enum {
 /// compare differences). -errno on failure.
 int harp_socket_counts(int fd, int mode, uint64_t *received, uint64_t *written, uint64_t *queued);
 
-/// The socket's TCP state (tcpi_state: 7 is CLOSE), -errno on failure.
-int harp_socket_state(int fd);
+/// `harp_socket_counts`' `received` for a parked socket (payload received, less what waits in
+/// its own queue), and whether the socket is closed (TCP_CLOSE: after a FIN both ways, or a
+/// reset, which the count cannot tell apart). Two system calls. -errno on failure.
+int harp_socket_taken(int fd, uint64_t *taken, int *closed);
 
 /// The socket's cookie (SO_COOKIE), 0 on failure.
 uint64_t harp_socket_cookie(int fd);

@@ -538,12 +538,12 @@ final class ParkedInputCheck: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !broken else { return }
         read += UInt64(unwrapInboundIn(data).readableBytes)
-        var received: UInt64 = 0, written: UInt64 = 0, queued: UInt64 = 0
+        var received: UInt64 = 0
+        var closed: CInt = 0
         // Input that arrives during the look only makes `received` higher: never a false alarm.
-        // On a closed socket `harp_socket_counts` takes a byte off for the FIN, which a reset
-        // does not send: one byte of slack there.
-        guard harp_socket_counts(descriptor, CInt(HARP_COUNT_PARKED), &received, &written, &queued) == 0,
-              received + (harp_socket_state(descriptor) == Self.closed ? 1 : 0) < taken + read else {
+        // On a closed socket a byte is taken off for the FIN, which a reset does not send: one
+        // byte of slack there.
+        guard harp_socket_taken(descriptor, &received, &closed) == 0, received + (closed != 0 ? 1 : 0) < taken + read else {
             context.fireChannelRead(data)
             return
         }
@@ -555,9 +555,6 @@ final class ParkedInputCheck: ChannelInboundHandler {
         }
         context.fireErrorCaught(InputRepeated())
     }
-
-    /// TCP_CLOSE, as `tcpi_state` says it.
-    private static let closed: CInt = 7
 
     /// Nothing more may pass either way (see `GlueHandler.errorCaught`).
     struct InputRepeated: GlueAbort {}
