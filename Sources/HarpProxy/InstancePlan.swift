@@ -66,6 +66,11 @@ public struct ClientCounters: Sendable, Equatable {
     public var cut = 0
     /// Clients still connecting when the lead master moved, sent on instead of cut.
     public var startedAgain = 0
+    /// Connections of `data_path: kernel` reset rather than passed on with a gap, because Linux
+    /// lost input while the pair moved to user space (`kernelLost`), or with bytes repeated,
+    /// because it handed input over twice after the move (`kernelRepeated`).
+    public var kernelLost = 0
+    public var kernelRepeated = 0
 
     public init() {}
 }

@@ -49,6 +49,10 @@ actor DaemonMetrics {
             c("harp_proxy_leader_changes_total", [], s.leaderChanges, "Times the lead master changed")
             c("harp_proxy_sessions_cut_total", [], s.clients.cut, "Sessions closed because the lead master moved or went, or the instance was fenced")
             c("harp_proxy_clients_started_again_total", [], s.clients.startedAgain, "Clients still connecting when the lead master moved, sent on to the new one instead of cut")
+            for (reason, count) in [("lost", s.clients.kernelLost), ("repeated", s.clients.kernelRepeated)] {
+                c("harp_proxy_kernel_resets_total", [("reason", reason)], count,
+                  "Connections of data_path kernel reset rather than passed on with a gap (lost) or with bytes repeated (repeated) by Linux")
+            }
             if let since = s.leaderSince {
                 g("harp_proxy_leader_age_seconds", [], Date().timeIntervalSince(since), "Seconds since the lead master last changed (or was first known)")
             }

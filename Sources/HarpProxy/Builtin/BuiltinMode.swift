@@ -537,6 +537,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             dropClient(id)
         case .lost(let bytes):
             dropClient(id)
+            clientCounters.kernelLost += 1
             logger.error("the kernel lost \(bytes) bytes of a connection while moving it from the kernel data path to user space; the connection is closed rather than passed on with a gap (data_path kernel)")
         case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded, let clientTaken, let serverTaken):
             guard !stopped, entry.target != nil else {
@@ -556,6 +557,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 // second, once the client's glue is there to take what it reads.
                 let repeated: @Sendable (UInt64) -> Void = { bytes in
                     self.loop.execute {
+                        self.clientCounters.kernelRepeated += 1
                         self.logger.error("the kernel handed \(bytes) bytes of a connection to harp-proxy twice after it moved from the kernel data path to user space; the connection is reset rather than passed on with bytes repeated (data_path kernel)")
                     }
                 }
