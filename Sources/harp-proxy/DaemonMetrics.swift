@@ -50,8 +50,8 @@ actor DaemonMetrics {
             c("harp_proxy_sessions_cut_total", [], s.clients.cut, "Sessions closed because the lead master moved or went, or the instance was fenced")
             c("harp_proxy_clients_started_again_total", [], s.clients.startedAgain, "Clients still connecting when the lead master moved, sent on to the new one instead of cut")
             for (reason, count) in [("lost", s.clients.kernelLost), ("repeated", s.clients.kernelRepeated)] {
-                c("harp_proxy_kernel_resets_total", [("reason", reason)], count,
-                  "Connections of data_path kernel reset rather than passed on with a gap (lost) or with bytes repeated (repeated) by Linux")
+                c("harp_proxy_kernel_faults_total", [("reason", reason)], count,
+                  "Connections of data_path kernel closed because Linux lost input in a move to user space (lost) or handed it over twice after one (repeated)")
             }
             if let since = s.leaderSince {
                 g("harp_proxy_leader_age_seconds", [], Date().timeIntervalSince(since), "Seconds since the lead master last changed (or was first known)")

@@ -356,9 +356,9 @@ final class DaemonTests: XCTestCase {
                 && parsed.samples["harp_proxy_sessions_cut_total{instance=a}"] == 1
         }, "\(httpGet(http, "/metrics").body)\n\(proxy.log)")
         XCTAssertEqual(parsed.samples["harp_proxy_clients_started_again_total{instance=a}"], 0)
-        XCTAssertEqual(parsed.samples["harp_proxy_kernel_resets_total{instance=a,reason=lost}"], 0)
-        XCTAssertEqual(parsed.samples["harp_proxy_kernel_resets_total{instance=a,reason=repeated}"], 0)
-        XCTAssertEqual(parsed.types["harp_proxy_kernel_resets_total"], "counter")
+        XCTAssertEqual(parsed.samples["harp_proxy_kernel_faults_total{instance=a,reason=lost}"], 0)
+        XCTAssertEqual(parsed.samples["harp_proxy_kernel_faults_total{instance=a,reason=repeated}"], 0)
+        XCTAssertEqual(parsed.types["harp_proxy_kernel_faults_total"], "counter")
         XCTAssertThrowsError(try session.query("SELECT 1"), "the session was cut")
         let m = parsed.samples
         XCTAssertGreaterThanOrEqual(m["harp_proxy_connections_total{instance=a}"] ?? 0, 2)
