@@ -390,6 +390,12 @@ void harp_socket_reset_if_unread(int fd) {
     }
 }
 
+void harp_socket_reset(int fd) {
+    struct linger reset = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+    close(fd);
+}
+
 void harp_socket_close(int fd) {
     harp_socket_reset_if_unread(fd);
     close(fd);

@@ -280,6 +280,49 @@ final class KernelDataPathTests: XCTestCase {
         await rig.stop()
     }
 
+    /// Linux's two faults in a move to user space, made to happen (see
+    /// `KernelDataPath.InjectedFaults`; Linux shows them rarely and at random), through the real
+    /// path: the client reads a correct prefix, then a reset (never a gap, a repeat, or an end of
+    /// stream that looks whole); an ERROR says what happened; the instance counts it for
+    /// `harp_proxy_kernel_faults_total`; and the pair's sockets are gone.
+    private func faultInAMove(lost: UInt64 = 0, repeated: UInt64 = 0, error: String,
+                              file: StaticString = #filePath, line: UInt = #line) async throws -> ClientCounters {
+        let port = freePort()
+        let rig = try await kernelRig(port: port)
+        let path = try KernelDataPath.shared().get()
+        path.injectAtNextMove(lost: lost, repeated: repeated)
+        defer { path.injectAtNextMove() }
+        let (received, reset, sent) = try await halfCloseThenReadLate(rig: rig, port: port, checked: false) { joined in
+            XCTAssertEqual(joined.inKernel, 1, file: file, line: line)
+        }
+        // Input lost stops the move before the glue takes over; a repeat shows after.
+        XCTAssertEqual(rig.capture.all.contains { $0.message.contains("moved from the kernel data path to user space") }, lost == 0,
+                       "the move ended in user space only if nothing was lost", file: file, line: line)
+        XCTAssertLessThan(received.count, sent.count, "not all of it", file: file, line: line)
+        XCTAssertEqual(memcmp(received, sent, received.count), 0, "what arrived is the stream's beginning, as sent", file: file, line: line)
+        XCTAssertTrue(reset, "a reset ends it, not an end of stream that looks whole", file: file, line: line)
+        let errors = rig.capture.all.filter { $0.level == .error }.map(\.message)
+        XCTAssertEqual(errors.count, 1, "\(errors)", file: file, line: line)
+        XCTAssertTrue(errors.first?.contains(error) == true, "\(errors)", file: file, line: line)
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained, "the connection is gone", file: file, line: line)
+        let counters = await rig.counters("p1")
+        await rig.stop()
+        return counters
+    }
+
+    func testInputTheKernelLostInAMoveResetsTheConnectionAndIsCounted() async throws {
+        let counters = try await faultInAMove(lost: 1000, error: "the kernel lost 1000 bytes of a connection")
+        XCTAssertEqual(counters.kernelLost, 1)
+        XCTAssertEqual(counters.kernelRepeated, 0)
+    }
+
+    func testInputTheKernelHandedOverTwiceResetsTheConnectionAndIsCounted() async throws {
+        let counters = try await faultInAMove(repeated: 100, error: "the kernel handed 100 bytes of a connection to harp-proxy twice")
+        XCTAssertEqual(counters.kernelRepeated, 1)
+        XCTAssertEqual(counters.kernelLost, 0)
+    }
+
     func testNoDescriptorLeakAfterManyJoinedConnections() async throws {
         let port = freePort()
         let rig = try await kernelRig(port: port)

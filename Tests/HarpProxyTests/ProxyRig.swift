@@ -242,9 +242,12 @@ func clientsConnectingToADownLeaderGoToTheNewOne(rig: ProxyRig, port: Int, newLe
 /// `pauseAfter`: the server sends that many bytes of the answer, waits 0.3 s, then sends the rest
 /// and closes (so that, on the kernel path, the rest waits parked in the lead master's socket,
 /// which has closed by the time the pair moves to user space).
-func halfCloseThenReadLate(rig: ProxyRig, port: Int, size: Int = 20 << 20, pauseAfter: Int? = nil,
+/// `checked: false` leaves the check of what arrived to the caller, with what was read, whether
+/// a reset ended it, and what was sent.
+@discardableResult
+func halfCloseThenReadLate(rig: ProxyRig, port: Int, size: Int = 20 << 20, pauseAfter: Int? = nil, checked: Bool = true,
                            file: StaticString = #filePath, line: UInt = #line,
-                           joined: (ClientCounters) -> Void = { _ in }) async throws {
+                           joined: (ClientCounters) -> Void = { _ in }) async throws -> (received: [UInt8], reset: Bool, sent: [UInt8]) {
     let directory = rig.etcd.directory.path
     let payload = indexedBytes(size)
     let split = pauseAfter ?? size
@@ -272,8 +275,9 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, size: Int = 20 << 20, pause
     writeAll(fd, Array("go\n".utf8))
     shutdown(fd, CInt(SHUT_WR))
     try await Task.sleep(for: .seconds(2))
-    let received = readToEOF(fd, atMost: size + 1)
-    _ = assertWholeOrRepeatStopped(received, payload, rig: rig, file: file, line: line)
+    let (received, reset) = readToEnd(fd, atMost: size + 1)
+    if checked { _ = assertWholeOrRepeatStopped(received, payload, rig: rig, file: file, line: line) }
+    return (received, reset, payload)
 }
 
 /// Checks what a client read through a pair that may have moved from the kernel data path to
@@ -337,20 +341,27 @@ func indexedBytes(_ count: Int) -> [UInt8] {
 /// Everything `fd` yields until its EOF (or `atMost` bytes), straight into one buffer. A
 /// receive that waits 15 s ends it, so that a stall fails a test instead of hanging it.
 func readToEOF(_ fd: CInt, atMost limit: Int) -> [UInt8] {
+    readToEnd(fd, atMost: limit).received
+}
+
+/// `readToEOF`, and whether a reset (ECONNRESET) ended it.
+func readToEnd(_ fd: CInt, atMost limit: Int) -> (received: [UInt8], reset: Bool) {
     var timeout = timeval(tv_sec: 15, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var received = [UInt8](repeating: 0, count: limit)
+    var reset = false
     let total = received.withUnsafeMutableBytes { buffer -> Int in
         var total = 0
         while total < buffer.count {
             let n = recv(fd, buffer.baseAddress! + total, buffer.count - total, 0)
+            if n < 0, errno == ECONNRESET { reset = true }
             if n <= 0 { break }
             total += n
         }
         return total
     }
     received.removeSubrange(total...)
-    return received
+    return (received, reset)
 }
 
 /// Whether `a` and `b` hold the same bytes (memcmp: a debug build compares arrays slowly).

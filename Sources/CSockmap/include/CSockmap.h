@@ -101,3 +101,6 @@ int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeou
 void harp_socket_close(int fd);
 /// Makes the next close of `fd` a reset if its own queue holds parked input (see harp_socket_close).
 void harp_socket_reset_if_unread(int fd);
+/// Closes `fd` with a reset, whatever it holds: for a stream the proxy cannot pass on whole, so
+/// that the peer reads an error rather than an end of stream.
+void harp_socket_reset(int fd);

@@ -538,7 +538,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         case .lost(let bytes):
             dropClient(id)
             clientCounters.kernelLost += 1
-            logger.error("the kernel lost \(bytes) bytes of a connection while moving it from the kernel data path to user space; the connection is closed rather than passed on with a gap (data_path kernel)")
+            logger.error("the kernel lost \(bytes) bytes of a connection while moving it from the kernel data path to user space; the connection is reset rather than passed on with a gap (data_path kernel)")
         case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded, let clientTaken, let serverTaken):
             guard !stopped, entry.target != nil else {
                 dropClient(id)
