@@ -4,6 +4,8 @@
 # kernel), in alternating rounds on loopback. The kernel path needs root (CAP_BPF, CAP_NET_ADMIN).
 #   contrib/bench/throughput.sh            3 rounds of 10 s each
 #   ROUNDS=5 SECONDS_PER_RUN=20 contrib/bench/throughput.sh
+#   RELAY=1 contrib/bench/throughput.sh    also a minimal C relay (relay.c): the floor of any
+#                                          proxy that passes bytes through user space
 source "$(dirname "$0")/../lib.sh"
 rounds=${ROUNDS:-3}
 duration=${SECONDS_PER_RUN:-10}
@@ -37,6 +39,17 @@ CFG
 haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
 haproxy_pid=$!
 pids+=($haproxy_pid)
+targets="direct haproxy harp-proxy harp-kernel"
+if [ "${RELAY:-0}" = 1 ]; then
+  cc=$(command -v cc || command -v clang)
+  "$cc" -O2 -pthread -o "$work/relay" "$(dirname "$0")/relay.c"
+  relay_port=$(free_port $(( haproxy_port + 1 )))
+  "$work/relay" "$relay_port" "$pg_port" "$(nproc)" &
+  relay_pid=$!
+  pids+=($relay_pid)
+  targets+=" relay"
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$relay_port) 2>/dev/null && break; sleep 0.1; done
+fi
 for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$kernel_port" \
   && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$haproxy_port" && break; sleep 0.1; done
 if grep -q "data_path kernel is not available" "$work/harp-proxy.log"; then
@@ -56,12 +69,13 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 declare -A results cpu
 echo "== $rounds rounds of ${duration}s: pgbench -S -c 16 -j 2 (haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nproc) cores)"
 for round in $(seq "$rounds"); do
-  for target in direct haproxy harp-proxy harp-kernel; do
+  for target in $targets; do
     case $target in
       direct) port=$pg_port; pid="" ;;
       haproxy) port=$haproxy_port; pid=$haproxy_pid ;;
       harp-proxy) port=$harp_port; pid=$harp_pid ;;
       harp-kernel) port=$kernel_port; pid=$harp_pid ;;
+      relay) port=$relay_port; pid=$relay_pid ;;
     esac
     [ -n "$pid" ] && read -r t0 u0 s0 < <(ticks "$pid")
     tps=$(run "$port")
@@ -85,3 +99,8 @@ echo
 printf 'median tps: direct %.0f  haproxy %.0f  harp-proxy (data_path userspace) %.0f  harp-proxy (data_path kernel) %.0f\n' "$direct" "$haproxy" "$harp" "$kernel"
 awk -v h="$harp" -v k="$kernel" -v x="$haproxy" -v d="$direct" 'BEGIN { printf "harp-proxy / haproxy: userspace %.2f  kernel %.2f   haproxy / direct = %.2f   harp-proxy / direct: userspace %.2f  kernel %.2f\n", h / x, k / x, x / d, h / d, k / d }'
 echo "proxy CPU per transaction, last round: haproxy ${cpu[haproxy]}; harp-proxy userspace ${cpu[harp-proxy]}; kernel ${cpu[harp-kernel]} (the kernel path's work is done in softirq and kernel threads, not counted here)"
+if [ "${RELAY:-0}" = 1 ]; then
+  relay=$(echo ${results[relay]} | tr ' ' '\n' | median)
+  awk -v r="$relay" -v x="$haproxy" -v h="$harp" 'BEGIN { printf "minimal C relay (relay.c) %.0f tps: %.2f x haproxy; harp-proxy userspace / relay = %.2f\n", r, r / x, h / r }'
+  echo "relay CPU per transaction, last round: ${cpu[relay]}"
+fi
