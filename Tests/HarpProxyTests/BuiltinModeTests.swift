@@ -218,6 +218,41 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    /// Clients started again with the new lead master (see above) whose connect to it fails in
+    /// turn read 08006 naming the new one, not the node they first waited on, and are counted
+    /// as refused; nobody is left waiting out the old connects' `timeout`.
+    func testClientsStartedAgainWhoseNewLeaderRefusesGet08006NamingIt() async throws {
+        let port = freePort()
+        let dead = freePort()  // nothing listens there
+        let down = try SilentHost()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "timeout": .duration(.seconds(60))])])
+        try await rig.node("down", location: "dc1", dsn: "host=127.0.0.1 port=\(down.port)")
+        try await rig.node("dead", location: "dc1", dsn: "host=127.0.0.1 port=\(dead)")
+        try await rig.leader("dc1", "down")
+        let routed = await rig.waitUntilRouting("p1", to: "down")
+        XCTAssertTrue(routed)
+        let clients = (0..<4).map { _ in Task { await onOwnThread { serverPort(through: port, timeout: 30) } } }
+        let waiting = await eventuallyAsync(timeout: .seconds(10)) { await rig.counters("p1").current == 4 }
+        XCTAssertTrue(waiting, "four clients wait on their connects to the node that is down")
+        try await Task.sleep(for: .milliseconds(300))
+        let moved = Date()
+        try await rig.leader("dc1", "dead")
+        for client in clients {
+            guard case .failure(let error) = await client.value else { XCTFail("nothing listens at the new leader's address"); continue }
+            XCTAssertTrue(error.description.contains("cannot connect to the lead master dead (127.0.0.1:\(dead)): Connection refused"), error.description)
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(moved), 10, "refused at once, not after the 60 s timeout")
+        let counters = await rig.counters("p1")
+        XCTAssertEqual(counters.startedAgain, 4)
+        XCTAssertEqual(counters.refused, 4)
+        XCTAssertEqual(counters.cut, 0)
+        let gone = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(gone)
+        withExtendedLifetime(down) {}
+        await rig.stop()
+    }
+
     /// User space: a client that half-closes, then reads a large answer late, gets all of it.
     func testAClientThatHalfClosesAndReadsLateGetsTheWholeAnswer() async throws {
         let port = freePort()
