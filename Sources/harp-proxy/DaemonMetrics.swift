@@ -51,7 +51,7 @@ actor DaemonMetrics {
             c("harp_proxy_clients_started_again_total", [], s.clients.startedAgain, "Clients still connecting when the lead master moved, sent on to the new one instead of cut")
             for (reason, count) in [("lost", s.clients.kernelLost), ("repeated", s.clients.kernelRepeated)] {
                 c("harp_proxy_kernel_faults_total", [("reason", reason)], count,
-                  "Connections of data_path kernel closed because Linux lost input in a move to user space (lost) or handed it over twice after one (repeated)")
+                  "Connections of data_path kernel reset because Linux lost input in a move to user space (lost) or handed it over twice after one (repeated)")
             }
             if let since = s.leaderSince {
                 g("harp_proxy_leader_age_seconds", [], Date().timeIntervalSince(since), "Seconds since the lead master last changed (or was first known)")

@@ -2,14 +2,15 @@
 // that passes bytes through its own memory pays per transaction, with almost nothing else done.
 // One epoll loop per thread, each with its own SO_REUSEPORT listener on 127.0.0.1; a client is
 // connected to the backend (blocking, on the loop) and each read is written to its partner at
-// once. No buffering beyond one read, no backpressure, no error handling worth the name: a
-// benchmark reference, not a proxy.
+// once. No buffering beyond one read, no backpressure, no half-close (either side's end closes
+// both), no error handling worth the name: a benchmark reference, not a proxy.
 //   relay LISTEN_PORT BACKEND_PORT [THREADS]
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -18,6 +19,8 @@
 
 enum { max_fd = 65536 };
 static int listen_port, backend_port;
+// Each socket's partner; -1 once the pair is closed (a later event of the same batch for the
+// other socket is then skipped).
 static int partner[max_fd];
 
 static struct sockaddr_in loopback(int port) {
@@ -70,14 +73,17 @@ static void *loop(void *unused) {
                 serve(epoll, listener);
                 continue;
             }
+            int other = partner[fd];
+            if (other < 0) continue;
             ssize_t got = read(fd, buffer, sizeof buffer);
             if (got <= 0) {
-                close(partner[fd]);
+                partner[fd] = partner[other] = -1;
+                close(other);
                 close(fd);
                 continue;
             }
             for (ssize_t sent = 0, n; sent < got; sent += n) {
-                n = write(partner[fd], buffer + sent, (size_t)(got - sent));
+                n = write(other, buffer + sent, (size_t)(got - sent));
                 if (n <= 0) break;
             }
         }
@@ -93,6 +99,8 @@ int main(int argc, char **argv) {
     listen_port = atoi(argv[1]);
     backend_port = atoi(argv[2]);
     int threads = argc > 3 ? atoi(argv[3]) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads < 1) threads = 1;
+    signal(SIGPIPE, SIG_IGN);  // a write to a peer that has gone fails instead
     pthread_t thread;
     for (int i = 0; i < threads; i++) pthread_create(&thread, NULL, loop, NULL);
     pthread_join(thread, NULL);

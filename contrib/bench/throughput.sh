@@ -41,8 +41,8 @@ haproxy_pid=$!
 pids+=($haproxy_pid)
 targets="direct haproxy harp-proxy harp-kernel"
 if [ "${RELAY:-0}" = 1 ]; then
-  cc=$(command -v cc || command -v clang)
-  "$cc" -O2 -pthread -o "$work/relay" "$(dirname "$0")/relay.c"
+  cc=$(command -v cc || command -v clang) || { echo "RELAY=1 needs a C compiler (cc or clang)" >&2; exit 1; }
+  "$cc" -O2 -pthread -o "$work/relay" contrib/bench/relay.c  # lib.sh runs from the repository's top
   relay_port=$(free_port $(( haproxy_port + 1 )))
   "$work/relay" "$relay_port" "$pg_port" "$(nproc)" &
   relay_pid=$!

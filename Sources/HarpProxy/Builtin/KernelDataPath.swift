@@ -32,7 +32,7 @@ final class KernelDataPath: @unchecked Sendable {
     /// them. With an empty send queue the kernel's own sender would have passed them on within
     /// milliseconds. (Seen on Linux 6.18 about once in twenty slow-reader runs while a moving
     /// pair's sockets were taken out of the maps, whose program Linux detaches with input under
-    /// way; they no longer leave the maps. This stays as a guard: close, never hang or splice.)
+    /// way; they no longer leave the maps. This stays as a guard: reset, never hang or splice.)
     static let lostAfter: Duration = .seconds(2)
 
     enum End: Sendable {
