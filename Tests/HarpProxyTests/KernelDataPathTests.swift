@@ -292,7 +292,11 @@ final class KernelDataPathTests: XCTestCase {
         let path = try KernelDataPath.shared().get()
         path.injectAtNextMove(lost: lost, repeated: repeated)
         defer { path.injectAtNextMove() }
-        let (received, reset, sent) = try await halfCloseThenReadLate(rig: rig, port: port, checked: false) { joined in
+        // The last 4 MiB come 0.3 s after the rest, when the pair is parked (more than 8 MiB wait
+        // for the client): so the lead master's socket still holds input after the move, and the
+        // check that a repeat trips does read from it. (Without the pause a fast lead master can
+        // be read to its end by the kernel before the park, and nothing is read after the move.)
+        let (received, reset, sent) = try await halfCloseThenReadLate(rig: rig, port: port, pauseAfter: 16 << 20, checked: false) { joined in
             XCTAssertEqual(joined.inKernel, 1, file: file, line: line)
         }
         // Input lost stops the move before the glue takes over; a repeat shows after.
