@@ -382,17 +382,18 @@ int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeou
     return n;
 }
 
+void harp_socket_reset_on_close(int fd) {
+    struct linger reset = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+}
+
 void harp_socket_reset_if_unread(int fd) {
     int unread = 0;
-    if (ioctl(fd, SIOCINQ, &unread) == 0 && unread > 0) {
-        struct linger reset = {.l_onoff = 1, .l_linger = 0};
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
-    }
+    if (ioctl(fd, SIOCINQ, &unread) == 0 && unread > 0) harp_socket_reset_on_close(fd);
 }
 
 void harp_socket_reset(int fd) {
-    struct linger reset = {.l_onoff = 1, .l_linger = 0};
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+    harp_socket_reset_on_close(fd);
     close(fd);
 }
 

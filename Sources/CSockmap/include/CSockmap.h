@@ -99,6 +99,8 @@ int harp_watch_wait(int watch, uint64_t *tokens, int *flags, int max, int timeou
 /// peer held back by a zero window learns that nobody reads only at its next window probe, which
 /// backs off to seconds.
 void harp_socket_close(int fd);
+/// Makes the next close of `fd` a reset (SO_LINGER 0), by whoever closes it.
+void harp_socket_reset_on_close(int fd);
 /// Makes the next close of `fd` a reset if its own queue holds parked input (see harp_socket_close).
 void harp_socket_reset_if_unread(int fd);
 /// Closes `fd` with a reset, whatever it holds: for a stream the proxy cannot pass on whole, so

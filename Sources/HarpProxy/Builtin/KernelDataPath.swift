@@ -581,8 +581,7 @@ final class ParkedInputCheck: ChannelInboundHandler {
         broken = true
         onRepeat(taken + read - received)
         for fd in [descriptor, partner] where fd == descriptor || harp_socket_cookie(fd) == partnerCookie {
-            var reset = linger(l_onoff: 1, l_linger: 0)
-            setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+            harp_socket_reset_on_close(fd)
         }
         context.fireErrorCaught(InputRepeated())
     }
