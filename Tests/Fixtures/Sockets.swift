@@ -84,6 +84,16 @@ private enum FreePorts {
     }
 }
 
+/// The local port a socket is bound to (getsockname), nil on failure.
+public func localPort(_ fd: Int32) -> Int? {
+    var address = sockaddr_in()
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let named = withUnsafeMutablePointer(to: &address) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return named == 0 ? Int(UInt16(bigEndian: address.sin_port)) : nil
+}
+
 /// Whether something accepts TCP connections on a loopback port.
 public func canConnect(port: Int) -> Bool { loopbackConnect(port: port, send: []) }
 
@@ -110,13 +120,7 @@ public final class SilentHost: @unchecked Sendable {
             close(listener)
             throw FixtureError("cannot listen for a silent host: \(String(cString: strerror(errno)))")
         }
-        var address = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
-        }
-        let port = Int(UInt16(bigEndian: address.sin_port))
-        guard let filler = connectedLoopbackSocket(port: port) else {
+        guard let port = localPort(listener), let filler = connectedLoopbackSocket(port: port) else {
             close(listener)
             throw FixtureError("cannot fill the silent host's accept queue")
         }

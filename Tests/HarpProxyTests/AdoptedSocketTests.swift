@@ -92,17 +92,10 @@ final class AdoptedSocketTests: XCTestCase {
         defer { close(listener) }
         var size: CInt = 4 << 20
         setsockopt(listener, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<CInt>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(listener, $0, length) == 0 && listen(listener, 1) == 0 && getsockname(listener, $0, &length) == 0
-            }
-        }
-        XCTAssertTrue(bound)
-        let peer = try XCTUnwrap(connectedLoopbackSocket(port: Int(UInt16(bigEndian: address.sin_port))))
+        XCTAssertEqual(withLoopbackAddress(port: 0) { bind(listener, $0, $1) }, 0)
+        XCTAssertEqual(listen(listener, 1), 0)
+        let port = try XCTUnwrap(localPort(listener))
+        let peer = try XCTUnwrap(connectedLoopbackSocket(port: port))
         let ours = accept(listener, nil, nil)
         XCTAssertGreaterThanOrEqual(ours, 0)
         return (ours, peer)
