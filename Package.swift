@@ -87,7 +87,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "HarpProxyTests", dependencies: [
-            "HarpProxy", "HarpCluster", "HarpDCS", "HarpConfig", "HarpTestFixtures",
+            "HarpProxy", "HarpHealth", "HarpCluster", "HarpDCS", "HarpConfig", "HarpTestFixtures",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),

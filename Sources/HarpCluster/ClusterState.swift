@@ -17,6 +17,8 @@ public struct ClusterState: Sendable {
     public let unmanaged: Set<String>
     /// Values that were not what the layout expects; each is treated as absent.
     public let problems: [RecordProblem]
+    /// Every location the DCS knows: those with a key under `locations/`, and those nodes name.
+    public let locations: Set<String>
 
     public init(snapshot: DCSSnapshot, layout: DCSLayout) {
         self.layout = layout
@@ -27,10 +29,12 @@ public struct ClusterState: Sendable {
         var global = DirectiveSet()
         var unmanaged: Set<String> = []
         var problems: [RecordProblem] = []
+        var locations: Set<String> = []
 
         for kv in snapshot.values.values {
             guard kv.key.hasPrefix(layout.prefix) else { continue }
             let path = kv.key.dropFirst(layout.prefix.count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+            if path.first == "locations", path.count >= 2, !path[1].isEmpty { locations.insert(path[1]) }
             switch path.first {
             case "nodes" where path.count == 2:
                 switch RecordDecoding.node(kv, name: path[1]) {
@@ -62,6 +66,19 @@ public struct ClusterState: Sendable {
         proxyDirectives = proxies
         self.unmanaged = unmanaged
         self.problems = problems.sorted { $0.key < $1.key }
+        self.locations = locations.union(nodes.values.map(\.location))
+    }
+
+    /// The location an instance that names none follows: the only one the DCS holds. A location
+    /// once followed is kept (`following`) while the DCS still holds it or holds no other.
+    public func location(following: String?) -> LocationChoice {
+        if let following { return .follow(following, warnAbout: locations.subtracting([following]).sorted()) }
+        switch locations.count {
+        case 0: return .wait(reason: "no location in the DCS yet: waiting for the first one (or set proxy.location)")
+        case 1: return .follow(locations.first!, warnAbout: [])
+        default:
+            return .ambiguous(reason: "the DCS holds several locations (\(locations.sorted().joined(separator: ", "))): set proxy.location, or a top-level location, to the one to follow")
+        }
     }
 
     // MARK: - Questions an instance asks
@@ -138,6 +155,16 @@ public struct ClusterState: Sendable {
         }
         return nil
     }
+}
+
+/// Which location an instance without `proxy.location` follows.
+public enum LocationChoice: Sendable, Equatable {
+    /// This one; `warnAbout` lists other locations that appeared since it was chosen.
+    case follow(String, warnAbout: [String])
+    /// None yet: the DCS holds no location.
+    case wait(reason: String)
+    /// Several, and no way to tell which: the instance stays down until the configuration says.
+    case ambiguous(reason: String)
 }
 
 /// Where an instance should send its clients, as far as the DCS says.

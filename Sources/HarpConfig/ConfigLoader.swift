@@ -31,13 +31,13 @@ public enum ConfigLoader {
 
         // cluster
         var clusterName = ""
-        if let cluster = root.section("cluster", known: ["name"], required: true, errors: &errors) {
+        if let cluster = root.section("cluster", known: ["name"], required: true, requiredKeys: ["name"], errors: &errors) {
             clusterName = cluster.identifier("name", required: true, errors: &errors) ?? ""
         }
 
         // dcs
         var dcs = DCSConfiguration(endpoints: [])
-        if let section = root.section("dcs", known: dcsKeys, required: true, errors: &errors) {
+        if let section = root.section("dcs", known: dcsKeys, required: true, requiredKeys: ["driver", "endpoints"], errors: &errors) {
             dcs = readDCS(section, directory: directory, errors: &errors, warnings: &warnings)
         }
 
@@ -93,27 +93,40 @@ public enum ConfigLoader {
             includeGiven = root.entries["include_dir"]?.value.location
         }
 
+        // HARP's overview: a top-level `location` is every instance's unless its stanza sets one.
+        let location = root.identifier("location", errors: &errors)
+
         var instances: [InstanceConfiguration] = []
         if includeInstances {
             if let entry = root.entries["proxy"] {
-                if let instance = readInstance(entry.value, errors: &errors) { instances.append(instance) }
+                if let instance = readInstance(entry, errors: &errors) { instances.append(instance) }
             }
             for path in instanceFiles(in: includeDirectory, given: includeGiven, errors: &errors) {
                 if let instance = readInstanceFile(path, errors: &errors) { instances.append(instance) }
             }
             checkInstances(instances, file: file, errors: &errors)
             let absolute = realpath(directory, nil).map { p in defer { free(p) }; return String(cString: p) } ?? directory
-            for i in instances.indices { instances[i].configDirectory = absolute }
+            for i in instances.indices {
+                instances[i].configDirectory = absolute
+                if instances[i].location == nil, let location { instances[i].inheritLocation(location) }
+            }
+        }
+
+        // What harpctl takes as "the location from config": the top-level one, else config.yml's
+        // own proxy stanza's (read here without checking the rest of that stanza).
+        var configLocation = location
+        if configLocation == nil, case .mapping(let pairs, _)? = root.entries["proxy"]?.value {
+            configLocation = pairs.first { $0.key.scalarText == "location" }?.value.scalarText
         }
 
         if !errors.isEmpty { throw ConfigErrors(errors) }
-        return HarpConfiguration(file: file, clusterName: clusterName, dcs: dcs, control: control, http: http,
+        return HarpConfiguration(file: file, clusterName: clusterName, location: configLocation, dcs: dcs, control: control, http: http,
                                  logLevel: logLevel, logFormat: logFormat, includeDirectory: includeDirectory, instances: instances,
                                  warnings: warnings)
     }
 
     // `manager` belongs to harp-manager, which reads the same file in HARP; it is accepted and ignored.
-    static let rootKeys = ["cluster", "dcs", "proxy", "control", "http", "log_level", "log_format", "include_dir", "manager"]
+    static let rootKeys = ["cluster", "dcs", "proxy", "location", "control", "http", "log_level", "log_format", "include_dir", "manager"]
     static let dcsKeys = ["driver", "endpoints", "request_timeout", "resync_interval", "ssl", "ssl_ca_file",
                           "ssl_cert_file", "ssl_key_file", "username", "password"]
     static let instanceKeys = ["name", "location", "log_level", "pgbouncer_bin_dir", "endpoint"]
@@ -209,7 +222,7 @@ public enum ConfigLoader {
         let top = SourceLocation(file: path, line: 1, column: 1)
         do throws(ConfigError) {
             guard let node = try YAMLReader.parse(try readTextFile(path), file: path) else {
-                errors.append(ConfigError(top, "the file is empty: expected a 'proxy' stanza with at least 'name' and 'location'"))
+                errors.append(ConfigError(top, "the file is empty: expected a 'proxy' stanza with at least 'name'"))
                 return nil
             }
             let root = Section(node, name: "a conf.d file (only a 'proxy' stanza belongs here)", known: ["proxy"], errors: &errors)
@@ -218,18 +231,25 @@ public enum ConfigLoader {
                 errors.append(ConfigError(top, "missing required key 'proxy': each conf.d file defines one instance in a 'proxy' stanza"))
                 return nil
             }
-            return readInstance(entry.value, errors: &errors)
+            return readInstance(entry, errors: &errors)
         } catch {
             errors.append(error)
             return nil
         }
     }
 
-    private static func readInstance(_ node: YAMLNode, errors: inout [ConfigError]) -> InstanceConfiguration? {
+    private static func readInstance(_ entry: (key: YAMLNode, value: YAMLNode), errors: inout [ConfigError]) -> InstanceConfiguration? {
+        let node = entry.value
+        if node.isNull {
+            // `proxy:` with nothing under it: the key it lacks, not the YAML type of an empty value.
+            errors.append(ConfigError(entry.key.location, "missing required key 'proxy.name'"))
+            return nil
+        }
         let section = Section(node, name: "'proxy'", known: instanceKeys + ProxyDirectives.names, errors: &errors)
         guard section.isMapping else { return nil }
         let name = section.identifier("name", required: true, errors: &errors)
-        let location = section.identifier("location", required: true, errors: &errors)
+        // Optional: the top-level `location`, else the only location the DCS holds (see ProxyHost).
+        let location = section.identifier("location", errors: &errors)
         var directives = DirectiveSet()
         for spec in ProxyDirectives.all {
             guard let entry = section.entries[spec.name], !entry.value.isNull else { continue }
@@ -242,14 +262,14 @@ public enum ConfigLoader {
             case .failure(let e): errors.append(ConfigError(l, e.description))
             }
         }
-        var instance = InstanceConfiguration(name: name ?? "", location: location ?? "", directives: directives, source: section.location)
+        var instance = InstanceConfiguration(name: name ?? "", location: location, directives: directives, source: section.location)
         instance.logLevel = section.logLevel("log_level", errors: &errors)
         instance.pgbouncerBinDir = section.string("pgbouncer_bin_dir", errors: &errors)
         instance.endpoint = section.string("endpoint", errors: &errors)
         if name == "global" {
             errors.append(ConfigError(section.entries["name"]!.value.location, "instance name 'global' is reserved for the directives every proxy shares"))
         }
-        return name == nil || location == nil ? nil : instance
+        return name == nil ? nil : instance
     }
 
     private static func instanceFiles(in directory: String, given: SourceLocation?, errors: inout [ConfigError]) -> [String] {
@@ -279,18 +299,19 @@ public enum ConfigLoader {
                 byName[instance.name] = instance
             }
         }
-        var seen: [InstanceConfiguration] = []
+        // Only listeners fixed in the files can clash here: a port that comes from the DCS is
+        // known once the DCS has been read, and the host checks it then (ListenerClaims).
+        var seen: [(InstanceConfiguration, (address: String, port: Int))] = []
         for instance in instances {
-            let mine = instance.localListen
-            if let other = seen.first(where: { listenersOverlap($0.localListen, mine) }) {
-                let theirs = other.localListen
+            guard let mine = instance.fixedListen else { continue }
+            if let (other, theirs) = seen.first(where: { listenersOverlap($0.1, mine) }) {
                 errors.append(ConfigError(instance.source, "instance '\(instance.name)' listens on \(mine.address):\(mine.port), which instance '\(other.name)' (\(other.source)) already uses with \(theirs.address):\(theirs.port): give each instance its own listen_port"))
             }
-            seen.append(instance)
+            seen.append((instance, mine))
         }
     }
 
-    static func listenersOverlap(_ a: (address: String, port: Int), _ b: (address: String, port: Int)) -> Bool {
+    public static func listenersOverlap(_ a: (address: String, port: Int), _ b: (address: String, port: Int)) -> Bool {
         guard a.port == b.port else { return false }
         let wildcard: Set<String> = ["0.0.0.0", "::", "*", ""]
         return a.address == b.address || wildcard.contains(a.address) || wildcard.contains(b.address)
@@ -336,12 +357,20 @@ struct Section {
         name.hasPrefix("'") ? "'\(name.dropFirst().dropLast()).\(key)'" : name == "the top level" ? "'\(key)'" : "'\(name).\(key)'"
     }
 
-    func section(_ key: String, known: [String], required: Bool, errors: inout [ConfigError]) -> Section? {
+    /// - Parameter requiredKeys: of a required stanza written with nothing under it (`cluster:`),
+    ///   the keys it lacks are named, as for any other missing key.
+    func section(_ key: String, known: [String], required: Bool, requiredKeys: [String] = [], errors: inout [ConfigError]) -> Section? {
         guard let entry = entries[key] else {
             if required { errors.append(ConfigError(location, "missing required stanza '\(key)'")) }
             return nil
         }
-        if entry.value.isNull && !required { return nil }
+        if entry.value.isNull {
+            guard required else { return nil }
+            let prefix = name == "the top level" ? key : "\(name).\(key)"
+            for missing in requiredKeys { errors.append(ConfigError(entry.key.location, "missing required key '\(prefix).\(missing)'")) }
+            if requiredKeys.isEmpty { errors.append(ConfigError(entry.key.location, "'\(prefix)' is empty: expected a mapping of key: value")) }
+            return nil
+        }
         let sub = Section(entry.value, name: name == "the top level" ? key : "\(name).\(key)", known: known, errors: &errors)
         return sub.isMapping ? sub : nil
     }

@@ -3,6 +3,9 @@ public struct HarpConfiguration: Sendable {
     /// The config.yml this came from, as given on the command line.
     public var file: String
     public var clusterName: String
+    /// The location config.yml names: its top-level `location` (every instance's that does not
+    /// set its own, as in HARP's overview), else its `proxy` stanza's. harpctl's default location.
+    public var location: String? = nil
     public var dcs: DCSConfiguration
     public var control: ControlConfiguration
     public var http: HTTPConfiguration
@@ -119,10 +122,25 @@ public struct HTTPConfiguration: Sendable {
     public var probeTimeout: Duration = .seconds(10)
 }
 
+/// Where an instance's location was given.
+public enum LocationSource: String, Sendable {
+    /// `proxy.location` in the instance's own stanza.
+    case stanza
+    /// The top-level `location` of config.yml.
+    case topLevel
+    /// Nowhere: the instance follows the only location the DCS holds.
+    case dcs
+}
+
 /// One proxy instance: a `proxy:` stanza in config.yml or in a conf.d file.
 public struct InstanceConfiguration: Sendable {
     public var name: String
-    public var location: String
+    /// The location whose lead master the instance follows; nil when no file says, and the
+    /// instance takes the only location the DCS holds (HARP's minimal example has none).
+    public var location: String? {
+        didSet { locationSource = location == nil ? .dcs : .stanza }
+    }
+    public private(set) var locationSource: LocationSource
     public var logLevel: LogLevel?
     public var pgbouncerBinDir: String?
     /// The folder of config.yml: pgbouncer mode writes its ini and auth file there, as HARP does.
@@ -135,9 +153,10 @@ public struct InstanceConfiguration: Sendable {
     /// Where the stanza is, for messages about this instance.
     public var source: SourceLocation
 
-    public init(name: String, location: String, directives: DirectiveSet = DirectiveSet(), source: SourceLocation) {
+    public init(name: String, location: String?, directives: DirectiveSet = DirectiveSet(), source: SourceLocation) {
         self.name = name
         self.location = location
+        locationSource = location == nil ? .dcs : .stanza
         self.directives = directives
         self.source = source
     }
@@ -148,11 +167,23 @@ public struct InstanceConfiguration: Sendable {
             && pgbouncerBinDir == other.pgbouncerBinDir && configDirectory == other.configDirectory && endpoint == other.endpoint && directives == other.directives
     }
 
+    /// Sets the location from config.yml's top-level `location`.
+    public mutating func inheritLocation(_ location: String) {
+        self.location = location
+        locationSource = .topLevel
+    }
+
     /// The listener this instance will use if the DCS says nothing else.
     public var localListen: (address: String, port: Int) {
         var address = "0.0.0.0", port = 6432
         if case .string(let a) = directives["listen_address"] { address = a }
         if case .integer(let p) = directives["listen_port"] { port = p }
         return (address, port)
+    }
+
+    /// The listener when the stanza itself sets `listen_port` (the address set there too, or its
+    /// default); nil when the port is left to the DCS or the default.
+    public var fixedListen: (address: String, port: Int)? {
+        directives["listen_port"] == nil ? nil : localListen
     }
 }

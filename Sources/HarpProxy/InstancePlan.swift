@@ -18,8 +18,9 @@ public struct InstancePlan: Sendable, Equatable {
         }
     }
 
-    /// The location whose lead master the instance follows (it may change on a reload).
-    public var location: String
+    /// The location whose lead master the instance follows (it may change on a reload); nil
+    /// while an instance that names none has none to follow (`routing` says why).
+    public var location: String?
     public var directives: EffectiveDirectives
     /// False when the DCS's `managed` key says "false": the mode then keeps its current target
     /// and connections and ignores `routing`.
@@ -31,19 +32,27 @@ public struct InstancePlan: Sendable, Equatable {
     public var dcsRead = true
     /// When the host saw the DCS change behind this plan: the start of reaction-time measurements.
     public var observedAt: ContinuousClock.Instant
+    /// Set when another instance of the process holds the listener this one's directives ask
+    /// for: the mode must not bind it, and keeps whatever listener it has.
+    public var listenBlocked: String? = nil
+
+    /// The listener the directives ask for.
+    public var listenAddress: String { directives.listenAddress }
+    public var listenPort: Int { directives.listenPort }
 
     /// The state name in status records and logs.
     public var stateName: String {
         if !managed { return "unmanaged" }
         switch routing {
         case .leader: return "routing"
-        case .noLeader: return "no-leader"
+        case .noLeader: return location == nil ? "no-location" : "no-leader"
         case .fenced: return "fenced"
         }
     }
 
     public static func == (a: InstancePlan, b: InstancePlan) -> Bool {
         a.location == b.location && a.directives == b.directives && a.managed == b.managed && a.routing == b.routing && a.maxClientConn == b.maxClientConn && a.dcsRead == b.dcsRead
+            && a.listenBlocked == b.listenBlocked
     }
 }
 

@@ -41,6 +41,10 @@ public actor ProxyHost {
         var lastLeader: LeaderTarget?
         var leaderChanges = 0
         var leaderSince: Date?
+        /// For an instance that names no location: the one it follows, once chosen, and what
+        /// was last said about the choice (so that it is logged once).
+        var followedLocation: String?
+        var locationNote: String?
     }
 
     private var running: [String: Running] = [:]
@@ -98,9 +102,10 @@ public actor ProxyHost {
                                       ["from": "\(before.logLevel?.rawValue ?? "the process's")", "to": "\(instance.logLevel?.rawValue ?? "the process's")"])
                 }
                 if !before.sameSettings(as: instance) { running[instance.name]?.logger.info("instance changed: re-planning") }
+                if before.location != instance.location { running[instance.name]?.followedLocation = nil }
             } else {
                 running[instance.name] = Self.makeRunning(instance, logger: logger, session: session, layout: layout)
-                running[instance.name]?.logger.info("instance added", metadata: ["location": "\(instance.location)"])
+                running[instance.name]?.logger.info("instance added", metadata: ["location": "\(instance.location ?? "from the DCS")"])
             }
         }
         instances = newInstances
@@ -162,7 +167,7 @@ public actor ProxyHost {
         var clients = await r.mode?.counters() ?? ClientCounters()
         clients.current = 0  // every connection is closed; the last ones may not be counted out yet
         clients.inKernel = 0
-        var record = StatusRecord(InstanceStatus(name: name, location: instance.location, type: r.modeName ?? "builtin", plan: nil,
+        var record = StatusRecord(InstanceStatus(name: name, location: instance.location ?? r.followedLocation, type: r.modeName ?? "builtin", plan: nil,
                                                  listen: nil, clients: clients, since: Date(), leaderChanges: r.leaderChanges,
                                                  leaderSince: r.leaderSince))
         record.managed = r.plan?.managed ?? true
@@ -240,8 +245,9 @@ public actor ProxyHost {
 
     private func status(of name: String) async -> InstanceStatus? {
         guard let instance = instances.first(where: { $0.name == name }), let r = running[name] else { return nil }
-        return InstanceStatus(name: name, location: instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
-                              plan: r.plan, listen: await r.mode?.listening(), clients: await r.mode?.counters() ?? ClientCounters(),
+        let listener = await r.mode?.listener() ?? ListenerStatus()
+        return InstanceStatus(name: name, location: r.plan?.location ?? instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
+                              plan: r.plan, listen: listener.listening, listenError: listener.error, clients: await r.mode?.counters() ?? ClientCounters(),
                               since: r.since, pool: await r.mode?.poolSummary(), leaderChanges: r.leaderChanges, leaderSince: r.leaderSince)
     }
 
@@ -263,15 +269,29 @@ public actor ProxyHost {
         }
         caps = newCaps
 
+        // Listeners: each instance's effective address, known only now (the DCS may set it).
+        let claims = instances.compactMap { instance -> ListenerClaims.Claim? in
+            guard let r = running[instance.name] else { return nil }
+            let directives = state.effectiveDirectives(for: instance)
+            let heldBefore = r.plan.map { $0.listenBlocked == nil && $0.listenAddress == directives.listenAddress && $0.listenPort == directives.listenPort } ?? false
+            return ListenerClaims.Claim(instance: instance.name, address: directives.listenAddress, port: directives.listenPort, heldBefore: heldBefore)
+        }
+        let listenRefusals = ListenerClaims.refusals(claims)
+
         var nextDeadline: ContinuousClock.Instant?
         for instance in instances {
             guard var r = running[instance.name] else { continue }
             let directives = state.effectiveDirectives(for: instance)
-            let (routing, deadline) = routing(for: instance, in: state, snapshot: snapshot, directives: directives, logger: r.logger)
+            let location = followedLocation(of: instance, in: state, synced: snapshot.synced, &r)
+            var (routing, deadline) = (InstancePlan.Routing.noLeader(reason: location.reason ?? ""), ContinuousClock.Instant?.none)
+            if let name = location.name {
+                (routing, deadline) = self.routing(for: instance.name, at: name, in: state, snapshot: snapshot, directives: directives, logger: r.logger)
+            }
             if let deadline { nextDeadline = min(nextDeadline ?? deadline, deadline) }
-            let plan = InstancePlan(location: instance.location, directives: directives, managed: state.isManaged(instance.name), routing: routing,
+            var plan = InstancePlan(location: location.name, directives: directives, managed: state.isManaged(instance.name), routing: routing,
                                     maxClientConn: caps[instance.name] ?? directives.maxClientConn, dcsRead: snapshot.synced,
                                     observedAt: observedAt)
+            plan.listenBlocked = listenRefusals[instance.name]
             ensureMode(named: directives.type, for: instance, &r)
             guard r.mode != nil else {
                 // No mode of that type in this build: the instance is stopped, and status says so.
@@ -286,7 +306,7 @@ public actor ProxyHost {
             }
             if r.plan != plan {
                 let leaderMoved = r.plan?.routing.target.map { !$0.sameRoute(as: plan.routing.target) } ?? (plan.routing.target != nil)
-                if r.plan?.stateName != plan.stateName || leaderMoved { reportStatusSoon(instance.name) }
+                if r.plan?.stateName != plan.stateName || leaderMoved || r.plan?.listenBlocked != plan.listenBlocked { reportStatusSoon(instance.name) }
                 if r.plan?.stateName != plan.stateName { r.since = Date() }
                 logTransition(from: r.plan, to: plan, logger: r.logger)
                 r.plan = plan
@@ -297,11 +317,44 @@ public actor ProxyHost {
         scheduleFenceCheck(at: nextDeadline)
     }
 
+    /// The location an instance follows: its own, or for one that names none, the only one the
+    /// DCS holds, kept once chosen. nil with the reason while there is none to follow.
+    private func followedLocation(of instance: InstanceConfiguration, in state: ClusterState, synced: Bool,
+                                  _ r: inout Running) -> (name: String?, reason: String?) {
+        if let location = instance.location { return (location, nil) }
+        guard synced else { return (nil, "the DCS has not been read yet") }
+        let note: String, result: (String?, String?)
+        switch state.location(following: r.followedLocation) {
+        case .follow(let location, let others):
+            result = (location, nil)
+            if r.followedLocation == nil {
+                r.logger.info("following location \(location): the only one the DCS holds, and the configuration names none",
+                              metadata: ["location": "\(location)"])
+            }
+            r.followedLocation = location
+            note = others.isEmpty ? "" : "others: " + others.joined(separator: ",")
+            if !others.isEmpty && r.locationNote != note {
+                r.logger.warning("the DCS now holds other locations too; still following \(location): set proxy.location to make the choice explicit",
+                                 metadata: ["location": "\(location)", "others": "\(others.joined(separator: ","))"])
+            }
+        case .wait(let reason):
+            result = (nil, reason)
+            note = reason
+            if r.locationNote != note { r.logger.info("\(reason)") }
+        case .ambiguous(let reason):
+            result = (nil, reason)
+            note = reason
+            if r.locationNote != note { r.logger.error("no location to follow: \(reason)") }
+        }
+        r.locationNote = note
+        return result
+    }
+
     /// Where the instance should route, and when that answer changes by itself (a fencing deadline).
-    private func routing(for instance: InstanceConfiguration, in state: ClusterState, snapshot: DCSSnapshot,
+    private func routing(for instance: String, at location: String, in state: ClusterState, snapshot: DCSSnapshot,
                          directives: EffectiveDirectives, logger: Logger) -> (InstancePlan.Routing, ContinuousClock.Instant?) {
         guard snapshot.synced else { return (.noLeader(reason: "the DCS has not been read yet"), nil) }
-        let resolution = state.leader(of: instance.location)
+        let resolution = state.leader(of: location)
         if !snapshot.reachable {
             // Measured on the monotonic clock from the last linearizable answer, not from when the
             // session gave up on etcd.
@@ -309,7 +362,7 @@ public actor ProxyHost {
             let lease = resolution.target.flatMap { leaseTTLs[$0.lease] } ?? directives.leaderLeaseDuration
             if directives.dcsFailurePolicy == "fence" {
                 if outage >= lease {
-                    if fenceWarned.insert(instance.name).inserted {
+                    if fenceWarned.insert(instance).inserted {
                         logger.warning("DCS unreachable longer than the leader lease: fencing, no routing until it is back",
                                        metadata: ["outage_s": "\(format(outage))", "lease_s": "\(format(lease))"])
                     }
@@ -317,13 +370,13 @@ public actor ProxyHost {
                 }
                 return (routing(resolution), .now + (lease - outage))
             }
-            if fenceWarned.insert(instance.name).inserted {
+            if fenceWarned.insert(instance).inserted {
                 logger.warning("DCS unreachable; dcs_failure_policy is keep: routing to the last known lead master",
                                metadata: ["outage_s": "\(format(outage))", "leader": "\(resolution.target.map { "\($0)" } ?? "none")"])
             }
             return (routing(resolution), nil)
         }
-        if fenceWarned.remove(instance.name) != nil {
+        if fenceWarned.remove(instance) != nil {
             logger.info("DCS reachable again: routing resumes from the current state")
         }
         if let target = resolution.target, target.lease != 0, leaseTTLs[target.lease] == nil { lookUpLease(target.lease) }
@@ -392,6 +445,7 @@ public actor ProxyHost {
     }
 
     private func logTransition(from old: InstancePlan?, to new: InstancePlan, logger: Logger) {
+        if let blocked = new.listenBlocked, old?.listenBlocked != blocked { logger.error("\(blocked)") }
         guard old?.stateName != new.stateName || old?.routing.target != new.routing.target else { return }
         var metadata: Logger.Metadata = ["state": "\(new.stateName)"]
         switch new.routing {
@@ -407,10 +461,13 @@ public actor ProxyHost {
 /// One instance as status output shows it.
 public struct InstanceStatus: Sendable {
     public var name: String
-    public var location: String
+    /// The location it follows; nil while one that names none has none to follow.
+    public var location: String?
     public var type: String
     public var plan: InstancePlan?
     public var listen: String?
+    /// Why it does not hold the listener its plan asks for (address in use), if it does not.
+    public var listenError: String? = nil
     public var clients: ClientCounters
     /// When the instance entered its current state.
     public var since: Date
@@ -419,6 +476,13 @@ public struct InstanceStatus: Sendable {
     /// How many times the lead master has changed, and when it last did (or was first known).
     public var leaderChanges = 0
     public var leaderSince: Date? = nil
+
+    /// The state name of status output: the plan's, unless the instance cannot hold the listener
+    /// the plan asks for, which no `routing` may hide.
+    public var state: String {
+        guard let plan else { return "stopped" }
+        return listenError != nil && plan.managed ? "listen-failed" : plan.stateName
+    }
 }
 
 extension LogLevel {

@@ -21,8 +21,8 @@ public protocol ProxyMode: AnyObject, Sendable {
     /// Level-triggered: called with the full desired state on every change. Must return at once.
     func apply(_ plan: InstancePlan)
 
-    /// Where the instance listens now, if it does.
-    func listening() async -> String?
+    /// Where the instance listens now, if it does, and why not where its plan says, if it does not.
+    func listener() async -> ListenerStatus
 
     func counters() async -> ClientCounters
 
@@ -35,6 +35,20 @@ public protocol ProxyMode: AnyObject, Sendable {
 
 extension ProxyMode {
     public func poolSummary() async -> PoolSummary? { nil }
+}
+
+/// Where an instance listens, as status reports it.
+public struct ListenerStatus: Sendable, Equatable {
+    /// The address it holds now (the previous one while a new one cannot be had).
+    public var listening: String?
+    /// Why it does not hold the address its plan asks for: that address is in use, by another
+    /// instance or another process. nil when it does.
+    public var error: String?
+
+    public init(listening: String? = nil, error: String? = nil) {
+        self.listening = listening
+        self.error = error
+    }
 }
 
 public enum ProxyModes {

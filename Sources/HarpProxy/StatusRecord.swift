@@ -8,16 +8,19 @@ import Logging
 /// `monitor_interval`, on a lease of three intervals: if the process dies, the record goes.
 public struct StatusRecord: Sendable {
     public var name: String
-    public var location: String
+    public var location: String?
     public var type: String
     public var managed: Bool
     public var listen: String?
+    public var listenError: String?
     public var leader: LeaderTarget?
     public var state: String
     public var clients: ClientCounters
     public var maxClientConn: Int
     public var since: Date
     public var pool: PoolSummary?
+    /// Why the instance routes nowhere, when it does not.
+    public var reason: String?
     /// pgbouncer mode: the pooling settings in force, which harpctl shows (local ones included).
     public var pooling: [String: DirectiveValue] = [:]
 
@@ -27,12 +30,17 @@ public struct StatusRecord: Sendable {
         type = status.type
         managed = status.plan?.managed ?? true
         listen = status.listen
+        listenError = status.listenError
         leader = status.plan?.routing.target
-        state = status.plan?.stateName ?? "stopped"
+        state = status.state
         clients = status.clients
         maxClientConn = status.plan?.maxClientConn ?? 0
         since = status.since
         pool = status.pool
+        switch status.plan?.routing {
+        case .noLeader(let r)?, .fenced(let r)?: reason = r
+        default: reason = nil
+        }
         if type == PgBouncerMode.typeName, let d = status.plan?.directives {
             pooling = ["pool_mode": .string(d.string("pool_mode") ?? "session"), "auth_type": .string(d.string("auth_type") ?? "md5"),
                        "default_pool_size": .integer(d.integer("default_pool_size") ?? 25)]
@@ -42,7 +50,7 @@ public struct StatusRecord: Sendable {
     /// The JSON object, as the DCS record and the control socket show it.
     public var json: [String: Any] {
         var object: [String: Any] = [
-            "name": name, "location": location, "type": type, "managed": managed,
+            "name": name, "location": location ?? NSNull(), "type": type, "managed": managed,
             "listen": listen ?? NSNull(),
             "leader": leader.map { ["name": $0.name, "address": "\($0.address)"] as [String: Any] } ?? NSNull(),
             "state": state,
@@ -51,6 +59,9 @@ public struct StatusRecord: Sendable {
             "since": since.formatted(Date.ISO8601FormatStyle()),
         ]
         if let pool { object["pool"] = pool.json }
+        if let listenError { object["listen_error"] = listenError }
+        // Why there is no lead master to route to (no-leader, no-location, fenced).
+        if let plan = reason { object["reason"] = plan }
         object.merge(pooling.mapValues { $0.jsonValue }) { $1 }
         return object
     }

@@ -86,6 +86,7 @@ struct DaemonHealth: HealthChecks {
         for status in statuses where instance == nil || status.name == instance {
             guard let plan = status.plan else { result[status.name] = "stopped"; continue }
             if !plan.managed { continue }  // an unmanaged instance is the operator's, not the probe's
+            if let error = status.listenError { result[status.name] = error; continue }
             guard plan.routing.target != nil else {
                 switch plan.routing {
                 case .noLeader(let reason), .fenced(let reason): result[status.name] = "\(plan.stateName): \(reason)"

@@ -21,7 +21,7 @@ actor DaemonMetrics {
     /// The series of each instance, so that an instance removed by a reload takes them along.
     private var seriesOfInstance: [String: Set<String>] = [:]
 
-    static let states = ["routing", "no-leader", "fenced", "unmanaged", "stopped"]
+    static let states = ["routing", "no-leader", "no-location", "fenced", "listen-failed", "unmanaged", "stopped"]
 
     init(host: ProxyHost, session: DCSSession) {
         self.host = host
@@ -58,7 +58,7 @@ actor DaemonMetrics {
             }
             c("harp_proxy_bytes_total", [("direction", "client_to_server")], s.clients.bytesToServer, "Bytes passed, by direction")
             c("harp_proxy_bytes_total", [("direction", "server_to_client")], s.clients.bytesToClient, "Bytes passed, by direction")
-            let state = s.plan?.stateName ?? "stopped"
+            let state = s.state
             for name in Self.states {
                 g("harp_proxy_state", [("state", name)], name == state ? 1 : 0, "1 for the instance's current state")
             }

@@ -41,9 +41,17 @@ struct HarpProxyCommand: AsyncParsableCommand {
         for warning in configuration.warnings { printError("\(warning.location): warning: \(warning.message)") }
 
         if check {
+            // What the DCS may still change is marked: a listener without a local listen_port
+            // (proxies/<name>/config or proxies/global/config set it), a location from the DCS.
             let rows = configuration.instances.map { i -> [String] in
                 let listen = i.localListen
-                return [i.name, i.location, i.directives["type"]?.description ?? "builtin", "\(listen.address):\(listen.port)", "\(i.source.file):\(i.source.line)"]
+                let location = switch i.locationSource {
+                case .stanza: i.location ?? ""
+                case .topLevel: (i.location ?? "") + " (top-level)"
+                case .dcs: "(the DCS's only location)"
+                }
+                let listener = i.fixedListen == nil ? "(DCS, else \(listen.address):\(listen.port))" : "\(listen.address):\(listen.port)"
+                return [i.name, location, i.directives["type"]?.description ?? "builtin", listener, "\(i.source.file):\(i.source.line)"]
             }
             let widths = (0..<5).map { c in rows.map { $0[c].count }.max() ?? 0 }
             for row in rows {

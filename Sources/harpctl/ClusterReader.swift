@@ -8,10 +8,13 @@ struct ClusterAccess {
     let cluster: String
     let layout: DCSLayout
     let client: EtcdClient
+    /// The location config.yml names, if any (see `HarpConfiguration.location`).
+    let configLocation: String?
 
     init(_ options: DCSOptions) throws {
-        let (cluster, dcs) = try options.resolve()
+        let (cluster, dcs, location) = try options.resolve()
         self.cluster = cluster
+        configLocation = location
         layout = DCSLayout(cluster: cluster)
         client = EtcdClient(configuration: dcs)
     }
@@ -24,6 +27,17 @@ struct ClusterAccess {
     func state() async throws -> (ClusterState, DCSSnapshot) {
         let s = try await snapshot()
         return (ClusterState(snapshot: s, layout: layout), s)
+    }
+
+    /// The location a command without one works on: the argument, else the one config.yml
+    /// names, else the only one the DCS holds (the proxy's rule); several fail with their names.
+    func location(_ argument: String?, in state: ClusterState) -> String {
+        if let given = argument ?? configLocation { return given }
+        switch state.location(following: nil) {
+        case .follow(let only, _): return only
+        case .wait: fail("no location in the DCS; name one")
+        case .ambiguous: fail("no location given, and the DCS holds several (\(state.locations.sorted().joined(separator: ", "))): name one")
+        }
     }
 
     /// Runs a DCS call; its failure is reported on stderr and exits 1.

@@ -63,13 +63,6 @@ struct GetNode: AsyncParsableCommand {
 }
 
 /// Every location the DCS knows: from leader keys, location records and nodes.
-func locations(_ state: ClusterState, _ snapshot: DCSSnapshot) -> [String] {
-    var names = Set(state.leaders.keys).union(state.nodes.values.map(\.location))
-    for kv in snapshot.keys(under: state.layout.locationsPrefix) {
-        if let name = kv.key.dropFirst(state.layout.locationsPrefix.count).split(separator: "/").first { names.insert(String(name)) }
-    }
-    return names.sorted()
-}
 
 func locationRow(_ location: String, _ state: ClusterState, cluster: String) -> [String: Any] {
     var row: [String: Any] = ["cluster": cluster, "location": location, "leader": NSNull(), "address": NSNull()]
@@ -89,9 +82,9 @@ struct GetLocations: AsyncParsableCommand {
 
     func run() async throws {
         let access = try ClusterAccess(options)
-        let (state, snapshot) = try await access.state()
+        let (state, _) = try await access.state()
         var listing = Listing(headers: locationHeaders.0, keys: locationHeaders.1)
-        listing.rows = locations(state, snapshot).map { locationRow($0, state, cluster: access.cluster) }
+        listing.rows = state.locations.sorted().map { locationRow($0, state, cluster: access.cluster) }
         listing.print(options.output)
     }
 }
@@ -99,12 +92,13 @@ struct GetLocations: AsyncParsableCommand {
 struct GetLocation: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "location", abstract: "One location and its lead master.")
     @OptionGroup var options: DCSOptions
-    @Argument(help: "The location.") var location: String
+    @Argument(help: "The location; by default the one config.yml names, else the only one in the DCS.") var location: String?
 
     func run() async throws {
         let access = try ClusterAccess(options)
-        let (state, snapshot) = try await access.state()
-        guard locations(state, snapshot).contains(location) else { fail("no location '\(location)'") }
+        let (state, _) = try await access.state()
+        let location = access.location(self.location, in: state)
+        guard state.locations.contains(location) else { fail("no location '\(location)'") }
         var listing = Listing(headers: locationHeaders.0, keys: locationHeaders.1)
         listing.rows = [locationRow(location, state, cluster: access.cluster)]
         listing.print(options.output, single: true)

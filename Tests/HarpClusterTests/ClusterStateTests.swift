@@ -119,4 +119,27 @@ final class ClusterStateTests: XCTestCase {
         XCTAssertFalse(layout.isProxyStatus("/harp/other/proxies/p1/status"), "another cluster's")
         XCTAssertFalse(layout.isProxyStatus(layout.leader(location: "status")))
     }
+
+    // MARK: - The location of an instance that names none
+
+    func testAnInstanceWithoutALocationFollowsTheOnlyOneAndKeepsIt() {
+        let empty = ClusterState(snapshot: snapshot([:]), layout: layout)
+        guard case .wait(let waiting) = empty.location(following: nil) else { return XCTFail("\(empty.location(following: nil))") }
+        XCTAssertTrue(waiting.contains("no location in the DCS yet"), waiting)
+
+        // A node's location counts, and so does a key under locations/ (a leader, or harpctl apply's record).
+        let one = ClusterState(snapshot: snapshot(["nodes/n1": #"{"name":"n1","location":"dc1","dsn":"host=a"}"#]), layout: layout)
+        XCTAssertEqual(one.location(following: nil), .follow("dc1", warnAbout: []))
+        let byKey = ClusterState(snapshot: snapshot(["locations/dc7/leader": #"{"name":"x"}"#]), layout: layout)
+        XCTAssertEqual(byKey.locations, ["dc7"])
+
+        let two = ClusterState(snapshot: snapshot([
+            "nodes/n1": #"{"name":"n1","location":"dc1","dsn":"host=a"}"#,
+            "locations/dc2/leader": #"{"name":"n2"}"#,
+        ]), layout: layout)
+        guard case .ambiguous(let reason) = two.location(following: nil) else { return XCTFail("\(two.location(following: nil))") }
+        XCTAssertTrue(reason.contains("several locations (dc1, dc2)") && reason.contains("set proxy.location"), reason)
+        XCTAssertEqual(two.location(following: "dc1"), .follow("dc1", warnAbout: ["dc2"]), "once chosen, kept; the newcomer is named")
+        XCTAssertEqual(empty.location(following: "dc1"), .follow("dc1", warnAbout: []), "kept even while the DCS holds none")
+    }
 }

@@ -174,6 +174,68 @@ final class ConfigLoaderTests: XCTestCase {
         assertError(errors(noDCS), line: 1, contains: "missing required stanza 'dcs'")
     }
 
+    /// Each required key removed in turn, and each required stanza left empty: the error names
+    /// the key, with its file, line and column.
+    func testEachMissingRequiredKeyIsNamed() {
+        let full = ["cluster:", "  name: c", "dcs:", "  driver: etcd", "  endpoints: [127.0.0.1:2379]", "proxy:", "  name: p", "  location: dc1"]
+        let cases: [(drop: [Int], expect: [(line: Int, text: String)])] = [
+            ([1], [(1, "missing required key 'cluster.name'")]),
+            // A key missing from a mapping is reported where the mapping starts.
+            ([3], [(4, "missing required key 'dcs.driver'")]),
+            ([4], [(4, "missing required key 'dcs.endpoints'")]),
+            ([6], [(7, "missing required key 'proxy.name'")]),
+            ([1, 3, 4, 6, 7], [(1, "missing required key 'cluster.name'"), (2, "missing required key 'dcs.driver'"),
+                               (2, "missing required key 'dcs.endpoints'"), (3, "missing required key 'proxy.name'")]),
+            ([0, 1], [(1, "missing required stanza 'cluster'")]),
+            ([2, 3, 4], [(1, "missing required stanza 'dcs'")]),
+        ]
+        for (drop, expected) in cases {
+            let dir = TemporaryDirectory()
+            dir.write("config.yml", full.enumerated().filter { !drop.contains($0.offset) }.map(\.element).joined(separator: "\n") + "\n")
+            let e = errors(dir)
+            for (line, text) in expected { assertError(e, line: line, contains: text) }
+            XCTAssertFalse(e.contains { $0.message.contains("must be a mapping") }, "an empty stanza is reported by the key it lacks: \(e)")
+        }
+        // The same in a conf.d file.
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal)
+        dir.write("conf.d/a.yml", "proxy:\n")
+        assertError(errors(dir), line: 1, column: 1, file: "conf.d/a.yml", contains: "missing required key 'proxy.name'")
+    }
+
+    func testTheLocationComesFromTheStanzaTheTopLevelOrTheDCS() throws {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "location: dca\nproxy:\n  name: p0\n")
+        dir.write("conf.d/a.yml", "proxy:\n  name: a\n  location: dcb\n  listen_port: 7001\n")
+        dir.write("conf.d/b.yml", "proxy:\n  name: b\n  listen_port: 7002\n")
+        let c = try load(dir)
+        XCTAssertEqual(c.instances.map(\.location), ["dca", "dcb", "dca"])
+        XCTAssertEqual(c.instances.map(\.locationSource), [.topLevel, .stanza, .topLevel])
+
+        let none = TemporaryDirectory()
+        none.write("config.yml", minimal + "proxy:\n  name: proxy1\n")
+        let n = try load(none)
+        XCTAssertNil(n.instances[0].location, "HARP's minimal example: the location comes from the DCS")
+        XCTAssertEqual(n.instances[0].locationSource, .dcs)
+        XCTAssertEqual(n.location, nil)
+
+        let bad = TemporaryDirectory()
+        bad.write("config.yml", minimal + "location: 'no spaces'\nproxy:\n  name: p\n")
+        assertError(errors(bad), line: 7, contains: "invalid value 'no spaces' for 'location'")
+    }
+
+    func testListenersThatComeFromTheDCSDoNotClashAtLoad() throws {
+        // Neither file sets a port: the DCS gives each its own (HARP's way). Not an error here.
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "proxy:\n  name: p1\n  location: dc1\n")
+        dir.write("conf.d/p2.yml", "proxy:\n  name: p2\n  location: dc2\n")
+        XCTAssertEqual(try load(dir).instances.map(\.name), ["p1", "p2"])
+        XCTAssertNil(try load(dir).instances[0].fixedListen)
+        // One fixed port, the other left to the DCS: nothing known to clash either.
+        dir.write("conf.d/p2.yml", "proxy:\n  name: p2\n  location: dc2\n  listen_port: 6432\n")
+        XCTAssertEqual(try load(dir).instances.count, 2)
+    }
+
     func testUnknownKeysSuggestTheClosestName() {
         let dir = TemporaryDirectory()
         dir.write("config.yml", minimal + """

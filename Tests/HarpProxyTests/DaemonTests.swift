@@ -97,18 +97,6 @@ final class DaemonTests: XCTestCase {
         proxy.stop()
     }
 
-    /// Sends `input` (raw bytes) to the control socket with socat (as `user`, if given) and
-    /// returns the reply lines.
-    func control(_ socket: String, _ input: [UInt8], as user: String? = nil) throws -> [String] {
-        let file = NSTemporaryDirectory() + "/harp-control-\(UUID().uuidString)"
-        _ = FileManager.default.createFile(atPath: file, contents: Data(input), attributes: [.posixPermissions: 0o644])
-        defer { unlink(file) }
-        let command = ["/bin/sh", "-c", "socat -t 3 - UNIX-CONNECT:\(socket) < \(file)"]
-        let result = user == nil ? try runCommand(command[0], Array(command.dropFirst()))
-                                 : try runCommand("/usr/sbin/runuser", ["-u", user!, "--"] + command)
-        return result.output.split(separator: "\n").map(String.init)
-    }
-
     /// A connected Unix socket that has sent `bytes` and is left open.
     func unixConnect(_ path: String, send bytes: [UInt8]) -> Int32 {
         guard let fd = connectedUnixSocket(path: path) else { return -1 }
@@ -121,10 +109,6 @@ final class DaemonTests: XCTestCase {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         _ = withUnixAddress(path: path) { bind(fd, $0, $1) }
         close(fd)
-    }
-
-    func object(_ line: String) -> [String: Any] {
-        (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? ["unparsed": line]
     }
 
     func testControlSocketCommandsPermissionsAndBadInput() async throws {
@@ -154,43 +138,43 @@ final class DaemonTests: XCTestCase {
             + Array("\(long)\nhelp\n".utf8)
         let replies = try control(socketPath, input)
         guard replies.count == 8 else { return XCTFail("one reply per command, in order, on one connection: \(replies)") }
-        let status = object(replies[0])
+        let status = parseObject(replies[0])
         XCTAssertEqual(status["cluster"] as? String, "d")
         XCTAssertEqual(status["pid"] as? Int, Int(daemon.pid))
         XCTAssertEqual((status["dcs"] as? [String: Any])?["connected"] as? Bool, true)
         XCTAssertEqual(((status["instances"] as? [[String: Any]])?.first)?["state"] as? String, "routing")
-        XCTAssertEqual(object(replies[1])["instances"] as? [String], ["a"])
-        XCTAssertEqual(object(replies[2])["listen"] as? String, "127.0.0.1:\(port)")
-        XCTAssertEqual(object(replies[3])["error"] as? String, "unknown instance \"nope\"")
-        XCTAssertEqual(object(replies[3])["instances"] as? [String], ["a"])
-        XCTAssertEqual(object(replies[4])["error"] as? String, "unknown command \"frobnicate\"")
-        XCTAssertTrue((object(replies[5])["error"] as? String)?.contains("not text") == true, "garbage gets an error reply: \(replies[5])")
-        XCTAssertTrue((object(replies[6])["error"] as? String)?.contains("longer than 4096") == true, replies[6])
-        XCTAssertNotNil(object(replies[7])["commands"], "and the connection still answers")
+        XCTAssertEqual(parseObject(replies[1])["instances"] as? [String], ["a"])
+        XCTAssertEqual(parseObject(replies[2])["listen"] as? String, "127.0.0.1:\(port)")
+        XCTAssertEqual(parseObject(replies[3])["error"] as? String, "unknown instance \"nope\"")
+        XCTAssertEqual(parseObject(replies[3])["instances"] as? [String], ["a"])
+        XCTAssertEqual(parseObject(replies[4])["error"] as? String, "unknown command \"frobnicate\"")
+        XCTAssertTrue((parseObject(replies[5])["error"] as? String)?.contains("not text") == true, "garbage gets an error reply: \(replies[5])")
+        XCTAssertTrue((parseObject(replies[6])["error"] as? String)?.contains("longer than 4096") == true, replies[6])
+        XCTAssertNotNil(parseObject(replies[7])["commands"], "and the connection still answers")
 
         // Someone else on the host: may look, may not change.
         let denied = try control(socketPath, Array("status a\nunmanage a\nreload\n".utf8), as: "nobody")
         guard denied.count == 3 else { return XCTFail("\(denied)") }
-        XCTAssertEqual(object(denied[0])["name"] as? String, "a")
-        XCTAssertEqual(object(denied[1])["error"] as? String, "permission denied")
-        XCTAssertEqual(object(denied[2])["error"] as? String, "permission denied")
+        XCTAssertEqual(parseObject(denied[0])["name"] as? String, "a")
+        XCTAssertEqual(parseObject(denied[1])["error"] as? String, "permission denied")
+        XCTAssertEqual(parseObject(denied[2])["error"] as? String, "permission denied")
 
         let unmanaged = try control(socketPath, Array("unmanage a\n".utf8))
-        XCTAssertEqual(object(unmanaged.first ?? "")["managed"] as? Bool, false, "\(unmanaged)")
-        XCTAssertEqual(object(unmanaged.first ?? "")["state"] as? String, "unmanaged")
+        XCTAssertEqual(parseObject(unmanaged.first ?? "")["managed"] as? Bool, false, "\(unmanaged)")
+        XCTAssertEqual(parseObject(unmanaged.first ?? "")["state"] as? String, "unmanaged")
         let key = try await EtcdClient(configuration: etcd.dcsConfiguration()).range(DCSLayout(cluster: "d").proxyManaged("a"))
         XCTAssertEqual(key.kvs.first?.value, #""false""#, "the same key harpctl writes")
         let managed = try control(socketPath, Array("manage a\n".utf8))
-        XCTAssertEqual(object(managed.first ?? "")["state"] as? String, "routing")
+        XCTAssertEqual(parseObject(managed.first ?? "")["state"] as? String, "routing")
 
         // Many control clients at once, none reading its replies: routing and a new control client still answer.
         let crowd = (0..<200).map { _ in unixConnect(socketPath, send: Array(String(repeating: "status\n", count: 20).utf8)) }
         XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)")
-        XCTAssertEqual(object(try control(socketPath, Array("instances\n".utf8)).first ?? "")["instances"] as? [String], ["a"])
+        XCTAssertEqual(parseObject(try control(socketPath, Array("instances\n".utf8)).first ?? "")["instances"] as? [String], ["a"])
         crowd.forEach { close($0) }
 
         let reload = try control(socketPath, Array("reload\n".utf8))
-        XCTAssertNotNil(object(reload.first ?? "")["reload"])
+        XCTAssertNotNil(parseObject(reload.first ?? "")["reload"])
         XCTAssertTrue(eventually(timeout: 5) { daemon.log.contains("configuration reloaded") }, daemon.log)
 
         daemon.stop()
@@ -233,25 +217,6 @@ final class DaemonTests: XCTestCase {
         proxy.signal(SIGTERM)
         XCTAssertTrue(receive(until: "STOPPING=1", within: 5), "\(received)")
         XCTAssertEqual(proxy.waitForExit(), 0)
-    }
-
-    /// One HTTP/1.1 GET over loopback: the status code and the body.
-    func httpGet(_ port: Int, _ path: String) -> (status: Int, body: String) {
-        guard let fd = connectedLoopbackSocket(port: port) else { return (0, "") }
-        defer { close(fd) }
-        let request = Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
-        writeAll(fd, request)
-        var response: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            response += buffer[0..<n]
-        }
-        let text = String(decoding: response, as: UTF8.self)
-        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
-        let body = text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
-        return (status, body.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     func testHealthEndpoints() async throws {
@@ -560,6 +525,6 @@ final class DaemonTests: XCTestCase {
         let warning = proxy.log.split(separator: "\n").first { $0.contains("max_client_conn lowered") }.map(String.init) ?? ""
         XCTAssertTrue(warning.contains("level=warning") && warning.contains("max_client_conn=5000") && warning.contains("lowered_to=2016"), warning)
         let replies = try control(dir.path + "/run/control.sock", Array("status a\n".utf8))
-        XCTAssertEqual(replies.first.map(object)?["max_client_conn"] as? Int, 2016, "the lowered value is in force: \(replies)")
+        XCTAssertEqual(replies.first.map(parseObject)?["max_client_conn"] as? Int, 2016, "the lowered value is in force: \(replies)")
     }
 }

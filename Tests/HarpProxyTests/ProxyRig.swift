@@ -471,3 +471,39 @@ func resetAndClose(_ fd: CInt) {
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
     close(fd)
 }
+
+/// Sends `input` (raw bytes) to the control socket with socat (as `user`, if given) and
+/// returns the reply lines.
+func control(_ socket: String, _ input: [UInt8], as user: String? = nil) throws -> [String] {
+    let file = NSTemporaryDirectory() + "/harp-control-\(UUID().uuidString)"
+    _ = FileManager.default.createFile(atPath: file, contents: Data(input), attributes: [.posixPermissions: 0o644])
+    defer { unlink(file) }
+    let command = ["/bin/sh", "-c", "socat -t 3 - UNIX-CONNECT:\(socket) < \(file)"]
+    let result = user == nil ? try runCommand(command[0], Array(command.dropFirst()))
+                             : try runCommand("/usr/sbin/runuser", ["-u", user!, "--"] + command)
+    return result.output.split(separator: "\n").map(String.init)
+}
+
+func parseObject(_ line: String) -> [String: Any] {
+    (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? ["unparsed": line]
+}
+
+/// One HTTP/1.1 GET over loopback: the status code and the body.
+func httpGet(_ port: Int, _ path: String) -> (status: Int, body: String) {
+    guard let fd = connectedLoopbackSocket(port: port) else { return (0, "") }
+    defer { close(fd) }
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
+    writeAll(fd, request)
+    var response: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n <= 0 { break }
+        response += buffer[0..<n]
+    }
+    let text = String(decoding: response, as: UTF8.self)
+    let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+    let body = text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+    return (status, body.trimmingCharacters(in: .whitespacesAndNewlines))
+}
+

@@ -69,6 +69,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private var listeningOn: ListenAddress?
     private var binding: ListenAddress?
     private var bindFailureLogged: ListenAddress?
+    /// Why the listener the plan asks for is not held (another instance or process has it).
+    private var listenError: String?
     private var bindRetry: Scheduled<Void>?
     private var clients: [ObjectIdentifier: ClientEntry] = [:]
     /// Total and refused; `current` is `clients.count`, filled in by `counters()`.
@@ -118,8 +120,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         if loop.inEventLoop { reconcile(plan) } else { loop.execute { self.reconcile(plan) } }
     }
 
-    func listening() async -> String? {
-        try? await loop.submit { self.listeningOn?.description }.get()
+    func listener() async -> ListenerStatus {
+        (try? await loop.submit { ListenerStatus(listening: self.listeningOn?.description, error: self.listenError) }.get()) ?? ListenerStatus()
     }
 
     func counters() async -> ClientCounters {
@@ -363,12 +365,13 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let reason: String
         switch plan.routing {
         case .fenced(let r): reason = ": fenced, \(r)"
+        case .noLeader(let r) where plan.location == nil: reason = ": \(r)"
         default: reason = ""
         }
         let timeout = loop.scheduleTask(in: .milliseconds(plan.directives.holdTimeout.milliseconds)) {
             guard let waiter = entry.waiter else { return }
             entry.waiter = nil
-            self.noteRefusal("no lead master within hold_timeout", reason: "no_leader", ["location": "\(plan.location)"])
+            self.noteRefusal("no lead master within hold_timeout", reason: "no_leader", ["location": "\(plan.location ?? "none")"])
             var refusal = Refusal.noLeader(location: plan.location, instance: self.instance.name)
             refusal.message += reason
             waiter.promise.fail(refusal)
@@ -649,11 +652,14 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// fails is logged and retried every second while the old listener, if any, keeps serving.
     private func reconcileListener(_ plan: InstancePlan) {
         let wanted = ListenAddress(host: plan.directives.listenAddress, port: plan.directives.listenPort)
-        if wanted == listeningOn {
-            // Back to where it listens: forget any bind still under way for another address.
+        if wanted == listeningOn || plan.listenBlocked != nil {
+            // Back to where it listens, or the wanted address is another instance's (the host
+            // logged it): forget any bind under way for another address; keep the listener held.
             binding = nil
             bindRetry?.cancel()
             bindRetry = nil
+            bindFailureLogged = nil
+            listenError = plan.listenBlocked
             return
         }
         guard wanted != binding else { return }
@@ -694,9 +700,11 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
             listener = channel
             listeningOn = wanted
             bindFailureLogged = nil
+            listenError = nil
             old?.close(promise: nil)
             logger.info("listening", metadata: ["listen": "\(wanted)"])
         case .failure(let error):
+            listenError = "cannot listen on \(wanted): \(Self.bindErrorText(error))"
             if bindFailureLogged != wanted {
                 logger.error("cannot listen; retrying every second", metadata: ["listen": "\(wanted)", "error": "\(error)"])
                 bindFailureLogged = wanted
@@ -706,6 +714,12 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 if let plan = self.plan { self.reconcileListener(plan) }
             }
         }
+    }
+
+    /// `Address already in use`, rather than NIO's `bind(descriptor:ptr:bytes:): ... (errno: 98)`.
+    private static func bindErrorText(_ error: any Error) -> String {
+        if let io = error as? IOError { return String(cString: strerror(io.errnoCode)).lowercased() }
+        return "\(error)"
     }
 
     // MARK: - Stop

@@ -61,8 +61,10 @@ struct Refusal: Error, Sendable {
     var sqlstate: String
     var message: String
 
-    static func noLeader(location: String, instance: String) -> Refusal {
-        Refusal(sqlstate: "57P03", message: "no lead master for location \(location) (proxy \(instance))")
+    /// `location` nil: the instance names none and has none to follow (the reason is added).
+    static func noLeader(location: String?, instance: String) -> Refusal {
+        guard let location else { return Refusal(sqlstate: "57P03", message: "no location to follow (proxy \(instance))") }
+        return Refusal(sqlstate: "57P03", message: "no lead master for location \(location) (proxy \(instance))")
     }
 
     static func tooMany(instance: String) -> Refusal {

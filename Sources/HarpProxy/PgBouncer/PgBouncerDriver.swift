@@ -36,6 +36,8 @@ final class PgBouncerDriver: @unchecked Sendable {
     struct Published {
         var summary: PoolSummary?
         var listening: String?
+        /// Why PgBouncer does not listen where the plan asks (another instance holds that address).
+        var listenError: String?
     }
 
     // The driver thread's own state.
@@ -69,7 +71,7 @@ final class PgBouncerDriver: @unchecked Sendable {
     private var problems: [Problem: String] = [:]
 
     private enum Problem: String {
-        case settings, target, start, authFile = "auth_file", adminConsole = "admin console"
+        case settings, listen, target, start, authFile = "auth_file", adminConsole = "admin console"
     }
     private var adminFailures = 0
 
@@ -157,12 +159,19 @@ final class PgBouncerDriver: @unchecked Sendable {
     private func step(_ plan: InstancePlan) {
         let wanted = PgBouncerSettings(instance: instance.name, directives: plan.directives, paths: paths, runUser: owner?.name)
         var settings = wanted
+        condition.withLock { published.listenError = plan.listenBlocked }
         if let problem = wanted.validate(runningAsRoot: runsAsRoot) {
             report(.settings, problem.message + (applied == nil ? "; PgBouncer is not started" : "; PgBouncer keeps its current settings"))
             guard let current = applied?.settings else { return }
             settings = current
+        } else if let blocked = plan.listenBlocked {
+            // Another instance holds that address (the host logged it): keep what runs, if anything.
+            report(.listen, blocked + (applied == nil ? "; PgBouncer is not started" : "; PgBouncer keeps its current listener"))
+            guard let current = applied?.settings else { return }
+            settings = current
         } else {
             resolved(.settings)
+            resolved(.listen)
         }
         var target = plan.managed ? plan.routing.target : (applied?.target ?? plan.routing.target)
         if let t = target, let problem = PgBouncerSettings.validate(target: t) {

@@ -18,7 +18,10 @@ public final class PgBouncerMode: ProxyMode {
 
     public func apply(_ plan: InstancePlan) { driver.apply(plan) }
 
-    public func listening() async -> String? { driver.snapshot.listening }
+    public func listener() async -> ListenerStatus {
+        let published = driver.snapshot
+        return ListenerStatus(listening: published.listening, error: published.listenError)
+    }
 
     /// Clients PgBouncer holds now, active or waiting. PgBouncer counts no logins or refusals.
     public func counters() async -> ClientCounters {
