@@ -14,7 +14,6 @@ import PackageDescription
 //                     harp-proxy, harpctl (executables)
 let package = Package(
     name: "harp-proxy",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "harp-proxy", targets: ["harp-proxy"]),
         .executable(name: "harpctl", targets: ["harpctl"]),
@@ -33,8 +32,6 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         // posix_spawn's closefrom action (glibc 2.34+), so that children inherit no descriptor of ours.
         .target(name: "CSpawn"),
-        // The kernel data path: BPF sock hashes and an sk_skb verdict program, by the bpf() system call.
-        .target(name: "CSockmap"),
 
         .target(name: "HarpConfig", dependencies: ["CYAML", "COpenSSL"]),
         .target(name: "HarpDCS", dependencies: [
@@ -46,7 +43,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "HarpProxy", dependencies: [
-            "HarpConfig", "HarpDCS", "HarpCluster", "CLibPQ", "CSpawn", "CSockmap",
+            "HarpConfig", "HarpDCS", "HarpCluster", "CLibPQ", "CSpawn",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),

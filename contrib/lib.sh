@@ -78,10 +78,9 @@ run_harp_proxy() {
   pids+=($harp_pid)
 }
 
-# start_harp_proxy PORT LOCATION: one builtin instance following LOCATION (cluster "bench");
-# DATA_PATH=kernel sets its data_path.
+# start_harp_proxy PORT LOCATION: one builtin instance following LOCATION (cluster "bench").
 start_harp_proxy() {
-  add_instance bench "$2" "$1" ${DATA_PATH:+"data_path: $DATA_PATH"}
+  add_instance bench "$2" "$1"
   run_harp_proxy bench
 }
 

@@ -119,6 +119,10 @@ public struct ClusterState: Sendable {
             for (name, value) in object.sorted(by: { $0.key < $1.key }) {
                 guard let spec = ProxyDirectives.spec(name) else {
                     if name == "name" { continue }  // HARP's bootstrap repeats the instance name
+                    if let why = ProxyDirectives.retired[name] {
+                        problems.append(RecordProblem(key: kv.key, reason: "'\(name)' is no longer used and is ignored: \(why)"))
+                        continue
+                    }
                     let hint = closestName(to: name, among: ProxyDirectives.names).map { "; did you mean '\($0)'?" } ?? ""
                     problems.append(RecordProblem(key: kv.key, reason: "unknown directive '\(name)'\(hint)"))
                     continue
@@ -260,7 +264,6 @@ public struct EffectiveDirectives: Sendable, Equatable {
     public var connectTimeout: Duration { duration("timeout") ?? .seconds(1) }
     public var holdTimeout: Duration { duration("hold_timeout") ?? .seconds(5) }
     public var dcsFailurePolicy: String { string("dcs_failure_policy") ?? "fence" }
-    public var dataPath: String { string("data_path") ?? "userspace" }
     public var leaderLeaseDuration: Duration { duration("leader_lease_duration") ?? .seconds(6) }
     public var monitorInterval: Duration { duration("monitor_interval") ?? .seconds(5) }
     public var serverTransferTimeout: Duration { duration("server_transfer_timeout") ?? .seconds(30) }

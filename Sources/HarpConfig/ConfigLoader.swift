@@ -99,10 +99,10 @@ public enum ConfigLoader {
         var instances: [InstanceConfiguration] = []
         if includeInstances {
             if let entry = root.entries["proxy"] {
-                if let instance = readInstance(entry, errors: &errors) { instances.append(instance) }
+                if let instance = readInstance(entry, errors: &errors, warnings: &warnings) { instances.append(instance) }
             }
             for path in instanceFiles(in: includeDirectory, given: includeGiven, errors: &errors) {
-                if let instance = readInstanceFile(path, errors: &errors) { instances.append(instance) }
+                if let instance = readInstanceFile(path, errors: &errors, warnings: &warnings) { instances.append(instance) }
             }
             checkInstances(instances, file: file, errors: &errors)
             let absolute = realpath(directory, nil).map { p in defer { free(p) }; return String(cString: p) } ?? directory
@@ -218,7 +218,7 @@ public enum ConfigLoader {
         return dcs
     }
 
-    private static func readInstanceFile(_ path: String, errors: inout [ConfigError]) -> InstanceConfiguration? {
+    private static func readInstanceFile(_ path: String, errors: inout [ConfigError], warnings: inout [ConfigWarning]) -> InstanceConfiguration? {
         let top = SourceLocation(file: path, line: 1, column: 1)
         do throws(ConfigError) {
             guard let node = try YAMLReader.parse(try readTextFile(path), file: path) else {
@@ -231,22 +231,28 @@ public enum ConfigLoader {
                 errors.append(ConfigError(top, "missing required key 'proxy': each conf.d file defines one instance in a 'proxy' stanza"))
                 return nil
             }
-            return readInstance(entry, errors: &errors)
+            return readInstance(entry, errors: &errors, warnings: &warnings)
         } catch {
             errors.append(error)
             return nil
         }
     }
 
-    private static func readInstance(_ entry: (key: YAMLNode, value: YAMLNode), errors: inout [ConfigError]) -> InstanceConfiguration? {
+    private static func readInstance(_ entry: (key: YAMLNode, value: YAMLNode), errors: inout [ConfigError],
+                                     warnings: inout [ConfigWarning]) -> InstanceConfiguration? {
         let node = entry.value
         if node.isNull {
             // `proxy:` with nothing under it: the key it lacks, not the YAML type of an empty value.
             errors.append(ConfigError(entry.key.location, "missing required key 'proxy.name'"))
             return nil
         }
-        let section = Section(node, name: "'proxy'", known: instanceKeys + ProxyDirectives.names, errors: &errors)
+        let section = Section(node, name: "'proxy'", known: instanceKeys + ProxyDirectives.names + ProxyDirectives.retired.keys.sorted(), errors: &errors)
         guard section.isMapping else { return nil }
+        for (name, why) in ProxyDirectives.retired.sorted(by: { $0.key < $1.key }) {
+            if let retired = section.entries[name] {
+                warnings.append(ConfigWarning(location: retired.key.location, message: "'proxy.\(name)' is no longer used and is ignored: \(why); remove the line"))
+            }
+        }
         let name = section.identifier("name", required: true, errors: &errors)
         // Optional: the top-level `location`, else the only location the DCS holds (see ProxyHost).
         let location = section.identifier("location", errors: &errors)

@@ -131,7 +131,7 @@ public struct DirectiveValueError: Error, Sendable, CustomStringConvertible {
 
 /// HARP's proxy directives: set in the DCS (`proxies/global/config`, `proxies/<name>/config`) or as
 /// local defaults in a `proxy:` stanza. Names and defaults follow HARP 2; `hold_timeout`,
-/// `dcs_failure_policy`, `data_path`, `pool_mode` are this implementation's additions.
+/// `dcs_failure_policy`, `pool_mode` are this implementation's additions.
 public enum ProxyDirectives {
     public static let all: [DirectiveSpec] = [
         .init(name: "type", kind: .choice(["builtin", "pgbouncer"]), defaultValue: .string("builtin"), summary: "proxy mode"),
@@ -141,7 +141,6 @@ public enum ProxyDirectives {
         .init(name: "keepalive", kind: .duration(.seconds), defaultValue: .duration(.seconds(5)), summary: "builtin: TCP keepalive idle time on leader and client sockets"),
         .init(name: "timeout", kind: .duration(.seconds), defaultValue: .duration(.seconds(1)), summary: "builtin: connect timeout to the lead master"),
         .init(name: "hold_timeout", kind: .duration(.milliseconds), defaultValue: .duration(.milliseconds(5000)), summary: "how long a new client waits for a lead master to appear"),
-        .init(name: "data_path", kind: .choice(["userspace", "kernel"]), defaultValue: .string("userspace"), summary: "builtin: pass bytes in this process (userspace) or inside the kernel through a BPF sockmap (kernel: needs CAP_BPF and CAP_NET_ADMIN, else userspace)"),
         .init(name: "dcs_failure_policy", kind: .choice(["fence", "keep"]), defaultValue: .string("fence"), summary: "what to do when the DCS is unreachable past the lease"),
         .init(name: "leader_lease_duration", kind: .duration(.seconds), defaultValue: .duration(.seconds(6)), summary: "lease TTL assumed when the leader key has no lease"),
         .init(name: "monitor_interval", kind: .duration(.seconds), defaultValue: .duration(.seconds(5)), summary: "how often the proxy writes its status"),
@@ -165,6 +164,12 @@ public enum ProxyDirectives {
         .init(name: "pool_mode", kind: .choice(["session", "transaction"]), defaultValue: .string("session"), summary: "pgbouncer: session or transaction pooling (only transaction pooling moves a connected client to a new lead master)"),
         .init(name: "session_transfer_mode", kind: .choice(["fast", "wait", "reconnect"]), defaultValue: .string("wait"), summary: "pgbouncer: on a switchover, wait (PAUSE, KILL after server_transfer_timeout), fast (KILL at once) or reconnect (RELOAD without PAUSE)"),
         .init(name: "server_transfer_timeout", kind: .duration(.seconds), defaultValue: .duration(.seconds(30)), summary: "pgbouncer: PAUSE wait before KILL"),
+    ]
+
+    /// Directives earlier versions took and this one ignores, with why: a file or DCS record
+    /// that still sets one keeps working, with a warning.
+    public static let retired: [String: String] = [
+        "data_path": "the kernel data path (data_path: kernel, a BPF sockmap) was removed; bytes always pass in user space",
     ]
 
     static let tlsModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]

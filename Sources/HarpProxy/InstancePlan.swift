@@ -69,17 +69,9 @@ public struct ClientCounters: Sendable, Equatable {
     /// Bytes passed from clients to the lead master, and back.
     public var bytesToServer = 0
     public var bytesToClient = 0
-    /// Of `current`, those joined to the lead master in the kernel (`data_path: kernel`).
-    public var inKernel = 0
     /// Sessions closed because the lead master moved or went, or the instance was fenced.
     public var cut = 0
     /// Clients still connecting when the lead master moved, sent on instead of cut.
     public var startedAgain = 0
-    /// Connections of `data_path: kernel` reset rather than passed on with a gap, because Linux
-    /// lost input while the pair moved to user space (`kernelLost`), or with bytes repeated,
-    /// because it handed input over twice after the move (`kernelRepeated`).
-    public var kernelLost = 0
-    public var kernelRepeated = 0
-
     public init() {}
 }

@@ -166,7 +166,6 @@ public actor ProxyHost {
         guard r.plan != nil || r.unavailableMode != nil, let instance = instances.first(where: { $0.name == name }) else { return nil }
         var clients = await r.mode?.counters() ?? ClientCounters()
         clients.current = 0  // every connection is closed; the last ones may not be counted out yet
-        clients.inKernel = 0
         var record = StatusRecord(InstanceStatus(name: name, location: instance.location ?? r.followedLocation, type: r.modeName ?? "builtin", plan: nil,
                                                  listen: nil, clients: clients, since: Date(), leaderChanges: r.leaderChanges,
                                                  leaderSince: r.leaderSince))

@@ -41,7 +41,6 @@ actor DaemonMetrics {
                 keys.insert(counter(name, i + labels, value, help))
             }
             g("harp_proxy_clients", [], Double(s.clients.current), "Clients connected or waiting now")
-            g("harp_proxy_kernel_clients", [], Double(s.clients.inKernel), "Of those, clients joined to the lead master in the kernel (data_path kernel)")
             c("harp_proxy_connections_total", [], s.clients.total, "Clients accepted since start")
             for reason in ["max_client_conn", "no_leader", "leader_unreachable"] {
                 c("harp_proxy_refused_total", [("reason", reason)], s.clients.refusedByReason[reason] ?? 0, "Clients turned away, by reason")
@@ -49,10 +48,6 @@ actor DaemonMetrics {
             c("harp_proxy_leader_changes_total", [], s.leaderChanges, "Times the lead master changed")
             c("harp_proxy_sessions_cut_total", [], s.clients.cut, "Sessions closed because the lead master moved or went, or the instance was fenced")
             c("harp_proxy_clients_started_again_total", [], s.clients.startedAgain, "Clients still connecting when the lead master moved, sent on to the new one instead of cut")
-            for (reason, count) in [("lost", s.clients.kernelLost), ("repeated", s.clients.kernelRepeated)] {
-                c("harp_proxy_kernel_faults_total", [("reason", reason)], count,
-                  "Connections of data_path kernel reset because Linux lost input in a move to user space (lost) or handed it over twice after one (repeated)")
-            }
             if let since = s.leaderSince {
                 g("harp_proxy_leader_age_seconds", [], Date().timeIntervalSince(since), "Seconds since the lead master last changed (or was first known)")
             }

@@ -45,6 +45,7 @@ struct SetProxy: AsyncParsableCommand {
         var parsed: [(String, DirectiveValue)] = []
         for (key, text) in assignments(settings) {
             guard let spec = ProxyDirectives.spec(key) else {
+                if let why = ProxyDirectives.retired[key] { usage("'\(key)' is no longer used: \(why)") }
                 let hint = closestName(to: key, among: ProxyDirectives.names).map { " (did you mean '\($0)'?)" } ?? ""
                 usage("unknown directive '\(key)'\(hint); valid directives: \(ProxyDirectives.names.joined(separator: ", "))")
             }
@@ -130,35 +131,24 @@ struct Promote: AsyncParsableCommand {
         if let ttl, ttl < 1 { usage("--ttl takes a number of seconds, at least 1") }
         let access = try ClusterAccess(options)
         let (state, snapshot) = try await access.state()
-        guard let record = state.nodes[node] else {
-            fail("no node '\(node)' (nodes: \(state.nodes.keys.sorted().joined(separator: ", ")))")
+        let promotion: LeaderPromotion
+        switch LeaderPromotion.prepare(node: node, location: location, state: state, snapshot: snapshot) {
+        case .success(let p): promotion = p
+        case .failure(let error): fail(error.description)
         }
-        let place = location ?? record.location
-        guard record.location == place else { fail("node '\(node)' belongs to location '\(record.location)', not '\(place)'") }
-        let key = access.layout.leader(location: place)
-        let current = snapshot[key]
-        if let current, jsonObject(current.value)?["name"] as? String == node, ttl == nil {
+        let place = promotion.location
+        if promotion.previous == node, ttl == nil {
             print("\(node) already leads \(place)")
             return
         }
-        // A testing aid: hold between the read and the compare-and-swap, so that a test can make
-        // two promotes race for real.
-        if let delay = ProcessInfo.processInfo.environment["HARPCTL_PROMOTE_DELAY_MS"].flatMap(Int.init) {
-            try await Task.sleep(for: .milliseconds(delay))
-        }
         var lease: Int64 = 0
         if let ttl { lease = try await access.dcs { try await access.client.leaseGrant(ttl: Int64(ttl)) }.id }
-        let guardOn: EtcdCompare = current.map { EtcdCompare(key: key, .equal, .modRevision($0.modRevision)) } ?? .absent(key)
-        let result = try await access.dcs {
-            try await access.client.txn(compare: [guardOn], success: [.put(key: key, value: jsonText(["name": node]), lease: lease)],
-                                        failure: [.range(key: key)])
-        }
-        guard result.succeeded else {
+        switch try await access.dcs({ try await promotion.commit(access.client, lease: lease) }) {
+        case .raced(let now):
             if lease != 0 { try? await access.client.leaseRevoke(lease) }
-            let now = result.ranges.first?.first.flatMap { jsonObject($0.value)?["name"] as? String } ?? "no one"
-            fail("another change to \(place)'s leader raced this promote; the leader is now \(now). Check, then try again")
+            fail("another change to \(place)'s leader raced this promote; the leader is now \(now ?? "no one"). Check, then try again")
+        case .promoted(let previous):
+            print("\(place): lead master \(previous ?? "none") -> \(node)" + (ttl.map { " (lease \($0) s)" } ?? ""))
         }
-        let previous = current.flatMap { jsonObject($0.value)?["name"] as? String } ?? "none"
-        print("\(place): lead master \(previous) -> \(node)" + (ttl.map { " (lease \($0) s)" } ?? ""))
     }
 }

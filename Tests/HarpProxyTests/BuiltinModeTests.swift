@@ -96,7 +96,7 @@ final class BuiltinModeTests: XCTestCase {
     func testASessionCutByASwitchoverOrAStopIsToldWhy() async throws {
         let port = freePort()
         let rig = try await routingRig(port: port)
-        try await sessionsCutBetweenMessagesAreToldWhy(rig: rig, port: port, node1: a, node2: b, inKernel: false)
+        try await sessionsCutBetweenMessagesAreToldWhy(rig: rig, port: port, node1: a, node2: b)
     }
 
     /// A TLS session passes through, and when it is cut nothing is added to it: an ErrorResponse

@@ -321,9 +321,6 @@ final class DaemonTests: XCTestCase {
                 && parsed.samples["harp_proxy_sessions_cut_total{instance=a}"] == 1
         }, "\(httpGet(http, "/metrics").body)\n\(proxy.log)")
         XCTAssertEqual(parsed.samples["harp_proxy_clients_started_again_total{instance=a}"], 0)
-        XCTAssertEqual(parsed.samples["harp_proxy_kernel_faults_total{instance=a,reason=lost}"], 0)
-        XCTAssertEqual(parsed.samples["harp_proxy_kernel_faults_total{instance=a,reason=repeated}"], 0)
-        XCTAssertEqual(parsed.types["harp_proxy_kernel_faults_total"], "counter")
         XCTAssertThrowsError(try session.query("SELECT 1"), "the session was cut")
         let m = parsed.samples
         XCTAssertGreaterThanOrEqual(m["harp_proxy_connections_total{instance=a}"] ?? 0, 2)
@@ -347,51 +344,19 @@ final class DaemonTests: XCTestCase {
         proxy.stop()
     }
 
-    /// `data_path: kernel` with the capabilities: a session joined in the kernel shows in
-    /// `harp_proxy_kernel_clients`, and its bytes, which the process never reads, still reach
-    /// `harp_proxy_bytes_total` once it has ended.
-    func testDataPathKernelShowsInTheMetrics() async throws {
-        try XCTSkipUnless(getuid() == 0, "the kernel data path needs CAP_BPF and CAP_NET_ADMIN")
+    /// `data_path`, which earlier versions took (the kernel data path, removed), in a file and
+    /// in the DCS: a warning each, and the instance serves in user space.
+    func testARetiredDirectiveIsWarnedAboutAndIgnored() async throws {
         let etcd = try await cluster()
-        let dir = TemporaryDirectory()
-        let (port, http) = (freePort(), freePort())
-        dir.write("conf.d/k.yml", instanceFile("k", "dc1", port) + "  data_path: kernel\n")
-        let proxy = try start(dir, etcd: etcd, extra: "http: {enable: true, host: 127.0.0.1, port: \(http)}\n")
-        defer { proxy.stop() }
-        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
-        XCTAssertTrue(proxy.log.contains("clients are joined to the lead master in the kernel"), proxy.log)
-        func metrics() -> [String: Double] { parsePrometheus(httpGet(http, "/metrics").body).samples }
-        let bytesBefore = metrics()["harp_proxy_bytes_total{direction=server_to_client,instance=k}"] ?? -1
-
-        let session = try openSession(through: port, tag: "kernel-metrics", seconds: 3, logDirectory: dir.path)
-        XCTAssertTrue(waitForActivity(on: Self.pg, "kernel-metrics"))
-        XCTAssertTrue(eventually(timeout: 5) { metrics()["harp_proxy_kernel_clients{instance=k}"] == 1 }, httpGet(http, "/metrics").body)
-        XCTAssertEqual(metrics()["harp_proxy_clients{instance=k}"], 1)
-
-        XCTAssertTrue(eventually(timeout: 10) { !session.isRunning }, "the session ends by itself")
-        XCTAssertTrue(eventually(timeout: 5) {
-            let m = metrics()
-            return m["harp_proxy_kernel_clients{instance=k}"] == 0 && m["harp_proxy_clients{instance=k}"] == 0
-        }, httpGet(http, "/metrics").body)
-        let bytesAfter = metrics()["harp_proxy_bytes_total{direction=server_to_client,instance=k}"] ?? -1
-        // The session's answers (authentication, parameters, three results) passed in the kernel.
-        XCTAssertGreaterThan(bytesAfter - bytesBefore, 300, "bytes passed in the kernel are counted")
-    }
-
-    /// `data_path: kernel` in a process without CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (which
-    /// stands for both): one WARNING with the reason, and the instance serves in user space.
-    func testDataPathKernelWithoutCapabilitiesFallsBackToUserSpace() async throws {
-        try XCTSkipUnless(getuid() == 0, "needs root to drop the capabilities from")
-        let etcd = try await cluster()
+        try await EtcdClient(configuration: etcd.dcsConfiguration()).put(DCSLayout(cluster: "d").globalProxyConfig, #"{"data_path":"kernel"}"#)
         let dir = TemporaryDirectory()
         let port = freePort()
         dir.write("conf.d/a.yml", instanceFile("a", "dc1", port) + "  data_path: kernel\n")
-        let proxy = try start(dir, etcd: etcd, under: ["/usr/bin/setpriv", "--bounding-set", "-bpf,-net_admin,-sys_admin",
-                                                       "--inh-caps", "-bpf,-net_admin,-sys_admin", "--"])
-        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
-        XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)")
-        XCTAssertTrue(proxy.log.contains("data_path kernel is not available"), proxy.log)
-        XCTAssertTrue(proxy.log.contains("Operation not permitted"), proxy.log)
+        let proxy = try start(dir, etcd: etcd)
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) == "\(Self.pg.port)" }, proxy.log)
+        XCTAssertTrue(proxy.log.contains("'proxy.data_path' is no longer used and is ignored"), proxy.log)
+        XCTAssertTrue(proxy.log.contains("a.yml:6"), "the warning names the line:\n\(proxy.log)")
+        XCTAssertTrue(eventually(timeout: 5) { proxy.log.contains("'data_path' is no longer used and is ignored") }, "and the DCS value:\n\(proxy.log)")
         proxy.stop()
     }
 

@@ -70,15 +70,6 @@ final class ProxyRig: @unchecked Sendable {
         return false
     }
 
-    /// Whether the proxy reset a moved connection because Linux handed it input twice (see
-    /// `ParkedInputCheck`): besides the whole stream, the one outcome a move to user space may
-    /// have. Waits up to `within` seconds for the ERROR, logged as the reset goes out.
-    func repeatStopped(within seconds: TimeInterval = 2) -> Bool {
-        let stopped = eventually(timeout: seconds) { capture.all.contains { $0.level == .error && $0.message.contains("twice after it moved") } }
-        if stopped { print("note: Linux handed the proxy input twice after a move; the connection was reset, as it must be") }
-        return stopped
-    }
-
     func counters(_ instance: String) async -> ClientCounters {
         await host.status().first { $0.name == instance }?.clients ?? ClientCounters()
     }
@@ -139,8 +130,8 @@ func waitForActivity(on server: PostgresServer, _ tag: String, count: Int = 1, t
 /// Sessions through `port` cut by a switchover from `node1` to `node2` read why (57P01, as from
 /// PostgreSQL's own termination), not "server closed the connection unexpectedly": in plain text
 /// from the start, after an SSLRequest answered 'N', and inside a transaction. So does one cut
-/// because the proxy stops. `inKernel`: the sessions are joined in the kernel (else in user space).
-func sessionsCutBetweenMessagesAreToldWhy(rig: ProxyRig, port: Int, node1: PostgresServer, node2: PostgresServer, inKernel: Bool,
+/// because the proxy stops.
+func sessionsCutBetweenMessagesAreToldWhy(rig: ProxyRig, port: Int, node1: PostgresServer, node2: PostgresServer,
                                           file: StaticString = #filePath, line: UInt = #line) async throws {
     func session(_ sslmode: String, on server: PostgresServer) throws -> PGSession {
         let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=\(sslmode) gssencmode=disable")
@@ -152,8 +143,6 @@ func sessionsCutBetweenMessagesAreToldWhy(rig: ProxyRig, port: Int, node1: Postg
     let afterN = try session("prefer", on: node1)
     let inTransaction = try session("disable", on: node1)
     _ = try inTransaction.query("BEGIN")
-    let joined = await rig.counters("p1")
-    XCTAssertEqual(joined.inKernel, inKernel ? 3 : 0, "where the sessions are joined", file: file, line: line)
     try await rig.leader("dc1", "node2")
     let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
     XCTAssertTrue(cut, "the sessions are cut", file: file, line: line)
@@ -167,10 +156,6 @@ func sessionsCutBetweenMessagesAreToldWhy(rig: ProxyRig, port: Int, node1: Postg
     }
 
     let open = try session("disable", on: node2)
-    if inKernel {
-        let placed = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").inKernel == 1 }
-        XCTAssertTrue(placed, file: file, line: line)
-    }
     await rig.stop()
     let result = await open.run("SELECT 1")
     guard case .failure(let error) = result else { return XCTFail("the session ends with the proxy", file: file, line: line) }
@@ -233,30 +218,20 @@ func clientsConnectingToADownLeaderGoToTheNewOne(rig: ProxyRig, port: Int, newLe
 }
 
 /// A client that asks for a large answer, half-closes and reads late, through `port` to a
-/// server (socat) that answers "ok" to a first line (after 0.3 s, so that a kernel data path
-/// has joined the client before any answer), then 20 MiB once the second line comes:
+/// server (socat) that answers "ok" to a first line, then 20 MiB once the second line comes:
 /// the client's FIN is passed on first, then the answer piles up in front of it. It must
 /// arrive whole, in order, then the EOF. (Not PostgreSQL: in these tests it cancels a query
 /// once the client has half-closed; and socat's `-t`: by default it ends the whole connection
-/// 0.5 s after one direction's EOF.) `joined` looks at the counters once the client is through.
-/// `pauseAfter`: the server sends that many bytes of the answer, waits 0.3 s, then sends the rest
-/// and closes (so that, on the kernel path, the rest waits parked in the lead master's socket,
-/// which has closed by the time the pair moves to user space).
-/// `checked: false` leaves the check of what arrived to the caller, with what was read, whether
-/// a reset ended it, and what was sent.
-@discardableResult
-func halfCloseThenReadLate(rig: ProxyRig, port: Int, size: Int = 20 << 20, pauseAfter: Int? = nil, checked: Bool = true,
-                           file: StaticString = #filePath, line: UInt = #line,
-                           joined: (ClientCounters) -> Void = { _ in }) async throws -> (received: [UInt8], reset: Bool, sent: [UInt8]) {
+/// 0.5 s after one direction's EOF.)
+func halfCloseThenReadLate(rig: ProxyRig, port: Int, size: Int = 20 << 20,
+                           file: StaticString = #filePath, line: UInt = #line) async throws {
     let directory = rig.etcd.directory.path
     let payload = indexedBytes(size)
-    let split = pauseAfter ?? size
-    _ = FileManager.default.createFile(atPath: "\(directory)/answer", contents: Data(payload[..<split]))
-    _ = FileManager.default.createFile(atPath: "\(directory)/rest", contents: Data(payload[split...]))
+    _ = FileManager.default.createFile(atPath: "\(directory)/answer", contents: Data(payload))
     let serverPort = freePort()
     let server = try TestProcess(name: "answer", executable: "/usr/bin/socat",
                                  arguments: ["-t", "60", "TCP-LISTEN:\(serverPort),bind=127.0.0.1,reuseaddr,fork",
-                                             "SYSTEM:read a; sleep 0.3; echo ok; read b; cat \(directory)/answer; sleep 0.3; cat \(directory)/rest"],
+                                             "SYSTEM:read a; echo ok; read b; cat \(directory)/answer"],
                                  logDirectory: directory)
     defer { server.stop() }
     XCTAssertTrue(eventually(timeout: 5) { canConnect(port: serverPort) }, file: file, line: line)
@@ -270,27 +245,22 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, size: Int = 20 << 20, pause
     writeAll(fd, Array("hello\n".utf8))
     var ok = [UInt8](repeating: 0, count: 3)
     XCTAssertEqual(recv(fd, &ok, 3, CInt(MSG_WAITALL)), 3, file: file, line: line)
-    joined(await rig.counters("p1"))
 
     writeAll(fd, Array("go\n".utf8))
     shutdown(fd, CInt(SHUT_WR))
     try await Task.sleep(for: .seconds(2))
-    let (received, reset) = readToEnd(fd, atMost: size + 1)
-    if checked { _ = assertWholeOrRepeatStopped(received, payload, rig: rig, file: file, line: line) }
-    return (received, reset, payload)
+    let (received, _) = readToEnd(fd, atMost: size + 1)
+    assertWhole(received, payload, file: file, line: line)
 }
 
-/// Checks what a client read through a pair that may have moved from the kernel data path to
-/// user space: all of `sent`, in order (true). Or (false), where Linux handed the proxy some
-/// input twice (see `ParkedInputCheck`), a prefix of it, cut by the reset the proxy logs then:
-/// never a repeated byte, and never a cut without that ERROR.
-func assertWholeOrRepeatStopped(_ received: [UInt8], _ sent: [UInt8], rig: ProxyRig,
-                                file: StaticString = #filePath, line: UInt = #line) -> Bool {
-    if received.count < sent.count, memcmp(received, sent, received.count) == 0, rig.repeatStopped() { return false }
+/// Checks that a client read all of `sent`, in order; says where it differs if not.
+@discardableResult
+func assertWhole(_ received: [UInt8], _ sent: [UInt8], file: StaticString = #filePath, line: UInt = #line) -> Bool {
     XCTAssertEqual(received.count, sent.count, "all of it, then the EOF", file: file, line: line)
-    if !sameBytes(received, sent) {
+    guard sameBytes(received, sent) else {
         let prefix = (0..<min(received.count, sent.count)).first { received[$0] != sent[$0] } ?? min(received.count, sent.count)
         XCTFail("not as sent, in order: the first \(prefix) bytes were; \(streamDifference(received, sent, at: prefix))", file: file, line: line)
+        return false
     }
     return true
 }
@@ -437,7 +407,7 @@ func echoBack(_ payload: [UInt8], readAfter: Duration, fd: CInt, echo: TestProce
     writer.start()
     try await Task.sleep(for: readAfter)
     let received = readToEOF(fd, atMost: payload.count + 1)
-    if assertWholeOrRepeatStopped(received, payload, rig: rig, file: file, line: line) {
+    if assertWhole(received, payload, file: file, line: line) {
         var byte: UInt8 = 0
         XCTAssertEqual(recv(fd, &byte, 1, CInt(MSG_DONTWAIT)), 0, "then the EOF (not a receive timeout)", file: file, line: line)
     }

@@ -128,19 +128,28 @@ final class HarpctlTests: XCTestCase {
         XCTAssertTrue(elsewhere.output.contains("belongs to location 'dc2'"), elsewhere.output)
     }
 
+    /// Two promotes that read the same leader, then write: the compare-and-swap lets exactly
+    /// one win, and the other names the leader that won. (The two are interleaved through
+    /// `LeaderPromotion`, harpctl's own code, rather than timed.)
     func testTwoConcurrentPromotesExactlyOneWins() async throws {
         try harpctl(["apply", dir.file("boot.yml")])
         try harpctl(["promote", "node1"])
-        // Both read node1 as the leader, wait, then compare-and-swap: only one can succeed.
-        let environment = ProcessInfo.processInfo.environment.merging(["HARPCTL_PROMOTE_DELAY_MS": "700"]) { $1 }
-        let binary = builtExecutable("harpctl")
-        let config = dir.file("config.yml")
-        async let a = Task.detached { try runCommand(binary, ["-f", config, "promote", "node2"], environment: environment) }.value
-        async let b = Task.detached { try runCommand(binary, ["-f", config, "promote", "node2", "--ttl", "60"], environment: environment) }.value
-        let results = try await [a, b]
-        XCTAssertEqual(results.map(\.status).sorted(), [0, 1], results.map(\.output).joined(separator: "\n"))
-        let loser = results.first { $0.status == 1 }!
-        XCTAssertTrue(loser.output.contains("raced this promote; the leader is now node2"), loser.output)
+        let client = EtcdClient(configuration: etcd.dcsConfiguration())
+        let read = try await client.range(layout.prefix, prefix: true)
+        let snapshot = DCSSnapshot(revision: read.revision, values: Dictionary(read.kvs.map { ($0.key, $0) }, uniquingKeysWith: { $1 }))
+        let state = ClusterState(snapshot: snapshot, layout: layout)
+        let first = try LeaderPromotion.prepare(node: "node2", location: nil, state: state, snapshot: snapshot).get()
+        let second = try LeaderPromotion.prepare(node: "node1", location: "dc1", state: state, snapshot: snapshot).get()
+        XCTAssertEqual(first.previous, "node1")
+        let won = try await first.commit(client)
+        let lost = try await second.commit(client)
+        XCTAssertEqual(won, .promoted(previous: "node1"))
+        XCTAssertEqual(lost, .raced(now: "node2"), "the second saw node1 lead; node2 does now")
+        let leader = try await value(layout.leader(location: "dc1"))
+        XCTAssertEqual((json(leader ?? "") as? [String: Any])?["name"] as? String, "node2", "the race did not overwrite the winner")
+        if case .failure(let e) = LeaderPromotion.prepare(node: "node3", location: "dc1", state: state, snapshot: snapshot) {
+            XCTAssertTrue(e.description.contains("belongs to location 'dc2'"), e.description)
+        } else { XCTFail("node3 is in dc2") }
     }
 
     func testSetManageAndUnmanage() async throws {

@@ -2,7 +2,6 @@
 # Reaction time to a leader change: etcd write -> old sessions closed, and -> a new client served
 # by the new leader, over many switchovers (contrib/bench/reaction.py does the timing).
 #   contrib/bench/reaction.sh [SWITCHOVERS] [SESSIONS]
-#   DATA_PATH=kernel contrib/bench/reaction.sh   (the builtin instance with data_path: kernel)
 source "$(dirname "$0")/../lib.sh"
 command -v python3 >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq python3 >/dev/null; }
 two_node_location

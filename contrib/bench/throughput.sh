@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Data-path cost: pgbench -S (select-only, 16 clients, 2 threads) directly, through HAProxy 2.6 in
-# mode tcp, and through harp-proxy's builtin mode with each data path (userspace, the default, and
-# kernel), in alternating rounds on loopback. The kernel path needs root (CAP_BPF, CAP_NET_ADMIN).
+# mode tcp, and through harp-proxy's builtin mode, in alternating rounds on loopback.
 #   contrib/bench/throughput.sh            3 rounds of 10 s each
 #   ROUNDS=5 SECONDS_PER_RUN=20 contrib/bench/throughput.sh
 #   RELAY=1 contrib/bench/throughput.sh    also a minimal C relay (relay.c): the floor of any
@@ -15,13 +14,11 @@ pg_port=$(free_port 25432)
 start_postgres pg "$pg_port"
 start_etcd
 harp_port=$(free_port 26432)
-kernel_port=$(free_port $(( harp_port + 1 )))
-haproxy_port=$(free_port $(( kernel_port + 1 )))
+haproxy_port=$(free_port $(( harp_port + 1 )))
 
 etcdput /harp/bench/nodes/node1 "{\"name\":\"node1\",\"location\":\"dc1\",\"dsn\":\"host=127.0.0.1 port=$pg_port\"}"
 etcdput /harp/bench/locations/dc1/leader '{"name":"node1"}'
 add_instance bench "dc1" "$harp_port"
-add_instance bench-kernel "dc1" "$kernel_port" "data_path: kernel"
 run_harp_proxy bench
 
 cat >"$work/haproxy.cfg" <<CFG
@@ -39,7 +36,7 @@ CFG
 haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
 haproxy_pid=$!
 pids+=($haproxy_pid)
-targets="direct haproxy harp-proxy harp-kernel"
+targets="direct haproxy harp-proxy"
 if [ "${RELAY:-0}" = 1 ]; then
   cc=$(command -v cc || command -v clang) || { echo "RELAY=1 needs a C compiler (cc or clang)" >&2; exit 1; }
   "$cc" -O2 -pthread -o "$work/relay" contrib/bench/relay.c  # lib.sh runs from the repository's top
@@ -50,12 +47,8 @@ if [ "${RELAY:-0}" = 1 ]; then
   targets+=" relay"
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$relay_port) 2>/dev/null && break; sleep 0.1; done
 fi
-for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$kernel_port" \
+for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" \
   && "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$haproxy_port" && break; sleep 0.1; done
-if grep -q "data_path kernel is not available" "$work/harp-proxy.log"; then
-  echo "note: the kernel data path is not available here, so harp-kernel runs in user space:" >&2
-  grep "data_path kernel is not available" "$work/harp-proxy.log" >&2
-fi
 
 "$pgbin/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 
@@ -74,7 +67,6 @@ for round in $(seq "$rounds"); do
       direct) port=$pg_port; pid="" ;;
       haproxy) port=$haproxy_port; pid=$haproxy_pid ;;
       harp-proxy) port=$harp_port; pid=$harp_pid ;;
-      harp-kernel) port=$kernel_port; pid=$harp_pid ;;
       relay) port=$relay_port; pid=$relay_pid ;;
     esac
     [ -n "$pid" ] && read -r t0 u0 s0 < <(ticks "$pid")
@@ -94,11 +86,10 @@ done
 direct=$(echo ${results[direct]} | tr ' ' '\n' | median)
 haproxy=$(echo ${results[haproxy]} | tr ' ' '\n' | median)
 harp=$(echo ${results[harp-proxy]} | tr ' ' '\n' | median)
-kernel=$(echo ${results[harp-kernel]} | tr ' ' '\n' | median)
 echo
-printf 'median tps: direct %.0f  haproxy %.0f  harp-proxy (data_path userspace) %.0f  harp-proxy (data_path kernel) %.0f\n' "$direct" "$haproxy" "$harp" "$kernel"
-awk -v h="$harp" -v k="$kernel" -v x="$haproxy" -v d="$direct" 'BEGIN { printf "harp-proxy / haproxy: userspace %.2f  kernel %.2f   haproxy / direct = %.2f   harp-proxy / direct: userspace %.2f  kernel %.2f\n", h / x, k / x, x / d, h / d, k / d }'
-echo "proxy CPU per transaction, last round: haproxy ${cpu[haproxy]}; harp-proxy userspace ${cpu[harp-proxy]}; kernel ${cpu[harp-kernel]} (the kernel path's work is done in softirq and kernel threads, not counted here)"
+printf 'median tps: direct %.0f  haproxy %.0f  harp-proxy %.0f\n' "$direct" "$haproxy" "$harp"
+awk -v h="$harp" -v x="$haproxy" -v d="$direct" 'BEGIN { printf "harp-proxy / haproxy: %.2f   haproxy / direct = %.2f   harp-proxy / direct: %.2f\n", h / x, x / d, h / d }'
+echo "proxy CPU per transaction, last round: haproxy ${cpu[haproxy]}; harp-proxy ${cpu[harp-proxy]}"
 if [ "${RELAY:-0}" = 1 ]; then
   relay=$(echo ${results[relay]} | tr ' ' '\n' | median)
   awk -v r="$relay" -v x="$haproxy" -v h="$harp" 'BEGIN { printf "minimal C relay (relay.c) %.0f tps: %.2f x haproxy; harp-proxy userspace / relay = %.2f\n", r, r / x, h / r }'

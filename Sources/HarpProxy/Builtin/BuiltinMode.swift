@@ -1,4 +1,3 @@
-import CSockmap
 import Foundation
 import HarpCluster
 import HarpConfig
@@ -26,9 +25,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         var target: LeaderTarget
         var connectTimeout: TimeAmount
         var keepaliveSeconds: Int
-        /// Set when the instance's `data_path` is kernel, the kernel path is open and the lead
-        /// master is reached over TCP: the client is then joined to it in the kernel.
-        var kernel: KernelDataPath?
         /// The instance's count of lead-master moves when this was given: a client told that the
         /// lead master moved later than this starts again (see `startAgain`).
         var generation: UInt64
@@ -42,24 +38,15 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     /// Touched only on `loop`; Sendable so that `loop`'s own closures may hold it.
     private final class ClientEntry: @unchecked Sendable {
-        /// The channel the client was accepted on. Kept for the entry's life: its identity is the
-        /// entry's key, so it must not be freed (and its address reused) while the entry lives.
-        let accepted: any Channel
-        /// The client's live channel: `accepted`, or the one it got back from the kernel path.
-        var channel: any Channel
+        /// The client's channel. Kept for the entry's life: its identity is the entry's key, so
+        /// it must not be freed (and its address reused) while the entry lives.
+        let channel: any Channel
         /// nil while the client waits for a lead master.
         var target: LeaderTarget?
         var server: (any Channel)?
-        /// Set while the client and its lead master are joined in the kernel (`data_path: kernel`).
-        var pair: (path: KernelDataPath, pair: KernelDataPath.Pair)?
-        /// Between leaving the kernel and getting its new channels.
-        var adopting = false
         var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?
 
-        init(channel: any Channel) {
-            accepted = channel
-            self.channel = channel
-        }
+        init(channel: any Channel) { self.channel = channel }
     }
 
     // Confined to `loop`.
@@ -83,9 +70,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private var lastRefusal: (what: String, metadata: Logger.Metadata)?
     private var lastRefusalLog: NIODeadline?
     private var refusalSummary: Scheduled<Void>?
-    /// The kernel data path when `data_path` is kernel and it could be opened.
-    private var kernelPath: KernelDataPath?
-    private var kernelPathUnavailableLogged = false
     /// What a new client gets when there is a lead master, published by `loop` after every
     /// reconcile so that the client's own loop can admit it without a hop (two thread wake-ups
     /// per connection less); `generation` changes with every move of the lead master.
@@ -100,11 +84,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// Clients admitted and not yet gone, for `max_client_conn`: `clients` plus admissions on
     /// their way to `loop`. Taken by any loop, given back on `loop` when an entry leaves.
     private let admitted = Atomic<Int>(0)
-
-    /// Pairs that ended before `register` took them on, and pairs `register` turned away whose
-    /// end is still to come.
-    private var earlyEnds: [UInt64: KernelDataPath.End] = [:]
-    private var rejected: Set<UInt64> = []
 
     init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger) {
         self.instance = instance
@@ -128,7 +107,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         (try? await loop.submit {
             var counters = self.clientCounters
             counters.current = self.clients.count
-            counters.inKernel = self.clients.values.count { $0.pair != nil }
             counters.bytesToServer = self.traffic.toServer.load(ordering: .relaxed)
             counters.bytesToClient = self.traffic.toClient.load(ordering: .relaxed)
             return counters
@@ -145,7 +123,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         guard !stopped else { return }
         defer { publishRoute() }
         self.plan = plan
-        reconcileDataPath(plan)
         reconcileListener(plan)
         // Unmanaged: keep the current target and every connection, whatever the DCS says.
         guard plan.managed else { return }
@@ -170,18 +147,13 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     private func closeConnections(from previous: LeaderTarget?, to next: LeaderTarget?, observedAt: ContinuousClock.Instant) {
         var closed: [EventLoopFuture<Void>] = []
         var restarting: [EventLoopFuture<ClientHandler.Restart>] = []
-        var joined: [ObjectIdentifier: (KernelDataPath, [KernelDataPath.Pair])] = [:]
         var byLoop: [ObjectIdentifier: (loop: any EventLoop, clients: [any Channel], servers: [any Channel])] = [:]
         for entry in clients.values where entry.target != nil {
-            if entry.server == nil, entry.pair == nil, !entry.adopting {
+            if entry.server == nil {
                 restarting.append(startAgain(entry))
                 continue
             }
             entry.target = nil
-            if let (path, pair) = entry.pair {
-                joined[ObjectIdentifier(path), default: (path, [])].1.append(pair)
-                continue
-            }
             let loop = entry.channel.eventLoop
             byLoop[ObjectIdentifier(loop), default: (loop, [], [])].clients.append(entry.channel)
             closed.append(entry.channel.closeFuture)
@@ -204,15 +176,13 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 }
             }
         }
-        let goodbye = Array(error.readableBytesView)
-        for (path, pairs) in joined.values { path.close(pairs, goodbye: goodbye) }  // synchronous: closed when it returns
         if let own {
             for client in own.clients { GlueHandler.cut(client, with: error) }
             for server in own.servers { server.close(promise: nil) }
         }
         guard previous != nil else { return }
         let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
-        let attached = joined.values.reduce(byLoop.values.reduce(0) { $0 + $1.clients.count }) { $0 + $1.1.count }
+        let attached = byLoop.values.reduce(0) { $0 + $1.clients.count }
         let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
         let restartingCount = restarting.count
         EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
@@ -281,31 +251,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     }
 
     private func admission(_ target: LeaderTarget, _ plan: InstancePlan) -> Admission {
-        var kernel: KernelDataPath?
-        if case .tcp = target.address { kernel = kernelPath }
-        return Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
+        Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
                          // TCP_KEEPIDLE and TCP_KEEPINTVL take 1 to 32767 s; beyond that setsockopt fails and so would every connect.
                          keepaliveSeconds: Int(min(32767, max(1, plan.directives.keepalive.milliseconds / 1000))),
-                         kernel: kernel, generation: generation)
-    }
-
-    /// Opens the kernel data path when `data_path` asks for it; says once why it cannot.
-    private func reconcileDataPath(_ plan: InstancePlan) {
-        guard plan.directives.dataPath == "kernel" else {
-            kernelPath = nil  // new clients only; joined pairs stay joined
-            return
-        }
-        guard kernelPath == nil else { return }
-        switch KernelDataPath.shared() {
-        case .success(let path):
-            kernelPath = path
-            logger.info("data_path kernel: clients are joined to the lead master in the kernel (BPF sockmap)")
-        case .failure(let error):
-            if !kernelPathUnavailableLogged {
-                logger.warning("data_path kernel is not available; passing bytes in user space", metadata: ["reason": "\(error)"])
-                kernelPathUnavailableLogged = true
-            }
-        }
+                         generation: generation)
     }
 
     // MARK: - Clients (called by ClientHandler)
@@ -385,7 +334,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     func readmit(_ channel: any Channel) -> EventLoopFuture<Admission> {
         loop.flatSubmit {
             guard !self.stopped, let plan = self.plan, let entry = self.clients[ObjectIdentifier(channel)],
-                  entry.server == nil, entry.pair == nil, entry.waiter == nil else {
+                  entry.server == nil, entry.waiter == nil else {
                 return self.loop.makeFailedFuture(Refusal.shuttingDown)
             }
             if let target = self.target {
@@ -437,174 +386,12 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         return true
     }
 
-    /// What a pair joined for `channel`'s client reports: its bytes, and its end (on this loop).
-    func pairCallbacks(for channel: any Channel) -> (onBytes: @Sendable (Int, Int) -> Void, onEnd: @Sendable (KernelDataPath.Pair, KernelDataPath.End) -> Void) {
-        let id = ObjectIdentifier(channel)
-        let traffic = traffic
-        return ({ toServer, toClient in
-            traffic.toServer.add(toServer, ordering: .relaxed)
-            traffic.toClient.add(toClient, ordering: .relaxed)
-        }, { pair, end in
-            self.loop.execute { self.pairEnded(id, pair, end) }
-        })
-    }
-
-    /// Takes on a pair the client's loop has just joined (there, in one step with its last look
-    /// at what NIO had read). False if the client is gone or the lead master moved meanwhile: the
-    /// pair is then closed before another byte passes, as a connection being set up would be.
-    func register(_ channel: any Channel, target: LeaderTarget, path: KernelDataPath, pair: KernelDataPath.Pair) -> EventLoopFuture<Bool> {
-        loop.submit {
-            let id = ObjectIdentifier(channel)
-            guard !self.stopped, let entry = self.clients[id], target.sameRoute(as: entry.target), target.sameRoute(as: self.target) else {
-                path.close(pair)
-                if let end = self.earlyEnds.removeValue(forKey: pair.id) {
-                    Self.closeDemoted(end)
-                } else if self.clients[id] != nil {
-                    self.rejected.insert(pair.id)  // its end is on its way to `pairEnded`
-                }
-                return false
-            }
-            entry.pair = (path, pair)
-            entry.server = nil
-            if let end = self.earlyEnds.removeValue(forKey: pair.id) { self.pairEnded(id, pair, end) }
-            return true
-        }
-    }
-
-    /// Says why a client could not be joined in the kernel (it then goes on in user space, or,
-    /// `broken`, is closed).
-    ///
-    /// EOPNOTSUPP is the kernel refusing a socket that is no longer established: a client (a TCP
-    /// health check, say) or a lead master that hung up first. That is not worth a WARNING each.
-    func joinFailed(_ error: IOError, broken: Bool) {
-        loop.execute {
-            if broken {
-                self.logger.warning("joining a client in the kernel failed half-way; its connection is closed", metadata: ["error": "\(error)"])
-            } else if error.errnoCode == EOPNOTSUPP {
-                self.logger.debug("a connection ended before it was joined in the kernel; user space passes on what remains")
-            } else {
-                self.logger.warning("cannot join a client in the kernel; passing its bytes in user space", metadata: ["error": "\(error)"])
-            }
-        }
-    }
-
-    private static func closeDemoted(_ end: KernelDataPath.End) {
-        if case .demoted(let client, let server, _, _, _, _) = end {
-            harp_socket_close(client)  // a reset if parked input waits (see ParkedSocketClose)
-            harp_socket_close(server)
-        }
-    }
-
-    /// A NIO channel for a socket back from the kernel data path, with the close that resets a
-    /// socket with unread input and then `handlers` in its pipeline from the start: a socket
-    /// whose connection has ended both ways is read to its end the moment NIO registers it, and
-    /// what it held would reach no handler added after. Reading waits for `autoRead`.
-    /// NIO owns the descriptor only once its channel exists; if that failed, the descriptor is
-    /// still ours (the same socket, by its cookie) and is closed here.
-    static func adopt(_ fd: CInt, on loop: any EventLoop,
-                      handlers: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void) -> EventLoopFuture<any Channel> {
-        let cookie = harp_socket_cookie(fd)
-        let adopted = ClientBootstrap(group: loop)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.autoRead, value: false)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ParkedSocketClose(descriptor: fd))
-                    try handlers(channel.pipeline.syncOperations)
-                }
-            }
-            .withConnectedSocket(fd)
-        adopted.whenFailure { _ in
-            if fcntl(fd, F_GETFD) != -1, harp_socket_cookie(fd) == cookie { close(fd) }
-        }
-        return adopted
-    }
-
-    /// A kernel-joined pair ended: closed, or handed back to user space because a reader fell behind.
-    private func pairEnded(_ id: ObjectIdentifier, _ pair: KernelDataPath.Pair, _ end: KernelDataPath.End) {
-        if rejected.remove(pair.id) != nil {
-            Self.closeDemoted(end)
-            return
-        }
-        guard let entry = clients[id] else {
-            Self.closeDemoted(end)
-            return
-        }
-        guard let (_, registered) = entry.pair, registered === pair else {
-            earlyEnds[pair.id] = end  // joined on the client's loop; `register` is on its way
-            return
-        }
-        entry.pair = nil
-        switch end {
-        case .closed:
-            dropClient(id)
-        case .lost(let bytes):
-            dropClient(id)
-            clientCounters.kernelLost += 1
-            logger.error("the kernel lost \(bytes) bytes of a connection while moving it from the kernel data path to user space; the connection is reset rather than passed on with a gap (data_path kernel)")
-        case .demoted(let clientFD, let serverFD, let clientInputEnded, let serverInputEnded, let clientTaken, let serverTaken):
-            guard !stopped, entry.target != nil else {
-                dropClient(id)
-                Self.closeDemoted(end)
-                return
-            }
-            entry.adopting = true
-            let channelLoop = group.next()
-            let traffic = self.traffic
-            let adopted = channelLoop.flatSubmit {
-                let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: traffic, clientInputEnded: clientInputEnded, serverInputEnded: serverInputEnded)
-                let clientGlue = NIOLoopBound(clientSide, eventLoop: channelLoop)
-                let serverGlue = NIOLoopBound(serverSide, eventLoop: channelLoop)
-                // The glue is in each pipeline before NIO registers the socket (see `adopt`): the
-                // lead master's socket, say, once it closed after the client's FIN. It comes
-                // second, once the client's glue is there to take what it reads.
-                let repeated: @Sendable (UInt64) -> Void = { bytes in
-                    self.loop.execute {
-                        self.clientCounters.kernelRepeated += 1
-                        self.logger.error("the kernel handed \(bytes) bytes of a connection to harp-proxy twice after it moved from the kernel data path to user space; the connection is reset rather than passed on with bytes repeated (data_path kernel)")
-                    }
-                }
-                let clientCheck = NIOLoopBound(ParkedInputCheck(descriptor: clientFD, partner: serverFD, taken: clientTaken, onRepeat: repeated), eventLoop: channelLoop)
-                let serverCheck = NIOLoopBound(ParkedInputCheck(descriptor: serverFD, partner: clientFD, taken: serverTaken, onRepeat: repeated), eventLoop: channelLoop)
-                let client = Self.adopt(clientFD, on: channelLoop) { try $0.addHandlers(clientCheck.value, clientGlue.value) }
-                let server = client.flatMap { _ in
-                    Self.adopt(serverFD, on: channelLoop) { try $0.addHandlers(serverCheck.value, serverGlue.value) }
-                }
-                client.whenFailure { _ in harp_socket_close(serverFD) }
-                server.whenFailure { _ in client.whenSuccess { $0.close(promise: nil) } }
-                return client.and(server)
-            }
-            adopted.hop(to: self.loop).whenComplete { result in
-                self.clients[id]?.adopting = false
-                guard case .success(let (client, server)) = result, let entry = self.clients[id], entry.target != nil, !self.stopped else {
-                    if case .success(let (client, server)) = result {
-                        client.close(promise: nil)
-                        server.close(promise: nil)
-                    }
-                    self.dropClient(id)
-                    return
-                }
-                entry.channel = client
-                entry.server = server
-                client.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: client) } }
-                channelLoop.execute {
-                    _ = try? client.syncOptions?.setOption(.autoRead, value: true)
-                    _ = try? server.syncOptions?.setOption(.autoRead, value: true)
-                }
-            }
-            logger.info("a reader fell behind by more than \(KernelDataPath.highWater >> 20) MiB: its connection moved from the kernel data path to user space, where it is flow-controlled")
-        }
-    }
-
     /// A client that was admitted but could not be served (the lead master did not answer).
     func connectFailed(_ error: String, target: LeaderTarget) {
         loop.execute { self.noteRefusal("cannot connect to the lead master", reason: "leader_unreachable", ["leader": "\(target)", "error": "\(error)"]) }
     }
 
     private func remove(_ id: ObjectIdentifier, closing channel: any Channel) {
-        // A client joined in the kernel, or on its way back from it, has left its first NIO
-        // channel behind; it ends with its pair, or with the channel it gets back.
-        if let entry = clients[id], entry.pair != nil || entry.adopting || entry.channel !== channel { return }
         guard let entry = dropClient(id) else { return }
         if let waiter = entry.waiter {
             waiter.timeout.cancel()
@@ -733,7 +520,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         logRefusals()  // refusals not yet reported
         var closing: [EventLoopFuture<Void>] = []
         let stopping = cutMessage(from: target, to: nil)
-        let goodbye = Array(stopping.readableBytesView)
         if let listener {
             listener.close(promise: nil)
             closing.append(listener.closeFuture)
@@ -743,10 +529,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
                 entry.waiter = nil
                 waiter.timeout.cancel()
                 waiter.promise.fail(Refusal.shuttingDown)
-            }
-            if let (path, pair) = entry.pair {
-                path.close(pair, goodbye: goodbye)
-                continue
             }
             // The lead-master side only after the client's cut, on the client's loop: closed
             // first, it would have the glue close the client before the message is written.

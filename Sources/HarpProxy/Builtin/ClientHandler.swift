@@ -15,7 +15,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private enum State { case admitting, connecting, joining, refusing, handedOver }
+    private enum State { case admitting, connecting, refusing, handedOver }
 
     /// More than this before the lead master is connected is not a PostgreSQL client.
     static let maximumBuffered = 64 * 1024
@@ -26,7 +26,6 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var state = State.admitting
     private var buffer: ByteBuffer?
     private var refusal: Refusal?
-    private var inputClosedWhileJoining = false
     private var context: ChannelHandlerContext?
     /// Which connect is the current one: one given up (`startAgain`) may still finish, and is
     /// then closed unused.
@@ -78,7 +77,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard admittedGeneration < generation else { return .startsAgain }
             restart(context: context)
             return .startsAgain
-        case .joining, .handedOver:
+        case .handedOver:
             return .mustClose
         }
     }
@@ -109,12 +108,6 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// would sit half-closed forever (remote half-closure is on for the data path's sake).
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
-            // Joining or joined in the kernel: the end of input is the kernel path's to pass on,
-            // or, if the join falls back to user space, the glue's (see `fallBackToGlue`).
-            if state == .joining || state == .handedOver {
-                inputClosedWhileJoining = true
-                return
-            }
             context.close(promise: nil)
             return
         }
@@ -142,20 +135,14 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
         var bootstrap = ClientBootstrap(group: context.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            // For the kernel path nothing is read from the lead master in user space; what NIO
-            // reads anyway (an answer and a FIN, read at end of input) is kept by a ServerHold.
-            .channelOption(.autoRead, value: admission.kernel == nil)
             .connectTimeout(admission.connectTimeout)
-        let holding = admission.kernel != nil
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         bootstrap = bootstrap.channelInitializer { channel in
             // On the client's loop (the bootstrap's group is that loop alone). A name may be
             // tried at several addresses, each a channel; the last one is kept for `restart`.
             guard handler.value.attempt == thisAttempt else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
             handler.value.connectingServer = channel
-            return channel.eventLoop.makeCompletedFuture {
-                if holding { try channel.pipeline.syncOperations.addHandler(ServerHold()) }
-            }
+            return channel.eventLoop.makeSucceededVoidFuture()
         }
         let connecting: EventLoopFuture<any Channel>
         switch admission.target.address {
@@ -197,11 +184,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.restart(context: context)
                     return
                 }
-                if let kernel = admission.kernel {
-                    handler.join(context: context, server: server, kernel: kernel, target: admission.target)
-                } else {
-                    handler.handOver(context: context, to: server, framing: SessionFraming())
-                }
+                handler.handOver(context: context, to: server)
             case .failure(let error):
                 guard mode.routeGeneration == admission.generation else {
                     // The old lead master refused or did not answer, and it is no longer the
@@ -227,94 +210,9 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         return "\(underlying)"
     }
 
-    /// `data_path: kernel`: the kept bytes go first, written here; then the two sockets are joined
-    /// in the kernel, which also passes on, in order, whatever arrived since (nothing more is read
-    /// here), and the NIO channels let go of their descriptors. If the join cannot be made, the
-    /// glue takes over as usual.
-    private func join(context: ChannelHandlerContext, server: any Channel, kernel: KernelDataPath, target: LeaderTarget) {
-        state = .joining
-        _ = try? context.channel.syncOptions?.setOption(.autoRead, value: false)
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        if var kept = buffer, kept.readableBytes > 0 {
-            // Bytes read before reading stopped may still come in while this write is under way;
-            // they are kept and written on the next round.
-            buffer = nil
-            let chunk = kept.readSlice(length: kept.readableBytes)!
-            server.writeAndFlush(chunk).hop(to: context.eventLoop).whenComplete { result in
-                let (handler, context) = bound.value
-                guard case .success = result, context.channel.isActive, server.isActive else {
-                    server.close(promise: nil)
-                    context.close(promise: nil)
-                    return
-                }
-                handler.join(context: context, server: server, kernel: kernel, target: target)
-            }
-            return
-        }
-        // The lead master already answered (an error and a FIN, say) and NIO read it: no join,
-        // the glue passes it on.
-        let hold = try? server.pipeline.syncOperations.handler(type: ServerHold.self)
-        guard let hold, !hold.heldAnything, let clientFD = ChannelDescriptor.of(context.channel),
-              let serverFD = ChannelDescriptor.of(server) else {
-            fallBackToGlue(context: context, server: server)
-            return
-        }
-        let client = fcntl(clientFD, F_DUPFD_CLOEXEC, 0)
-        let leader = fcntl(serverFD, F_DUPFD_CLOEXEC, 0)
-        guard client >= 0, leader >= 0 else {
-            if client >= 0 { close(client) }
-            if leader >= 0 { close(leader) }
-            fallBackToGlue(context: context, server: server)
-            return
-        }
-        // The join, here on the client's loop, in one step with the last looks at what NIO read
-        // (nothing can be read in between); the instance's loop then takes the pair on, or closes
-        // it if the lead master moved meanwhile.
-        let callbacks = mode.pairCallbacks(for: context.channel)
-        switch kernel.join(client: client, server: leader, onBytes: callbacks.onBytes, onEnd: callbacks.onEnd) {
-        case .notJoined(let error):
-            close(client)
-            close(leader)
-            mode.joinFailed(error, broken: false)
-            fallBackToGlue(context: context, server: server)
-        case .broken(let error):
-            mode.joinFailed(error, broken: true)
-            server.close(promise: nil)
-            context.close(promise: nil)
-        case .joined(let pair):
-            state = .handedOver
-            // Registered first (the accepted channel's close then reaches the instance's loop
-            // after it), then NIO's descriptors go at once: the kernel path holds the sockets
-            // through the duplicates, and NIO must not read them or take their errors.
-            _ = mode.register(context.channel, target: target, path: kernel, pair: pair)
-            server.close(promise: nil)
-            context.close(promise: nil)
-        }
-    }
-
-    private func fallBackToGlue(context: ChannelHandlerContext, server: any Channel) {
-        guard context.channel.isActive, server.isActive else {
-            server.close(promise: nil)
-            context.close(promise: nil)
-            return
-        }
-        let client = context.channel
-        let inputClosed = inputClosedWhileJoining
-        // Bytes may have passed in the kernel (or been written during the join): boundaries
-        // unknown, so no framing, and a cut adds nothing.
-        handOver(context: context, to: server, framing: nil)
-        // NIO says "input closed" once: if it came while joining, the glue hears it now.
-        if inputClosed { client.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
-        // What the hold kept goes to the glue now, in order, before anything read after.
-        if let hold = try? server.pipeline.syncOperations.handler(type: ServerHold.self) {
-            hold.release()
-        }
-        _ = try? server.syncOptions?.setOption(.autoRead, value: true)
-        _ = try? client.syncOptions?.setOption(.autoRead, value: true)
-    }
-
     /// Joins the client to the lead master: the kept bytes go first, then the glue takes over.
-    private func handOver(context: ChannelHandlerContext, to server: any Channel, framing: SessionFraming?) {
+    private func handOver(context: ChannelHandlerContext, to server: any Channel) {
+        let framing = SessionFraming()
         let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: mode.traffic, framing: framing)
         do {
             try server.pipeline.syncOperations.addHandler(serverSide)
@@ -326,7 +224,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         state = .handedOver
         if let kept = buffer, kept.readableBytes > 0 {
-            framing?.clientSent(kept)
+            framing.clientSent(kept)
             server.writeAndFlush(kept, promise: nil)
         }
         buffer = nil
@@ -366,42 +264,5 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
         }
-    }
-}
-
-/// On the lead master's channel while a kernel join is prepared: keeps what NIO reads anyway
-/// (NIO reads a socket to its end when a FIN arrives, whatever `autoRead` says), so that a
-/// PostgreSQL error sent before the join reaches the client through the glue instead.
-final class ServerHold: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-
-    private var held: [NIOAny] = []
-    private var inputClosed = false
-    private var context: ChannelHandlerContext?
-
-    var heldAnything: Bool { !held.isEmpty || inputClosed }
-
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) { held.append(data) }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, case .inputClosed = event {
-            inputClosed = true
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    /// Passes what it kept on to the handlers after it, and leaves the pipeline.
-    func release() {
-        guard let context else { return }
-        let kept = held
-        held = []
-        for data in kept { context.fireChannelRead(data) }
-        if !kept.isEmpty { context.fireChannelReadComplete() }
-        if inputClosed { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }

@@ -21,17 +21,13 @@ final class GlueHandler {
     private let traffic: Traffic?
     private let clientSide: Bool
     private var unreported = 0
-    /// This side's end of input was passed on before the glue took over (by the kernel data
-    /// path): when NIO reads it, it is not passed on again.
-    private let inputEnded: Bool
-    /// The session's message boundaries, shared by the pair (see `cut`); nil when the proxy did
-    /// not see the session's start (it passed in the kernel), and a cut then adds nothing.
+    /// The session's message boundaries, shared by the pair (see `cut`); nil when none are
+    /// tracked, and a cut then adds nothing.
     private let framing: SessionFraming?
 
-    private init(traffic: Traffic?, clientSide: Bool, inputEnded: Bool, framing: SessionFraming?) {
+    private init(traffic: Traffic?, clientSide: Bool, framing: SessionFraming?) {
         self.traffic = traffic
         self.clientSide = clientSide
-        self.inputEnded = inputEnded
         self.framing = framing
     }
 
@@ -42,10 +38,9 @@ final class GlueHandler {
     }
 
     /// The client's side first, then the lead master's.
-    static func matchedPair(traffic: Traffic? = nil, framing: SessionFraming? = nil,
-                            clientInputEnded: Bool = false, serverInputEnded: Bool = false) -> (GlueHandler, GlueHandler) {
-        let first = GlueHandler(traffic: traffic, clientSide: true, inputEnded: clientInputEnded, framing: framing)
-        let second = GlueHandler(traffic: traffic, clientSide: false, inputEnded: serverInputEnded, framing: framing)
+    static func matchedPair(traffic: Traffic? = nil, framing: SessionFraming? = nil) -> (GlueHandler, GlueHandler) {
+        let first = GlueHandler(traffic: traffic, clientSide: true, framing: framing)
+        let second = GlueHandler(traffic: traffic, clientSide: false, framing: framing)
         first.partner = second
         second.partner = first
         return (first, second)
@@ -138,7 +133,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, case .inputClosed = event, !inputEnded {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
             partner?.partnerWriteEOF()
         }
         context.fireUserInboundEventTriggered(event)
