@@ -198,6 +198,14 @@ public struct LeaderTarget: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Whether clients that went to `old` must now go elsewhere: the one place that decides that a
+/// lead master moved (or went, or came). A new lease under the same node at the same address is
+/// not a move.
+public func leaderMoved(from old: LeaderTarget?, to new: LeaderTarget?) -> Bool {
+    guard let new else { return old != nil }
+    return !new.sameRoute(as: old)
+}
+
 public enum LeaderResolution: Sendable, Equatable {
     case leader(LeaderTarget)
     /// No leader key: the location has no lead master now.

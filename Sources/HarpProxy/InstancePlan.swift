@@ -36,6 +36,14 @@ public struct InstancePlan: Sendable, Equatable {
     /// for: the mode must not bind it, and keeps whatever listener it has.
     public var listenBlocked: String? = nil
 
+    // Notes for the host's log, which modes do not read (left out of `==`).
+
+    /// For an instance that names no location: how it was chosen, or why there is none.
+    public var locationChoice: LocationChoice? = nil
+    /// The DCS does not answer now; with `fence`, the outage so far and the lease it may last.
+    public var dcsUnreachable = false
+    public var fenceClock: (outage: Duration, lease: Duration)? = nil
+
     /// The listener the directives ask for.
     public var listenAddress: String { directives.listenAddress }
     public var listenPort: Int { directives.listenPort }

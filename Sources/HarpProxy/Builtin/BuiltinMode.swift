@@ -127,7 +127,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         // Unmanaged: keep the current target and every connection, whatever the DCS says.
         guard plan.managed else { return }
         let next = plan.routing.target
-        let moved = next.map { !$0.sameRoute(as: target) } ?? (target != nil)
+        let moved = leaderMoved(from: target, to: next)
         let previous = target
         target = next  // if it did not move: the same node, its lease may be new
         if moved { generation += 1 }

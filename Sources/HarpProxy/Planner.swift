@@ -1,0 +1,127 @@
+import HarpCluster
+import HarpConfig
+
+/// What every instance of the process should be doing, from plain values: the configuration,
+/// the cluster as the DCS describes it, what is known of the DCS's health and of leader leases,
+/// and the time. No I/O and no clock inside: the host gathers the inputs, calls `plan`, and
+/// applies the result (level-triggered: a missed or repeated event cannot leave an instance on
+/// a wrong leader, since the next plan is computed from the whole current state).
+enum Planner {
+    struct Input {
+        var instances: [InstanceConfiguration]
+        var state: ClusterState
+        /// The DCS has been read once; until then "no lead master" means "not known yet".
+        var synced: Bool
+        /// The DCS answers with quorum now.
+        var reachable: Bool
+        var now: ContinuousClock.Instant
+        /// The last linearizable answer of the DCS, on the monotonic clock.
+        var lastContactAt: ContinuousClock.Instant?
+        /// Granted TTL of each leader lease looked up so far.
+        var leaseTTLs: [Int64: Duration] = [:]
+        /// The process's descriptor limit, which bounds the builtin clients of all instances.
+        var descriptorLimit: Int
+        /// The plans in force, by instance: an instance keeps the listener and the location it has.
+        var previous: [String: InstancePlan] = [:]
+        /// When the DCS change behind this plan was seen.
+        var observedAt: ContinuousClock.Instant
+    }
+
+    struct Output {
+        var plans: [String: InstancePlan] = [:]
+        /// When some plan changes by itself (a fencing deadline), with no DCS event to say so.
+        var nextDeadline: ContinuousClock.Instant?
+        /// Leader leases whose TTL is not known yet: worth a lookup.
+        var unknownLeases: Set<Int64> = []
+        /// `max_client_conn` wanted and granted, for instances whose wish did not fit.
+        var lowered: [String: (wanted: Int, granted: Int)] = [:]
+    }
+
+    static func plan(_ input: Input) -> Output {
+        var output = Output()
+        let state = input.state
+        let directives = Dictionary(uniqueKeysWithValues: input.instances.map { ($0.name, state.effectiveDirectives(for: $0)) })
+
+        // Only modes whose clients' connections live in this process count against its descriptors.
+        let wanted = Dictionary(uniqueKeysWithValues: input.instances.compactMap { instance -> (String, Int)? in
+            let d = directives[instance.name]!
+            guard ProxyModes.named(d.type)?.holdsClientConnections ?? false else { return nil }
+            return (instance.name, d.maxClientConn)
+        })
+        let caps = DescriptorBudget.caps(for: wanted, limit: input.descriptorLimit)
+        for (name, cap) in caps where cap < wanted[name]! { output.lowered[name] = (wanted[name]!, cap) }
+
+        // Listeners: each instance's effective address, known only now (the DCS may set it).
+        let refusals = ListenerClaims.refusals(input.instances.map { instance in
+            let d = directives[instance.name]!
+            let before = input.previous[instance.name]
+            let held = before.map { $0.listenBlocked == nil && $0.listenAddress == d.listenAddress && $0.listenPort == d.listenPort } ?? false
+            return ListenerClaims.Claim(instance: instance.name, address: d.listenAddress, port: d.listenPort, heldBefore: held)
+        })
+
+        for instance in input.instances {
+            let d = directives[instance.name]!
+            var choice: LocationChoice?
+            var location = instance.location
+            var routing = InstancePlan.Routing.noLeader(reason: "the DCS has not been read yet")
+            if location == nil, input.synced {
+                // An instance that names none follows the only location the DCS holds, and keeps it.
+                let chosen = input.previous[instance.name].flatMap { $0.locationChoice == nil ? nil : $0.location }
+                choice = state.location(following: chosen)
+                switch choice {
+                case .follow(let name, _)?: location = name
+                case .wait(let reason)?, .ambiguous(let reason)?: routing = .noLeader(reason: reason)
+                case nil: break
+                }
+            }
+            var dcsUnreachable = false
+            var fenceClock: (Duration, Duration)?
+            if let location, input.synced {
+                let (r, deadline, clock) = self.routing(at: location, state: state, directives: d, input: input)
+                routing = r
+                fenceClock = clock
+                dcsUnreachable = !input.reachable
+                if let deadline { output.nextDeadline = min(output.nextDeadline ?? deadline, deadline) }
+                if let target = routing.target, target.lease != 0, input.reachable, input.leaseTTLs[target.lease] == nil {
+                    output.unknownLeases.insert(target.lease)
+                }
+            }
+            var plan = InstancePlan(location: location, directives: d, managed: state.isManaged(instance.name), routing: routing,
+                                    maxClientConn: caps[instance.name] ?? d.maxClientConn, dcsRead: input.synced, observedAt: input.observedAt)
+            plan.listenBlocked = refusals[instance.name]
+            plan.locationChoice = choice
+            plan.dcsUnreachable = dcsUnreachable
+            plan.fenceClock = fenceClock
+            output.plans[instance.name] = plan
+        }
+        return output
+    }
+
+    /// Where an instance of `location` routes, and when that answer changes by itself: with the
+    /// DCS unreachable and `dcs_failure_policy: fence`, the leader is trusted until its lease,
+    /// counted from the DCS's last linearizable answer, has run out. With the outage and lease
+    /// then, for the log.
+    static func routing(at location: String, state: ClusterState, directives: EffectiveDirectives,
+                        input: Input) -> (InstancePlan.Routing, ContinuousClock.Instant?, (Duration, Duration)?) {
+        let resolution = state.leader(of: location)
+        let routing: InstancePlan.Routing
+        switch resolution {
+        case .leader(let target): routing = .leader(target)
+        case .none: routing = .noLeader(reason: "no lead master")
+        case .unresolvable(_, let reason): routing = .noLeader(reason: reason)
+        }
+        guard !input.reachable else { return (routing, nil, nil) }
+        let outage = input.lastContactAt.map { input.now - $0 } ?? .seconds(1_000_000)
+        let lease = resolution.target.flatMap { input.leaseTTLs[$0.lease] } ?? directives.leaderLeaseDuration
+        guard directives.dcsFailurePolicy == "fence" else { return (routing, nil, (outage, lease)) }
+        if outage >= lease {
+            return (.fenced(reason: "DCS unreachable for \(seconds(outage)) s, longer than the \(seconds(lease)) s lease"), nil, (outage, lease))
+        }
+        return (routing, input.now + (lease - outage), (outage, lease))
+    }
+
+    static func seconds(_ d: Duration) -> String {
+        let tenths = (d.milliseconds + 50) / 100
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+}

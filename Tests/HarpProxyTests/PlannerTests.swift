@@ -1,0 +1,121 @@
+import HarpCluster
+import HarpConfig
+import HarpDCS
+@testable import HarpProxy
+import XCTest
+
+/// The planner with plain values: a DCS snapshot, the configuration, and a made-up clock.
+final class PlannerTests: XCTestCase {
+    let layout = DCSLayout(cluster: "c")
+    let t0 = ContinuousClock.now
+
+    func state(_ pairs: [String: String], lease: [String: Int64] = [:]) -> ClusterState {
+        var values: [String: KeyValue] = [:]
+        for (i, (k, v)) in pairs.sorted(by: { $0.key < $1.key }).enumerated() {
+            values["/harp/c/" + k] = KeyValue(key: "/harp/c/" + k, value: v, modRevision: Int64(i + 1), lease: lease[k] ?? 0)
+        }
+        return ClusterState(snapshot: DCSSnapshot(revision: Int64(pairs.count), values: values), layout: layout)
+    }
+
+    func instance(_ name: String, _ location: String?, _ local: [String: DirectiveValue] = [:]) -> InstanceConfiguration {
+        InstanceConfiguration(name: name, location: location, directives: DirectiveSet(local), source: SourceLocation(file: "x", line: 1, column: 1))
+    }
+
+    var dc1: [String: String] {
+        ["nodes/n1": #"{"name":"n1","location":"dc1","dsn":"host=10.0.0.1 port=5432"}"#, "locations/dc1/leader": #"{"name":"n1"}"#]
+    }
+
+    func input(_ instances: [InstanceConfiguration], _ state: ClusterState, reachable: Bool = true, synced: Bool = true,
+               lastContact: Duration = .zero, leaseTTLs: [Int64: Duration] = [:], previous: [String: InstancePlan] = [:]) -> Planner.Input {
+        Planner.Input(instances: instances, state: state, synced: synced, reachable: reachable, now: t0 + .seconds(100),
+                      lastContactAt: t0 + .seconds(100) - lastContact, leaseTTLs: leaseTTLs, descriptorLimit: 1 << 20,
+                      previous: previous, observedAt: t0)
+    }
+
+    func testALocationWithALeaderIsRoutedAndNothingBeforeTheFirstRead() {
+        let out = Planner.plan(input([instance("p1", "dc1")], state(dc1)))
+        XCTAssertEqual(out.plans["p1"]?.routing.target?.name, "n1")
+        XCTAssertEqual(out.plans["p1"]?.stateName, "routing")
+        XCTAssertNil(out.nextDeadline)
+
+        let unread = Planner.plan(input([instance("p1", "dc1")], state(dc1), synced: false))
+        XCTAssertEqual(unread.plans["p1"]?.routing, .noLeader(reason: "the DCS has not been read yet"))
+        XCTAssertEqual(unread.plans["p1"]?.dcsRead, false)
+    }
+
+    func testFencingCountsTheOutageFromTheLastAnswerAgainstTheLease() {
+        let leased = state(dc1, lease: ["locations/dc1/leader": 42])
+        // Within the lease (its TTL known: 10 s): still routing, and re-planned when it runs out.
+        let within = Planner.plan(input([instance("p1", "dc1")], leased, reachable: false, lastContact: .seconds(4), leaseTTLs: [42: .seconds(10)]))
+        XCTAssertEqual(within.plans["p1"]?.routing.target?.name, "n1")
+        XCTAssertEqual(within.nextDeadline, t0 + .seconds(106))
+        XCTAssertEqual(within.plans["p1"]?.dcsUnreachable, true)
+        // Past it: fenced, with the figures in the reason.
+        let past = Planner.plan(input([instance("p1", "dc1")], leased, reachable: false, lastContact: .seconds(11), leaseTTLs: [42: .seconds(10)]))
+        XCTAssertEqual(past.plans["p1"]?.routing, .fenced(reason: "DCS unreachable for 11.0 s, longer than the 10.0 s lease"))
+        XCTAssertEqual(past.plans["p1"]?.stateName, "fenced")
+        XCTAssertNil(past.nextDeadline)
+        // A lease whose TTL is unknown: leader_lease_duration (default 6 s) stands for it.
+        let unknown = Planner.plan(input([instance("p1", "dc1")], leased, reachable: false, lastContact: .seconds(7)))
+        XCTAssertEqual(unknown.plans["p1"]?.stateName, "fenced")
+        // keep: routes on, no deadline.
+        let keep = Planner.plan(input([instance("p1", "dc1", ["dcs_failure_policy": .string("keep")])], leased, reachable: false, lastContact: .seconds(60)))
+        XCTAssertEqual(keep.plans["p1"]?.routing.target?.name, "n1")
+        XCTAssertNil(keep.nextDeadline)
+    }
+
+    func testAnUnknownLeaseIsAskedForOnlyWhileTheDCSAnswers() {
+        let leased = state(dc1, lease: ["locations/dc1/leader": 42])
+        XCTAssertEqual(Planner.plan(input([instance("p1", "dc1")], leased)).unknownLeases, [42])
+        XCTAssertEqual(Planner.plan(input([instance("p1", "dc1")], leased, leaseTTLs: [42: .seconds(5)])).unknownLeases, [])
+        XCTAssertEqual(Planner.plan(input([instance("p1", "dc1")], leased, reachable: false)).unknownLeases, [])
+    }
+
+    func testListenersFromTheDCSClashOnlyWithTheirOwnInstance() {
+        var pairs = dc1
+        pairs["proxies/p1/config"] = #"{"listen_port":7001}"#
+        pairs["proxies/p2/config"] = #"{"listen_port":7001}"#
+        let first = Planner.plan(input([instance("p1", "dc1"), instance("p2", "dc1")], state(pairs)))
+        XCTAssertNil(first.plans["p1"]?.listenBlocked)
+        XCTAssertTrue(first.plans["p2"]?.listenBlocked?.contains("address in use by instance 'p1'") == true)
+        XCTAssertEqual(first.plans["p2"]?.routing.target?.name, "n1", "a clash does not change where the instance routes")
+
+        // p2 held 7002; p1 is then moved onto it: p2 keeps it.
+        pairs["proxies/p1/config"] = #"{"listen_port":7002}"#
+        pairs["proxies/p2/config"] = #"{"listen_port":7002}"#
+        var held = first.plans
+        held["p2"]?.listenBlocked = nil
+        held["p2"] = Planner.plan(input([instance("p2", "dc1")], state(["proxies/p2/config": #"{"listen_port":7002}"#]))).plans["p2"]
+        let moved = Planner.plan(input([instance("p1", "dc1"), instance("p2", "dc1")], state(pairs), previous: held))
+        XCTAssertNil(moved.plans["p2"]?.listenBlocked)
+        XCTAssertTrue(moved.plans["p1"]?.listenBlocked?.contains("by instance 'p2'") == true)
+    }
+
+    func testAnInstanceWithoutALocationTakesTheOnlyOneAndKeepsIt() {
+        let one = Planner.plan(input([instance("p", nil)], state(dc1)))
+        XCTAssertEqual(one.plans["p"]?.location, "dc1")
+        XCTAssertEqual(one.plans["p"]?.locationChoice, .follow("dc1", warnAbout: []))
+        XCTAssertEqual(one.plans["p"]?.routing.target?.name, "n1")
+
+        var two = dc1
+        two["nodes/n2"] = #"{"name":"n2","location":"dc2","dsn":"host=10.0.0.2"}"#
+        two["locations/dc2/leader"] = #"{"name":"n2"}"#
+        let kept = Planner.plan(input([instance("p", nil)], state(two), previous: one.plans))
+        XCTAssertEqual(kept.plans["p"]?.location, "dc1")
+        XCTAssertEqual(kept.plans["p"]?.locationChoice, .follow("dc1", warnAbout: ["dc2"]))
+
+        let fresh = Planner.plan(input([instance("p", nil)], state(two)))
+        XCTAssertNil(fresh.plans["p"]?.location)
+        XCTAssertEqual(fresh.plans["p"]?.stateName, "no-location")
+        XCTAssertNil(fresh.plans["p"]?.routing.target)
+    }
+
+    func testMaxClientConnIsLoweredToWhatTheDescriptorLimitHolds() {
+        var i = input([instance("a", "dc1", ["max_client_conn": .integer(5000)]), instance("b", "dc1", ["max_client_conn": .integer(5000)])], state(dc1))
+        i.descriptorLimit = 4096
+        let out = Planner.plan(i)
+        XCTAssertEqual(out.plans["a"]?.maxClientConn, 1008)
+        XCTAssertEqual(out.lowered["a"]?.wanted, 5000)
+        XCTAssertEqual(out.lowered["b"]?.granted, 1008)
+    }
+}
