@@ -210,23 +210,17 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         return "\(underlying)"
     }
 
-    /// Joins the client to the lead master: the kept bytes go first, then the glue takes over.
+    /// Joins the client to the lead master through the mode's data path, the kept bytes first,
+    /// and leaves the pipeline.
     private func handOver(context: ChannelHandlerContext, to server: any Channel) {
-        let framing = SessionFraming()
-        let (clientSide, serverSide) = GlueHandler.matchedPair(traffic: mode.traffic, framing: framing)
         do {
-            try server.pipeline.syncOperations.addHandler(serverSide)
-            try context.pipeline.syncOperations.addHandler(clientSide)
+            try mode.dataPath.join(client: context.channel, server: server, kept: buffer)
         } catch {
             server.close(promise: nil)
             context.close(promise: nil)
             return
         }
         state = .handedOver
-        if let kept = buffer, kept.readableBytes > 0 {
-            framing.clientSent(kept)
-            server.writeAndFlush(kept, promise: nil)
-        }
         buffer = nil
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }

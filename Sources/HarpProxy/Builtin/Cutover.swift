@@ -1,0 +1,147 @@
+import HarpCluster
+import Logging
+import NIOCore
+
+/// What a leader change, fencing or a stop does to sessions: the joined ones are cut with a
+/// 57P01 that says why, both sides; the ones still connecting start again with the new lead
+/// master (nothing of theirs reached the old one).
+extension BuiltinMode {
+    /// Closes every connection of a lead master that is no longer the one, both sides: every
+    /// client first, then every lead-master side. Each server-side close wakes a backend that
+    /// exits and competes for the CPU; the clients should not wait behind that. A client still
+    /// connecting has sent nothing to the old one: it starts again instead (`startAgain`).
+    func closeConnections(from previous: LeaderTarget?, to next: LeaderTarget?, observedAt: ContinuousClock.Instant) {
+        var closed: [EventLoopFuture<Void>] = []
+        var restarting: [EventLoopFuture<ClientHandler.Restart>] = []
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, clients: [any Channel], servers: [any Channel])] = [:]
+        for entry in clients.values where entry.target != nil {
+            if entry.server == nil {
+                restarting.append(startAgain(entry))
+                continue
+            }
+            entry.target = nil
+            let loop = entry.channel.eventLoop
+            byLoop[ObjectIdentifier(loop), default: (loop, [], [])].clients.append(entry.channel)
+            closed.append(entry.channel.closeFuture)
+            if let server = entry.server {
+                byLoop[ObjectIdentifier(server.eventLoop), default: (server.eventLoop, [], [])].servers.append(server)
+                closed.append(server.closeFuture)
+            }
+        }
+        // One task per event loop, its clients first, then its lead-master sides. The other
+        // loops' tasks go out first, so that their threads wake while this one does its share.
+        let error = cutMessage(from: previous, to: next)
+        var own: (clients: [any Channel], servers: [any Channel])?
+        for (loop, clients, servers) in byLoop.values {
+            if loop.inEventLoop {
+                own = (clients, servers)
+            } else {
+                loop.execute {
+                    for client in clients { self.dataPath.cut(client, with: error) }
+                    for server in servers { server.close(promise: nil) }
+                }
+            }
+        }
+        if let own {
+            for client in own.clients { self.dataPath.cut(client, with: error) }
+            for server in own.servers { server.close(promise: nil) }
+        }
+        guard previous != nil else { return }
+        let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
+        let attached = byLoop.values.reduce(0) { $0 + $1.clients.count }
+        let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
+        let restartingCount = restarting.count
+        EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
+            let outcomes = (try? result.get().0.map { try? $0.get() }) ?? []
+            let restarted = outcomes.count { $0 == .startsAgain }
+            // Being refused (their lead master did not answer): neither cut nor started again.
+            let refused = outcomes.count { $0 == .beingRefused }
+            let closed = attached + restartingCount - restarted - refused
+            self.clientCounters.cut += closed
+            self.clientCounters.startedAgain += restarted
+            var m = metadata
+            m["closed"] = "\(closed)"
+            if restarted > 0 { m["started_again"] = "\(restarted)" }
+            m["ms_since_dcs_event"] = "\(String(format: "%.2f", (ContinuousClock.now - observedAt).fractionalMilliseconds))"
+            logger.info("lead master changed: connections to the old one closed", metadata: m)
+        }
+    }
+
+    /// The FATAL 57P01 a session cut by a move from `previous` to `next` reads (see `DataPath.cut`).
+    func cutMessage(from previous: LeaderTarget?, to next: LeaderTarget?) -> ByteBuffer {
+        let reason: Refusal
+        if stopped {
+            reason = Refusal(sqlstate: "57P01", message: "terminating connection because proxy \(instance.name) is stopping")
+        } else {
+            reason = Refusal.cut(instance: instance.name, location: plan?.location ?? "", from: previous, to: next,
+                                 fenced: { if case .fenced(let r) = plan?.routing { return r } else { return nil } }())
+        }
+        return PostgresWire.errorResponse(sqlstate: reason.sqlstate, message: reason.message, allocator: ByteBufferAllocator())
+    }
+
+    /// Tells a client admitted to a lead master that has moved, and not joined to it as far as
+    /// `loop` knows, to start again: no byte of it has reached the old one, so it goes to the
+    /// new one (or waits for one) instead of being cut. In an unplanned failover, a connect to
+    /// the failed node that would hang until `timeout` is dropped at once. A client that was
+    /// joined meanwhile, on its own loop, is closed; one being refused reads its error.
+    func startAgain(_ entry: ClientEntry) -> EventLoopFuture<ClientHandler.Restart> {
+        entry.target = nil
+        let channel = entry.channel
+        let generation = self.generation
+        return channel.eventLoop.submit {
+            let handler = try? channel.pipeline.syncOperations.handler(type: ClientHandler.self)
+            let outcome = handler?.startAgain(movedAt: generation) ?? .mustClose
+            if outcome == .mustClose { channel.close(promise: nil) }
+            return outcome
+        }
+    }
+
+    /// Called on the client's loop once the connection to `target` is up: false if the lead
+    /// master moved meanwhile, and the caller must close both sides rather than pass a byte. A
+    /// move after this check closes both: `loop` closes the client (whose glue closes the
+    /// server), or finds the server here.
+    func attach(_ client: any Channel, server: any Channel, target: LeaderTarget) -> Bool {
+        let route = route.withLock { $0 }
+        guard !route.stopped, let current = route.admission, current.target.sameRoute(as: target) else { return false }
+        loop.execute {
+            guard !self.stopped, let entry = self.clients[ObjectIdentifier(client)], target.sameRoute(as: entry.target),
+                  target.sameRoute(as: self.target) else {
+                // Joined on its loop just before the move reached it: cut like the others.
+                let error = self.cutMessage(from: target, to: self.target)
+                client.eventLoop.execute { self.dataPath.cut(client, with: error) }
+                server.close(promise: nil)
+                return
+            }
+            entry.server = server
+        }
+        return true
+    }
+
+    func stop() -> EventLoopFuture<Void> {
+        stopped = true
+        publishRoute()
+        refusalSummary?.cancel()
+        refusalSummary = nil
+        logRefusals()  // refusals not yet reported
+        var closing: [EventLoopFuture<Void>] = []
+        let stopping = cutMessage(from: target, to: nil)
+        closing.append(listenSocket.close())
+        for entry in clients.values {
+            if let waiter = entry.waiter {
+                entry.waiter = nil
+                waiter.timeout.cancel()
+                waiter.promise.fail(Refusal.shuttingDown)
+            }
+            // The lead-master side only after the client's cut, on the client's loop: closed
+            // first, it would have the glue close the client before the message is written.
+            let channel = entry.channel
+            let server = entry.server
+            channel.eventLoop.execute {
+                self.dataPath.cut(channel, with: stopping)
+                server?.close(promise: nil)
+            }
+            closing.append(channel.closeFuture)
+        }
+        return EventLoopFuture.andAllComplete(closing, on: loop)
+    }
+}
