@@ -248,31 +248,32 @@ public struct EffectiveDirectives: Sendable, Equatable {
 
     public subscript(name: String) -> DirectiveValue? { values[name] }
 
+    /// The value in force: every directive with a default has one, since `init` fills them in
+    /// from the table; the table's default stands in for one that is missing all the same.
+    private func value(_ name: String) -> DirectiveValue? { values[name] ?? ProxyDirectives.defaultValue(name) }
+
     public func string(_ name: String) -> String? {
-        if case .string(let s) = values[name] { return s }
+        if case .string(let s) = value(name) { return s }
         return nil
     }
 
     public func integer(_ name: String) -> Int? {
-        if case .integer(let i) = values[name] { return i }
+        if case .integer(let i) = value(name) { return i }
         return nil
     }
 
     public func duration(_ name: String) -> Duration? {
-        if case .duration(let d) = values[name] { return d }
+        if case .duration(let d) = value(name) { return d }
         return nil
     }
 
-    // The directives every mode reads; defaults are always present, so these never fail.
-    public var type: String { string("type") ?? "builtin" }
-    public var listenAddress: String { string("listen_address") ?? "0.0.0.0" }
-    public var listenPort: Int { integer("listen_port") ?? 6432 }
-    public var maxClientConn: Int { integer("max_client_conn") ?? 100 }
-    public var keepalive: Duration { duration("keepalive") ?? .seconds(5) }
-    public var connectTimeout: Duration { duration("timeout") ?? .seconds(1) }
-    public var holdTimeout: Duration { duration("hold_timeout") ?? .seconds(5) }
-    public var dcsFailurePolicy: String { string("dcs_failure_policy") ?? "fence" }
-    public var leaderLeaseDuration: Duration { duration("leader_lease_duration") ?? .seconds(6) }
-    public var monitorInterval: Duration { duration("monitor_interval") ?? .seconds(5) }
-    public var serverTransferTimeout: Duration { duration("server_transfer_timeout") ?? .seconds(30) }
+    // The directives every mode reads; their defaults are in `ProxyDirectives.all`. Those of one
+    // mode are read in that mode (`BuiltinDirectives.swift`, `PgBouncerSettings.swift`).
+    public var type: String { string("type") ?? "" }
+    public var listenAddress: String { string("listen_address") ?? "" }
+    public var listenPort: Int { integer("listen_port") ?? 0 }
+    public var maxClientConn: Int { integer("max_client_conn") ?? 0 }
+    public var dcsFailurePolicy: DCSFailurePolicy { string("dcs_failure_policy").flatMap(DCSFailurePolicy.init) ?? .fence }
+    public var leaderLeaseDuration: Duration { duration("leader_lease_duration") ?? .zero }
+    public var monitorInterval: Duration { duration("monitor_interval") ?? .zero }
 }

@@ -67,12 +67,30 @@ public enum DirectiveKind: Sendable {
     }
 }
 
-/// What a directive is called, what it takes, and its default: the one place that says so.
+/// The modes that read a directive.
+public enum DirectiveScope: String, Sendable {
+    case every = "both", builtin, pgbouncer
+}
+
+/// What a directive is called, what it takes, its default, which modes read it and whether
+/// HARP has it: the one place that says so.
 public struct DirectiveSpec: Sendable {
     public let name: String
     public let kind: DirectiveKind
     public let defaultValue: DirectiveValue?
+    public let scope: DirectiveScope
+    /// False for this implementation's additions, which HARP does not have.
+    public let harp: Bool
     public let summary: String
+
+    init(_ name: String, _ kind: DirectiveKind, _ defaultValue: DirectiveValue?, _ scope: DirectiveScope, harp: Bool = true, _ summary: String) {
+        self.name = name
+        self.kind = kind
+        self.defaultValue = defaultValue
+        self.scope = scope
+        self.harp = harp
+        self.summary = summary
+    }
 
     /// Checks a raw value. The error text names the expected form; the caller adds where it came from.
     public func parse(_ raw: RawValue) -> Result<DirectiveValue, DirectiveValueError> {
@@ -134,36 +152,39 @@ public struct DirectiveValueError: Error, Sendable, CustomStringConvertible {
 /// `dcs_failure_policy`, `pool_mode` are this implementation's additions.
 public enum ProxyDirectives {
     public static let all: [DirectiveSpec] = [
-        .init(name: "type", kind: .choice(["builtin", "pgbouncer"]), defaultValue: .string("builtin"), summary: "proxy mode"),
-        .init(name: "listen_address", kind: .string, defaultValue: .string("0.0.0.0"), summary: "address the proxy listens on"),
-        .init(name: "listen_port", kind: .integer(1...65535), defaultValue: .integer(6432), summary: "port the proxy listens on"),
-        .init(name: "max_client_conn", kind: .integer(1...1_000_000), defaultValue: .integer(100), summary: "most client connections at once"),
-        .init(name: "keepalive", kind: .duration(.seconds), defaultValue: .duration(.seconds(5)), summary: "builtin: TCP keepalive idle time on leader and client sockets"),
-        .init(name: "timeout", kind: .duration(.seconds), defaultValue: .duration(.seconds(1)), summary: "builtin: connect timeout to the lead master"),
-        .init(name: "hold_timeout", kind: .duration(.milliseconds), defaultValue: .duration(.milliseconds(5000)), summary: "how long a new client waits for a lead master to appear"),
-        .init(name: "dcs_failure_policy", kind: .choice(["fence", "keep"]), defaultValue: .string("fence"), summary: "what to do when the DCS is unreachable past the lease"),
-        .init(name: "leader_lease_duration", kind: .duration(.seconds), defaultValue: .duration(.seconds(6)), summary: "lease TTL assumed when the leader key has no lease"),
-        .init(name: "monitor_interval", kind: .duration(.seconds), defaultValue: .duration(.seconds(5)), summary: "how often the proxy writes its status"),
-        .init(name: "database_name", kind: .string, defaultValue: nil, summary: "pgbouncer: client-facing database name, * for any"),
-        .init(name: "default_pool_size", kind: .integer(1...100_000), defaultValue: .integer(25), summary: "pgbouncer: server connections per pool"),
-        .init(name: "auth_file", kind: .string, defaultValue: .string("/etc/harp/userlist.txt"), summary: "pgbouncer: userlist file"),
-        .init(name: "auth_type", kind: .choice(["md5", "scram-sha-256", "cert", "pam", "plain", "trust", "any", "hba"]), defaultValue: .string("md5"), summary: "pgbouncer: client authentication"),
-        .init(name: "auth_user", kind: .string, defaultValue: nil, summary: "pgbouncer: user that runs auth_query"),
-        .init(name: "auth_query", kind: .string, defaultValue: nil, summary: "pgbouncer: query that looks up a password"),
-        .init(name: "ignore_startup_parameters", kind: .string, defaultValue: .string("extra_float_digits"), summary: "pgbouncer: startup parameters to ignore"),
-        .init(name: "client_tls_sslmode", kind: .choice(tlsModes), defaultValue: .string("disable"), summary: "pgbouncer: TLS towards clients"),
-        .init(name: "client_tls_ca_file", kind: .string, defaultValue: nil, summary: "pgbouncer: client TLS CA"),
-        .init(name: "client_tls_cert_file", kind: .string, defaultValue: nil, summary: "pgbouncer: client TLS certificate"),
-        .init(name: "client_tls_key_file", kind: .string, defaultValue: nil, summary: "pgbouncer: client TLS key"),
-        .init(name: "client_tls_protocols", kind: .string, defaultValue: .string("secure"), summary: "pgbouncer: client TLS protocols"),
-        .init(name: "server_tls_sslmode", kind: .choice(tlsModes), defaultValue: .string("disable"), summary: "pgbouncer: TLS towards PostgreSQL"),
-        .init(name: "server_tls_ca_file", kind: .string, defaultValue: nil, summary: "pgbouncer: server TLS CA"),
-        .init(name: "server_tls_cert_file", kind: .string, defaultValue: nil, summary: "pgbouncer: server TLS certificate"),
-        .init(name: "server_tls_key_file", kind: .string, defaultValue: nil, summary: "pgbouncer: server TLS key"),
-        .init(name: "server_tls_protocols", kind: .string, defaultValue: .string("secure"), summary: "pgbouncer: server TLS protocols"),
-        .init(name: "pool_mode", kind: .choice(["session", "transaction"]), defaultValue: .string("session"), summary: "pgbouncer: session or transaction pooling (only transaction pooling moves a connected client to a new lead master)"),
-        .init(name: "session_transfer_mode", kind: .choice(["fast", "wait", "reconnect"]), defaultValue: .string("wait"), summary: "pgbouncer: on a switchover, wait (PAUSE, KILL after server_transfer_timeout), fast (KILL at once) or reconnect (RELOAD without PAUSE)"),
-        .init(name: "server_transfer_timeout", kind: .duration(.seconds), defaultValue: .duration(.seconds(30)), summary: "pgbouncer: PAUSE wait before KILL"),
+        .init("type", .choice(["builtin", "pgbouncer"]), .string("builtin"), .every, "proxy mode"),
+        .init("listen_address", .string, .string("0.0.0.0"), .every, "address the proxy listens on"),
+        .init("listen_port", .integer(1...65535), .integer(6432), .every, "port the proxy listens on"),
+        .init("max_client_conn", .integer(1...1_000_000), .integer(100), .every, "most client connections at once"),
+        .init("keepalive", .duration(.seconds), .duration(.seconds(5)), .builtin, "TCP keepalive idle time on leader and client sockets"),
+        .init("timeout", .duration(.seconds), .duration(.seconds(1)), .builtin, "connect timeout to the lead master"),
+        .init("hold_timeout", .duration(.milliseconds), .duration(.milliseconds(5000)), .builtin, harp: false, "how long a new client waits for a lead master to appear"),
+        .init("dcs_failure_policy", .choice(DCSFailurePolicy.allCases.map(\.rawValue)), .string(DCSFailurePolicy.fence.rawValue), .every, harp: false,
+              "what to do when the DCS is unreachable past the lease"),
+        .init("leader_lease_duration", .duration(.seconds), .duration(.seconds(6)), .every, "lease TTL assumed when the leader key has no lease"),
+        .init("monitor_interval", .duration(.seconds), .duration(.seconds(5)), .every, "how often the proxy writes its status"),
+        .init("database_name", .string, nil, .pgbouncer, "client-facing database name, * for any"),
+        .init("default_pool_size", .integer(1...100_000), .integer(25), .pgbouncer, "server connections per pool"),
+        .init("auth_file", .string, .string("/etc/harp/userlist.txt"), .pgbouncer, "userlist file"),
+        .init("auth_type", .choice(["md5", "scram-sha-256", "cert", "pam", "plain", "trust", "any", "hba"]), .string("md5"), .pgbouncer, "client authentication"),
+        .init("auth_user", .string, nil, .pgbouncer, "user that runs auth_query"),
+        .init("auth_query", .string, nil, .pgbouncer, "query that looks up a password"),
+        .init("ignore_startup_parameters", .string, .string("extra_float_digits"), .pgbouncer, "startup parameters to ignore"),
+        .init("client_tls_sslmode", .choice(tlsModes), .string("disable"), .pgbouncer, "TLS towards clients"),
+        .init("client_tls_ca_file", .string, nil, .pgbouncer, "client TLS CA"),
+        .init("client_tls_cert_file", .string, nil, .pgbouncer, "client TLS certificate"),
+        .init("client_tls_key_file", .string, nil, .pgbouncer, "client TLS key"),
+        .init("client_tls_protocols", .string, .string("secure"), .pgbouncer, "client TLS protocols"),
+        .init("server_tls_sslmode", .choice(tlsModes), .string("disable"), .pgbouncer, "TLS towards PostgreSQL"),
+        .init("server_tls_ca_file", .string, nil, .pgbouncer, "server TLS CA"),
+        .init("server_tls_cert_file", .string, nil, .pgbouncer, "server TLS certificate"),
+        .init("server_tls_key_file", .string, nil, .pgbouncer, "server TLS key"),
+        .init("server_tls_protocols", .string, .string("secure"), .pgbouncer, "server TLS protocols"),
+        .init("pool_mode", .choice(PoolMode.allCases.map(\.rawValue)), .string(PoolMode.session.rawValue), .pgbouncer, harp: false,
+              "session or transaction pooling (only transaction pooling moves a connected client to a new lead master)"),
+        .init("session_transfer_mode", .choice(SessionTransferMode.allCases.map(\.rawValue)), .string(SessionTransferMode.wait.rawValue), .pgbouncer,
+              "on a switchover, wait (PAUSE, KILL after server_transfer_timeout), fast (KILL at once) or reconnect (RELOAD without PAUSE)"),
+        .init("server_transfer_timeout", .duration(.seconds), .duration(.seconds(30)), .pgbouncer, "PAUSE wait before KILL"),
     ]
 
     /// Directives earlier versions took and this one ignores, with why: a file or DCS record
@@ -172,12 +193,33 @@ public enum ProxyDirectives {
         "data_path": "the kernel data path (data_path: kernel, a BPF sockmap) was removed; bytes always pass in user space",
     ]
 
+    /// A directive's default, as the table above says.
+    public static func defaultValue(_ name: String) -> DirectiveValue? { byName[name]?.defaultValue }
+
     static let tlsModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
     public static let byName: [String: DirectiveSpec] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
     public static var names: [String] { all.map(\.name) }
 
     public static func spec(_ name: String) -> DirectiveSpec? { byName[name] }
+}
+
+/// `dcs_failure_policy`: what an instance does once the DCS has been unreachable past the lease.
+public enum DCSFailurePolicy: String, Sendable, CaseIterable {
+    /// Route nowhere until the DCS is back: never a write to a node that may no longer lead.
+    case fence
+    /// Route on to the last known lead master.
+    case keep
+}
+
+/// `pool_mode` (pgbouncer).
+public enum PoolMode: String, Sendable, CaseIterable {
+    case session, transaction
+}
+
+/// `session_transfer_mode` (pgbouncer).
+public enum SessionTransferMode: String, Sendable, CaseIterable {
+    case wait, fast, reconnect
 }
 
 /// A set of checked directive values, keyed by directive name.

@@ -32,7 +32,8 @@ public final class ControlServer: Sendable {
     /// process answers on), and sets the file's mode and group.
     public func start() async throws {
         let path = configuration.socketPath
-        let folder = (path as NSString).deletingLastPathComponent
+        // A bare file name (config.yml in the working directory, `socket: ./control.sock`) is in ".".
+        let folder = (path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         if FileManager.default.fileExists(atPath: path) {
             if Self.answers(path) { throw ControlError("control socket \(path) is in use by another process") }

@@ -42,7 +42,7 @@ enum PlanLog {
     /// The DCS lost and found again: fencing, or routing on under `dcs_failure_policy: keep`.
     private static func dcs(from old: InstancePlan?, to new: InstancePlan, logger: Logger) {
         let wasFenced = if case .fenced? = old?.routing { true } else { false }
-        let keeps = new.directives.dcsFailurePolicy != "fence"
+        let keeps = new.directives.dcsFailurePolicy == .keep
         if case .fenced = new.routing, !wasFenced, let clock = new.fenceClock {
             logger.warning("DCS unreachable longer than the leader lease: fencing, no routing until it is back",
                            metadata: ["outage_s": "\(Planner.seconds(clock.outage))", "lease_s": "\(Planner.seconds(clock.lease))"])

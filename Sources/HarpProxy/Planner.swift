@@ -113,7 +113,7 @@ enum Planner {
         guard !input.reachable else { return (routing, nil, nil) }
         let outage = input.lastContactAt.map { input.now - $0 } ?? .seconds(1_000_000)
         let lease = resolution.target.flatMap { input.leaseTTLs[$0.lease] } ?? directives.leaderLeaseDuration
-        guard directives.dcsFailurePolicy == "fence" else { return (routing, nil, (outage, lease)) }
+        guard directives.dcsFailurePolicy == .fence else { return (routing, nil, (outage, lease)) }
         if outage >= lease {
             return (.fenced(reason: "DCS unreachable for \(seconds(outage)) s, longer than the \(seconds(lease)) s lease"), nil, (outage, lease))
         }

@@ -42,8 +42,7 @@ public struct StatusRecord: Sendable {
         default: reason = nil
         }
         if type == PgBouncerMode.typeName, let d = status.plan?.directives {
-            pooling = ["pool_mode": .string(d.string("pool_mode") ?? "session"), "auth_type": .string(d.string("auth_type") ?? "md5"),
-                       "default_pool_size": .integer(d.integer("default_pool_size") ?? 25)]
+            pooling = ["pool_mode": .string(d.poolMode.rawValue), "auth_type": .string(d.authType), "default_pool_size": .integer(d.defaultPoolSize)]
         }
     }
 

@@ -351,8 +351,8 @@ final class PgBouncerDriver: @unchecked Sendable {
                 logger.info("lead master unchanged after all: PgBouncer resumed", metadata: ["leader": "\(target!)"])
                 return
             }
-            let transferMode = plan.directives.string("session_transfer_mode") ?? "wait"
-            if transferMode == "reconnect", !freshStart, !onTarget, pause == .running, let target {
+            let transferMode = plan.directives.sessionTransferMode
+            if transferMode == .reconnect, !freshStart, !onTarget, pause == .running, let target {
                 // No PAUSE: PgBouncer closes each old server connection once it is released and
                 // opens new ones to the new lead master; queries never wait.
                 try writeFiles(settings: applied.settings, target: target)
@@ -363,7 +363,7 @@ final class PgBouncerDriver: @unchecked Sendable {
                 return
             }
             // `fast` does not wait for transactions to finish: KILL at once.
-            let transferTimeout = transferMode == "fast" ? .zero : plan.directives.serverTransferTimeout
+            let transferTimeout = transferMode == .fast ? .zero : plan.directives.serverTransferTimeout
             if freshStart || !onTarget {
                 switch pause {
                 case .running:
@@ -404,9 +404,9 @@ final class PgBouncerDriver: @unchecked Sendable {
         }
     }
 
-    private func killDatabases(_ admin: AdminConsole, after waited: Duration, mode: String) throws {
+    private func killDatabases(_ admin: AdminConsole, after waited: Duration, mode: SessionTransferMode) throws {
         let databases = try admin.run("SHOW DATABASES").compactMap { $0["name"] }.filter { $0 != "pgbouncer" }
-        logger.warning(mode == "fast" ? "session_transfer_mode fast: KILL open transactions at once" : "server_transfer_timeout passed with transactions still open: KILL",
+        logger.warning(mode == .fast ? "session_transfer_mode fast: KILL open transactions at once" : "server_transfer_timeout passed with transactions still open: KILL",
                        metadata: ["waited_s": "\(waited.seconds)", "databases": "\(databases.joined(separator: ","))"])
         // PgBouncer 1.18 refuses KILL while the pooler is PAUSEd. So: lift the PAUSE, KILL each
         // database (which leaves it paused by itself), and PAUSE again for databases that a `*`

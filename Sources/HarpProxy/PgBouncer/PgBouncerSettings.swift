@@ -76,7 +76,7 @@ public struct PgBouncerSettings: Sendable, Equatable {
             }
             if !Self.isWord(user) { return PgBouncerSettingsError(message: "invalid 'auth_user' '\(user)': expected letters, digits, '_', '-' and '.'") }
         }
-        let authType = directives.string("auth_type") ?? "md5"
+        let authType = directives.authType
         if authType == "hba" {
             return PgBouncerSettingsError(message: "'auth_type: hba' needs PgBouncer's auth_hba_file, which HARP has no directive for: use md5, scram-sha-256, cert, pam, plain, trust or any")
         }
@@ -139,10 +139,10 @@ public struct PgBouncerSettings: Sendable, Equatable {
             "pidfile = \(paths.pidFile)",
             "auth_file = \(paths.authFile)",
             "admin_users = \(Self.adminUser)",
-            "pool_mode = \(directives.string("pool_mode") ?? "session")",
+            "pool_mode = \(directives.poolMode.rawValue)",
             "max_client_conn = \(directives.maxClientConn)",
-            "default_pool_size = \(directives.integer("default_pool_size") ?? 25)",
-            "auth_type = \(directives.string("auth_type") ?? "md5")",
+            "default_pool_size = \(directives.defaultPoolSize)",
+            "auth_type = \(directives.authType)",
         ]
         if let runUser { lines.append("user = \(runUser)") }
         // The rest are passed as given when set; all are free of control characters.
