@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 import HarpCluster
 import HarpControl
@@ -9,6 +8,8 @@ import HarpProxy
 import Logging
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
+import UnixSignals
 
 /// The process's `log_level`, which SIGHUP changes for every logger (`LiveLevelHandler`).
 let rootLogLevel = LogLevelSetting(.info)
@@ -38,86 +39,44 @@ struct Daemon {
             "dcs": "\(configuration.dcs)", "instances": "\(configuration.instances.map(\.name).joined(separator: ","))",
         ])
         session.start()
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
 
-        let signals = SignalWatch([SIGTERM, SIGINT, SIGHUP])
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let host = ProxyHost(instances: configuration.instances, session: session, group: group, layout: layout,
                              logger: Logger(label: "harp.proxy"))
-        let routing = Task { await host.run() }
         let control = ControlServer(
             configuration: configuration.control, group: group,
             actions: DaemonControl(clusterName: configuration.clusterName, host: host, session: session, layout: layout, started: Date()),
             logger: logger)
-        do {
-            try await control.start()
-        } catch {
-            // The proxy is what matters: without its control socket it still routes.
-            logger.error("control socket unavailable; routing goes on without it", metadata: ["path": "\(configuration.control.socketPath)", "error": "\(error)"])
-        }
-        let currentInstances = InstanceList(configuration.instances)
-        var health: (any Channel)?
+        let current = CurrentConfiguration(configuration)
+
+        // Started together; stopped in the reverse order: systemd hears STOPPING first, the DCS
+        // session goes last, once every instance has closed its connections and written its record.
+        var services: [any Service] = [
+            DCSSessionService(session: session),
+            ProxyHostService(host: host, logger: logger),
+            ControlService(server: control, path: configuration.control.socketPath, logger: logger),
+        ]
         if configuration.http.enable {
-            let checks = DaemonHealth(host: host, instances: { currentInstances.value }, timeout: configuration.http.probeTimeout,
+            let checks = DaemonHealth(host: host, instances: { current.value.instances }, timeout: configuration.http.probeTimeout,
                                       figures: DaemonMetrics(host: host, session: session))
-            do {
-                health = try await HealthServer(configuration: configuration.http, group: group, checks: checks, logger: logger).start()
-            } catch {
-                logger.error("health endpoints unavailable; routing goes on without them",
-                             metadata: ["listen": "\(configuration.http.host):\(configuration.http.port)", "error": "\(error)"])
-            }
+            services.append(HealthService(server: HealthServer(configuration: configuration.http, group: group, checks: checks, logger: logger),
+                                          listen: "\(configuration.http.host):\(configuration.http.port)", logger: logger))
         }
-        let watchdog = Task { await notifySystemd(host: host, session: session, group: group, logger: logger) }
-        var current = configuration
-        for await signal in signals.stream {
-            guard signal == SIGHUP else {
-                logger.info("stopping: closing listeners and connections", metadata: ["signal": "\(signal)"])
-                break
-            }
-            current = await reload(current, host: host, logger: logger)
-            currentInstances.value = current.instances
-        }
-        SystemdNotify.send("STOPPING=1")
-        watchdog.cancel()
-        routing.cancel()
-        await control.stop()
-        try? await health?.close()
-        // Everything that runs on the host's event loop ends before the loops do.
-        await watchdog.value
-        await routing.value
-        await host.shutdown()
-        session.shutdown()
+        services.append(SystemdService(host: host, session: session, group: group, instances: configuration.instances.count, logger: logger))
+        services.append(ReloadService(signals: hangups) {
+            current.value = await Self.reload(current.value, host: host, logger: logger)
+        })
+        let lifecycle = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "harp.lifecycle")))
+        try await lifecycle.run()
         try? await group.shutdownGracefully()
         logger.info("stopped")
     }
 
-    /// READY=1 once every listener is bound (or has reported why not) and the DCS has been read;
-    /// after 10 s without the DCS it is sent anyway, since the proxy runs (fail-closed) without it.
-    /// Then WATCHDOG=1 at half of WatchdogSec, as long as every event loop answers.
-    private func notifySystemd(host: ProxyHost, session: DCSSession, group: MultiThreadedEventLoopGroup, logger: Logger) async {
-        guard SystemdNotify.socketPath != nil else { return }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline, !Task.isCancelled {
-            let listening = await host.status().allSatisfy { $0.listen != nil }
-            if listening && session.snapshot.synced { break }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        if !session.snapshot.synced { logger.warning("telling systemd READY without a first DCS read: clients are held until it comes") }
-        SystemdNotify.send("READY=1\nSTATUS=routing \(configuration.instances.count) instance(s)\nMAINPID=\(getpid())")
-        guard let interval = SystemdNotify.watchdogInterval else { return }
-        while !Task.isCancelled {
-            try? await Task.sleep(for: interval / 2)
-            var alive = true
-            for loop in group.makeIterator() where alive {
-                let answered = (try? await loop.submit { true }.get()) ?? false
-                alive = answered
-            }
-            if alive && !Task.isCancelled { SystemdNotify.send("WATCHDOG=1") }
-        }
-    }
-
     /// SIGHUP: re-read config.yml and conf.d. A configuration with errors is reported and the one
     /// in force stays; cluster and dcs changes need a restart, which is said.
-    private func reload(_ current: HarpConfiguration, host: ProxyHost, logger: Logger) async -> HarpConfiguration {
+    private static func reload(_ current: HarpConfiguration, host: ProxyHost, logger: Logger) async -> HarpConfiguration {
         logger.info("SIGHUP: reloading the configuration", metadata: ["file": "\(current.file)"])
         let next: HarpConfiguration
         do {
@@ -145,37 +104,15 @@ struct Daemon {
     }
 }
 
-/// Delivers the given signals as an async value instead of killing the process.
-final class SignalWatch: @unchecked Sendable {
-    private var sources: [DispatchSourceSignal] = []
-    private let signalStream: AsyncStream<Int32>
-    private let continuation: AsyncStream<Int32>.Continuation
-
-    init(_ signals: [Int32]) {
-        (signalStream, continuation) = AsyncStream.makeStream(of: Int32.self)
-        for number in signals {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [continuation] in continuation.yield(number) }
-            source.resume()
-            sources.append(source)
-        }
-    }
-
-    /// The signals as they arrive.
-    var stream: AsyncStream<Int32> { signalStream }
-}
-
-
-/// The instances in force, which a reload replaces.
-final class InstanceList: @unchecked Sendable {
+/// The configuration in force, which a reload replaces.
+final class CurrentConfiguration: @unchecked Sendable {
     private let lock = NSLock()
-    private var instances: [InstanceConfiguration]
+    private var configuration: HarpConfiguration
 
-    init(_ instances: [InstanceConfiguration]) { self.instances = instances }
+    init(_ configuration: HarpConfiguration) { self.configuration = configuration }
 
-    var value: [InstanceConfiguration] {
-        get { lock.withLock { instances } }
-        set { lock.withLock { instances = newValue } }
+    var value: HarpConfiguration {
+        get { lock.withLock { configuration } }
+        set { lock.withLock { configuration = newValue } }
     }
 }
