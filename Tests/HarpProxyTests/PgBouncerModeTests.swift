@@ -37,7 +37,7 @@ final class PgBouncerModeTests: XCTestCase {
         try await rig.node("node1", location: "dc1", server: a)
         try await rig.node("node2", location: "dc1", server: b)
         try await rig.leader("dc1", "node1")
-        // Clients come once PgBouncer has been pointed at node1; see README on PgBouncer starting
+        // Clients come once PgBouncer has been pointed at node1; see docs/operations.md on PgBouncer starting
         // without a lead master.
         // "PgBouncer started on the lead master", or "... started paused, now resumed on the lead
         // master" if the DCS was read before the leader key was written.
@@ -241,7 +241,7 @@ final class PgBouncerModeTests: XCTestCase {
         XCTAssertEqual(try held.query("SELECT current_setting('port')"), "\(a.port)")
         try await rig.leader("dc1", "node2")
         XCTAssertTrue(eventually(timeout: 5) { self.logged(rig, "PAUSE: in-flight") }, logText(rig))
-        // As README says: a session-pooled client keeps its server until the KILL.
+        // As docs/operations.md says: a session-pooled client keeps its server until the KILL.
         XCTAssertEqual(try held.query("SELECT current_setting('port')"), "\(a.port)")
         XCTAssertTrue(eventually(timeout: 10) { self.logged(rig, "server_transfer_timeout passed") }, logText(rig))
         XCTAssertThrowsError(try held.query("SELECT 1"))
@@ -279,7 +279,7 @@ final class PgBouncerModeTests: XCTestCase {
     }
 
     func testPassthroughAuthenticationWithAuthUserAndAuthQueryAgainstAScramPassword() async throws {
-        // As README shows: a SECURITY DEFINER function that only auth_user may run.
+        // As docs/configuration.md shows: a SECURITY DEFINER function that only auth_user may run.
         for sql in [
             "CREATE ROLE harp_auth LOGIN PASSWORD 'auth-secret'",
             "CREATE ROLE app_scram LOGIN PASSWORD 'app-secret'",

@@ -15,21 +15,21 @@ import Glibc
 /// RELOAD and RESUME once a lead master is known. An unmanaged instance's PgBouncer is left as it
 /// is: no PAUSE, RESUME or RELOAD.
 final class PgBouncerDriver: @unchecked Sendable {
-    private let instance: InstanceConfiguration
-    private let logger: Logger
-    private let paths: PgBouncerPaths
+    let instance: InstanceConfiguration
+    let logger: Logger
+    let paths: PgBouncerPaths
     private let runsAsRoot = geteuid() == 0
     /// PgBouncer refuses root, so as root it is told to become `postgres`.
     private let owner: PrivateFiles.Owner?
     private let binary: String
 
     // Shared with callers, under `condition`.
-    private let condition = NSCondition()
+    let condition = NSCondition()
     private var desired: InstancePlan?
     /// Set by `apply`, so that a plan that comes while a step runs is not waited past.
     private var planChanged = false
     private var stopRequested = false
-    private var published = Published()
+    var published = Published()
     private var exitWaiters: [CheckedContinuation<Void, Never>] = []
     private var exited = false
 
@@ -41,36 +41,36 @@ final class PgBouncerDriver: @unchecked Sendable {
     }
 
     // The driver thread's own state.
-    private enum Pause: Equatable {
+    enum Pause: Equatable {
         case running
         case pausing(since: ContinuousClock.Instant)
         case paused
     }
 
     private var process: PgBouncerProcess?
-    private var admin: AdminConsole?
+    var admin: AdminConsole?
     /// The connection a PAUSE was sent on: its answer means every server connection is released.
-    private var pauseConsole: AdminConsole?
-    private var pause = Pause.running
+    var pauseConsole: AdminConsole?
+    var pause = Pause.running
     /// Databases KILLed during this pause; each needs its own RESUME.
-    private var killed: [String] = []
+    var killed: [String] = []
     /// What the ini on disk says now.
-    private var applied: (settings: PgBouncerSettings, target: LeaderTarget?)?
+    var applied: (settings: PgBouncerSettings, target: LeaderTarget?)?
     private var authText: String?
-    private var password = generatedPassword()
+    var password = generatedPassword()
     /// A PgBouncer just started or adopted is paused before anything else.
-    private var freshStart = false
+    var freshStart = false
     /// The running PgBouncer's `[databases]` is known to be the one just written: we started it,
     /// or the one we adopted already had it. No PAUSE is needed to put it on the lead master.
-    private var knownOnTarget = false
+    var knownOnTarget = false
     private var firstStart = true
     private var backoff: Duration = .seconds(1)
     private var nextStartAt = ContinuousClock.now
-    private var nextMonitorAt = ContinuousClock.now
+    var nextMonitorAt = ContinuousClock.now
     /// Problems being reported, by subject: each is logged once, and its end once.
     private var problems: [Problem: String] = [:]
 
-    private enum Problem: String {
+    enum Problem: String {
         case settings, listen, target, start, authFile = "auth_file", adminConsole = "admin console"
     }
     private var adminFailures = 0
@@ -269,7 +269,7 @@ final class PgBouncerDriver: @unchecked Sendable {
         return lines.isEmpty ? nil : lines.joined(separator: "\n")
     }
 
-    private func writeFiles(settings: PgBouncerSettings, target: LeaderTarget?) throws(PgBouncerProcess.Failure) {
+    func writeFiles(settings: PgBouncerSettings, target: LeaderTarget?) throws(PgBouncerProcess.Failure) {
         let auth = PgBouncerSettings.authFile(adminPassword: password, userList: userList(settings))
         try PrivateFiles.write(auth, to: paths.authFile, owner: owner)
         try PrivateFiles.write(settings.ini(target: target), to: paths.ini, owner: owner)
@@ -329,125 +329,6 @@ final class PgBouncerDriver: @unchecked Sendable {
         return true
     }
 
-    /// PAUSE, KILL after `server_transfer_timeout`, repoint, RELOAD, RESUME.
-    private func follow(_ target: LeaderTarget?, plan: InstancePlan) {
-        guard let admin, let applied else { return }
-        let onTarget = target != nil && target!.sameRoute(as: applied.target)
-        if freshStart, knownOnTarget, onTarget, pause == .running, let target {
-            // Started (or adopted) with its ini already on the lead master: nothing to PAUSE for.
-            // (A PAUSE here would close the server connection of a client that arrived in the
-            // first milliseconds, and PgBouncer would then wait server_login_retry, 15 s, for
-            // that pool; an adopted one's session clients would wait for KILL.)
-            freshStart = false
-            logger.info("PgBouncer started on the lead master", metadata: ["leader": "\(target)", "ms": "\((ContinuousClock.now - plan.observedAt).milliseconds)"])
-            nextMonitorAt = .now
-            return
-        }
-        do {
-            if case .pausing = pause, onTarget, !freshStart {
-                // The lead master came back before the PAUSE finished: carry on where we were.
-                pauseConsole = nil
-                try resume(admin)
-                logger.info("lead master unchanged after all: PgBouncer resumed", metadata: ["leader": "\(target!)"])
-                return
-            }
-            let transferMode = plan.directives.sessionTransferMode
-            if transferMode == .reconnect, !freshStart, !onTarget, pause == .running, let target {
-                // No PAUSE: PgBouncer closes each old server connection once it is released and
-                // opens new ones to the new lead master; queries never wait.
-                try writeFiles(settings: applied.settings, target: target)
-                try admin.run("RELOAD")
-                logger.info("PgBouncer points at the new lead master (session_transfer_mode reconnect: no PAUSE)",
-                            metadata: ["leader": "\(target)", "from": "\(applied.target.map { "\($0.name)" } ?? "none")",
-                                       "ms": "\((ContinuousClock.now - plan.observedAt).milliseconds)"])
-                return
-            }
-            // `fast` does not wait for transactions to finish: KILL at once.
-            let transferTimeout = transferMode == .fast ? .zero : plan.directives.serverTransferTimeout
-            if freshStart || !onTarget {
-                switch pause {
-                case .running:
-                    pauseConsole = try sendPause()
-                    pause = .pausing(since: .now)
-                    if !freshStart {
-                        logger.info("PAUSE: in-flight transactions finish, new queries wait",
-                                    metadata: ["reason": "\(target.map { "lead master is now \($0)" } ?? plan.stateName)"])
-                    }
-                case .pausing(let since):
-                    if try pauseConsole?.poll() == true {
-                        pauseConsole = nil
-                        pause = .paused
-                        if !freshStart { logger.info("PgBouncer paused", metadata: ["waited_ms": "\((ContinuousClock.now - since).milliseconds)"]) }
-                    } else if killed.isEmpty, !freshStart, ContinuousClock.now - since >= transferTimeout {
-                        try killDatabases(admin, after: ContinuousClock.now - since, mode: transferMode)
-                    }
-                case .paused:
-                    break
-                }
-            }
-            guard pause == .paused, let target else { return }
-            if !onTarget {
-                try writeFiles(settings: applied.settings, target: target)
-                try admin.run("RELOAD")
-            }
-            try resume(admin)
-            let ms = (ContinuousClock.now - plan.observedAt).milliseconds
-            logger.info(freshStart ? "PgBouncer started paused, now resumed on the lead master" : "PgBouncer points at the new lead master and is resumed",
-                        metadata: ["leader": "\(target)", "from": "\(applied.target.map { "\($0.name)" } ?? "none")", "ms": "\(ms)"])
-            freshStart = false
-            nextMonitorAt = .now
-        } catch {
-            report(.adminConsole, "\(error)")
-            self.admin = nil
-            pauseConsole = nil
-            if case .pausing = pause { pause = .running }
-        }
-    }
-
-    private func killDatabases(_ admin: AdminConsole, after waited: Duration, mode: SessionTransferMode) throws {
-        let databases = try admin.run("SHOW DATABASES").compactMap { $0["name"] }.filter { $0 != "pgbouncer" }
-        logger.warning(mode == .fast ? "session_transfer_mode fast: KILL open transactions at once" : "server_transfer_timeout passed with transactions still open: KILL",
-                       metadata: ["waited_s": "\(waited.seconds)", "databases": "\(databases.joined(separator: ","))"])
-        // PgBouncer 1.18 refuses KILL while the pooler is PAUSEd. So: lift the PAUSE, KILL each
-        // database (which leaves it paused by itself), and PAUSE again for databases that a `*`
-        // entry may create meanwhile. No server connection is idle to hand out in between.
-        pauseConsole = nil
-        try run(admin, "RESUME", tolerating: ["not paused"])
-        for db in databases {
-            guard PgBouncerSettings.isWord(db) else {
-                logger.warning("not killing a database whose name the admin console cannot take", metadata: ["database": "\(db)"])
-                continue
-            }
-            do { try admin.run("KILL \(db)") } catch { logger.warning("KILL failed", metadata: ["database": "\(db)", "error": "\(error)"]) }
-        }
-        killed = databases.isEmpty ? ["*"] : databases
-        pauseConsole = try sendPause()
-    }
-
-    /// PAUSE on a connection of its own: PgBouncer answers it only once every server connection
-    /// is released, and the main console must stay free meanwhile.
-    private func sendPause() throws(AdminConsole.Failure) -> AdminConsole {
-        let console = try AdminConsole(socketDirectory: paths.runDirectory, port: applied?.settings.listenPort ?? 0, password: password)
-        try console.send("PAUSE")
-        return console
-    }
-
-    private func resume(_ admin: AdminConsole) throws(AdminConsole.Failure) {
-        // "not paused" is what we wanted anyway.
-        try run(admin, "RESUME", tolerating: ["not paused"])
-        for db in killed where PgBouncerSettings.isWord(db) {
-            try run(admin, "RESUME \(db)", tolerating: ["not paused", "no such database"])
-        }
-        killed = []
-        pause = .running
-    }
-
-    private func run(_ admin: AdminConsole, _ command: String, tolerating messages: [String]) throws(AdminConsole.Failure) {
-        do { try admin.run(command) } catch {
-            guard messages.contains(where: { error.message.contains($0) }) else { throw error }
-        }
-    }
-
     /// The auth file follows the `auth_file` it copies: a changed user list is rewritten and,
     /// for a managed instance, reloaded.
     private func refreshAuthFile(settings: PgBouncerSettings, reload: Bool) {
@@ -495,36 +376,14 @@ final class PgBouncerDriver: @unchecked Sendable {
     }
 
     /// Logs a problem once, until it changes or ends.
-    private func report(_ subject: Problem, _ message: String) {
+    func report(_ subject: Problem, _ message: String) {
         guard problems[subject] != message else { return }
         problems[subject] = message
         if subject == .authFile { logger.warning("\(message)") } else { logger.error("\(message)", metadata: ["subject": "\(subject.rawValue)"]) }
     }
 
-    private func resolved(_ subject: Problem) {
+    func resolved(_ subject: Problem) {
         guard problems.removeValue(forKey: subject) != nil else { return }
         logger.info("resolved", metadata: ["subject": "\(subject.rawValue)"])
-    }
-}
-
-/// What the admin console says of an instance's pools, as status records carry it.
-public struct PoolSummary: Sendable, Equatable {
-    public var clActive = 0
-    public var clWaiting = 0
-    public var svActive = 0
-    public var svIdle = 0
-    public var totalXactCount = 0
-    /// Microseconds, over every query PgBouncer has counted.
-    public var avgQueryTime = 0
-    public var paused = false
-    /// Bytes PgBouncer received from clients and sent to them (`SHOW STATS`).
-    public var bytesReceived = 0
-    public var bytesSent = 0
-
-    public init() {}
-
-    public var json: [String: Any] {
-        ["cl_active": clActive, "cl_waiting": clWaiting, "sv_active": svActive, "sv_idle": svIdle,
-         "total_xact_count": totalXactCount, "avg_query_time": avgQueryTime, "paused": paused]
     }
 }

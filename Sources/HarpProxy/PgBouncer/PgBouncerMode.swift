@@ -38,3 +38,25 @@ public final class PgBouncerMode: ProxyMode {
 
     public func shutdown() async { await driver.stop() }
 }
+
+/// What the admin console says of an instance's pools, as status records carry it.
+public struct PoolSummary: Sendable, Equatable {
+    public var clActive = 0
+    public var clWaiting = 0
+    public var svActive = 0
+    public var svIdle = 0
+    public var totalXactCount = 0
+    /// Microseconds, over every query PgBouncer has counted.
+    public var avgQueryTime = 0
+    public var paused = false
+    /// Bytes PgBouncer received from clients and sent to them (`SHOW STATS`).
+    public var bytesReceived = 0
+    public var bytesSent = 0
+
+    public init() {}
+
+    public var json: [String: Any] {
+        ["cl_active": clActive, "cl_waiting": clWaiting, "sv_active": svActive, "sv_idle": svIdle,
+         "total_xact_count": totalXactCount, "avg_query_time": avgQueryTime, "paused": paused]
+    }
+}
