@@ -231,8 +231,8 @@ public struct InstanceStatus: Sendable {
     public var clients: ClientCounters
     /// When the instance entered its current state.
     public var since: Date
-    /// PgBouncer's pools (pgbouncer mode).
-    public var pool: PoolSummary? = nil
+    /// What the mode adds (pgbouncer: PgBouncer's pools).
+    public var report = ModeReport()
     /// How many times the lead master has changed, and when it last did (or was first known).
     public var leaderChanges = 0
     public var leaderSince: Date? = nil

@@ -26,15 +26,55 @@ public protocol ProxyMode: AnyObject, Sendable {
 
     func counters() async -> ClientCounters
 
-    /// PgBouncer's pools, for modes that have them.
-    func poolSummary() async -> PoolSummary?
+    /// What this mode adds to its instance's status record and metrics (PgBouncer's pools, say).
+    func report() async -> ModeReport
 
     /// Stop accepting and close every connection.
     func shutdown() async
 }
 
 extension ProxyMode {
-    public func poolSummary() async -> PoolSummary? { nil }
+    public func report() async -> ModeReport { ModeReport() }
+}
+
+/// A mode's own part of its instance's status: fields of the status record and gauges for
+/// /metrics, which the host passes on without knowing what they mean.
+public struct ModeReport: Sendable {
+    /// A JSON value of the status record.
+    public enum Field: Sendable, Equatable {
+        case integer(Int), string(String), boolean(Bool), object([String: Field])
+
+        public var json: Any {
+            switch self {
+            case .integer(let i): return i
+            case .string(let s): return s
+            case .boolean(let b): return b
+            case .object(let o): return o.mapValues(\.json)
+            }
+        }
+    }
+
+    public struct Gauge: Sendable {
+        public var name: String
+        public var labels: [(String, String)]
+        public var value: Double
+        public var help: String
+
+        public init(_ name: String, _ labels: [(String, String)] = [], _ value: Double, help: String) {
+            self.name = name
+            self.labels = labels
+            self.value = value
+            self.help = help
+        }
+    }
+
+    public var fields: [String: Field] = [:]
+    public var gauges: [Gauge] = []
+
+    public init(fields: [String: Field] = [:], gauges: [Gauge] = []) {
+        self.fields = fields
+        self.gauges = gauges
+    }
 }
 
 /// Where an instance listens, as status reports it.

@@ -18,11 +18,10 @@ public struct StatusRecord: Sendable {
     public var clients: ClientCounters
     public var maxClientConn: Int
     public var since: Date
-    public var pool: PoolSummary?
     /// Why the instance routes nowhere, when it does not.
     public var reason: String?
-    /// pgbouncer mode: the pooling settings in force, which harpctl shows (local ones included).
-    public var pooling: [String: DirectiveValue] = [:]
+    /// The mode's own fields (pgbouncer: its pools and pooling settings).
+    public var modeFields: [String: ModeReport.Field]
 
     public init(_ status: InstanceStatus) {
         name = status.name
@@ -36,13 +35,10 @@ public struct StatusRecord: Sendable {
         clients = status.clients
         maxClientConn = status.plan?.maxClientConn ?? 0
         since = status.since
-        pool = status.pool
+        modeFields = status.report.fields
         switch status.plan?.routing {
         case .noLeader(let r)?, .fenced(let r)?: reason = r
         default: reason = nil
-        }
-        if type == PgBouncerMode.typeName, let d = status.plan?.directives {
-            pooling = ["pool_mode": .string(d.poolMode.rawValue), "auth_type": .string(d.authType), "default_pool_size": .integer(d.defaultPoolSize)]
         }
     }
 
@@ -57,11 +53,10 @@ public struct StatusRecord: Sendable {
             "max_client_conn": maxClientConn,
             "since": since.formatted(Date.ISO8601FormatStyle()),
         ]
-        if let pool { object["pool"] = pool.json }
         if let listenError { object["listen_error"] = listenError }
         // Why there is no lead master to route to (no-leader, no-location, fenced).
         if let plan = reason { object["reason"] = plan }
-        object.merge(pooling.mapValues { $0.jsonValue }) { $1 }
+        object.merge(modeFields.mapValues(\.json)) { shared, _ in shared }
         return object
     }
 

@@ -57,13 +57,7 @@ actor DaemonMetrics {
             for name in Self.states {
                 g("harp_proxy_state", [("state", name)], name == state ? 1 : 0, "1 for the instance's current state")
             }
-            if let pool = s.pool {
-                g("harp_proxy_pgbouncer_clients", [("state", "active")], Double(pool.clActive), "PgBouncer clients (SHOW POOLS)")
-                g("harp_proxy_pgbouncer_clients", [("state", "waiting")], Double(pool.clWaiting), "PgBouncer clients (SHOW POOLS)")
-                g("harp_proxy_pgbouncer_servers", [("state", "active")], Double(pool.svActive), "PgBouncer server connections (SHOW POOLS)")
-                g("harp_proxy_pgbouncer_servers", [("state", "idle")], Double(pool.svIdle), "PgBouncer server connections (SHOW POOLS)")
-                g("harp_proxy_pgbouncer_paused", [], pool.paused ? 1 : 0, "1 while PgBouncer is paused")
-            }
+            for gauge in s.report.gauges { g(gauge.name, gauge.labels, gauge.value, gauge.help) }
             seen[s.name] = keys
         }
         // Instances gone since the last scrape take their series with them.

@@ -333,7 +333,7 @@ final class PgBouncerDaemonTests: XCTestCase {
         let dir = TemporaryDirectory("harp-pgb")
         chmod(dir.path, 0o755)
         let users = dir.write("users.txt", "\"postgres\" \"\"\n")
-        let (p1, p2, p3) = (freePort(), freePort(), freePort())
+        let (p1, p2, p3, http) = (freePort(), freePort(), freePort(), freePort())
         func pgbouncer(_ name: String, _ location: String, _ port: Int) -> String {
             "proxy:\n  name: \(name)\n  location: \(location)\n  type: pgbouncer\n  listen_address: 127.0.0.1\n  listen_port: \(port)\n"
                 + "  database_name: postgres\n  auth_type: trust\n  auth_file: \(users)\n  pool_mode: transaction\n  monitor_interval: 1\n"
@@ -342,7 +342,7 @@ final class PgBouncerDaemonTests: XCTestCase {
         dir.write("conf.d/pg2.yml", pgbouncer("pg2", "dc2", p2))
         dir.write("conf.d/bi.yml", "proxy:\n  name: bi\n  location: dc3\n  listen_address: 127.0.0.1\n  listen_port: \(p3)\n")
         dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], resync_interval: 1s}\n"
-                  + "control: {socket: \(dir.path)/control.sock}\n")
+                  + "control: {socket: \(dir.path)/control.sock}\nhttp: {enable: true, host: 127.0.0.1, port: \(http)}\n")
         let proxy = try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
                                     logDirectory: dir.path)
         defer { proxy.stop() }
@@ -371,6 +371,11 @@ final class PgBouncerDaemonTests: XCTestCase {
             return (object["pool"] as? [String: Any])?["sv_idle"] != nil && object["type"] as? String == "pgbouncer"
         }
         XCTAssertTrue(recorded, "pg1's status record in the DCS has its pool summary")
+        // And /metrics its gauges, for the pgbouncer instances only.
+        XCTAssertTrue(eventually(timeout: 10) { httpGet(http, "/metrics").body.contains("harp_proxy_pgbouncer_paused{instance=\"pg1\"} 0") },
+                      httpGet(http, "/metrics").body)
+        XCTAssertTrue(httpGet(http, "/metrics").body.contains("harp_proxy_pgbouncer_clients{instance=\"pg2\",state=\"active\"} 1"))
+        XCTAssertFalse(httpGet(http, "/metrics").body.contains("harp_proxy_pgbouncer_paused{instance=\"bi\"}"))
         let listing = try runCommand(builtExecutable("harpctl"), ["-f", dir.file("config.yml"), "get", "proxies"])
         XCTAssertEqual(listing.status, 0, listing.output)
         XCTAssertTrue(listing.output.contains("Pool Mode") && listing.output.contains("transaction"), listing.output)

@@ -106,6 +106,9 @@ final class PgBouncerDriver: @unchecked Sendable {
 
     var snapshot: Published { condition.withLock { published } }
 
+    /// The directives of the plan it was last given.
+    var desiredDirectives: EffectiveDirectives? { condition.withLock { desired?.directives } }
+
     /// Stops PgBouncer and the thread; returns once both are gone.
     func stop() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

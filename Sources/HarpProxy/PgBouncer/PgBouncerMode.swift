@@ -34,7 +34,25 @@ public final class PgBouncerMode: ProxyMode {
         return counters
     }
 
-    public func poolSummary() async -> PoolSummary? { driver.snapshot.summary }
+    /// PgBouncer's pools (`pool` in the status record, `harp_proxy_pgbouncer_*` gauges) and the
+    /// pooling settings in force, which harpctl shows.
+    public func report() async -> ModeReport {
+        var report = ModeReport()
+        if let d = driver.desiredDirectives {
+            report.fields = ["pool_mode": .string(d.poolMode.rawValue), "auth_type": .string(d.authType),
+                             "default_pool_size": .integer(d.defaultPoolSize)]
+        }
+        guard let pool = driver.snapshot.summary else { return report }
+        report.fields["pool"] = pool.field
+        report.gauges = [
+            .init("harp_proxy_pgbouncer_clients", [("state", "active")], Double(pool.clActive), help: "PgBouncer clients (SHOW POOLS)"),
+            .init("harp_proxy_pgbouncer_clients", [("state", "waiting")], Double(pool.clWaiting), help: "PgBouncer clients (SHOW POOLS)"),
+            .init("harp_proxy_pgbouncer_servers", [("state", "active")], Double(pool.svActive), help: "PgBouncer server connections (SHOW POOLS)"),
+            .init("harp_proxy_pgbouncer_servers", [("state", "idle")], Double(pool.svIdle), help: "PgBouncer server connections (SHOW POOLS)"),
+            .init("harp_proxy_pgbouncer_paused", [], pool.paused ? 1 : 0, help: "1 while PgBouncer is paused"),
+        ]
+        return report
+    }
 
     public func shutdown() async { await driver.stop() }
 }
@@ -55,8 +73,8 @@ public struct PoolSummary: Sendable, Equatable {
 
     public init() {}
 
-    public var json: [String: Any] {
-        ["cl_active": clActive, "cl_waiting": clWaiting, "sv_active": svActive, "sv_idle": svIdle,
-         "total_xact_count": totalXactCount, "avg_query_time": avgQueryTime, "paused": paused]
+    var field: ModeReport.Field {
+        .object(["cl_active": .integer(clActive), "cl_waiting": .integer(clWaiting), "sv_active": .integer(svActive), "sv_idle": .integer(svIdle),
+                 "total_xact_count": .integer(totalXactCount), "avg_query_time": .integer(avgQueryTime), "paused": .boolean(paused)])
     }
 }
