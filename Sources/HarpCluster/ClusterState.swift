@@ -69,18 +69,6 @@ public struct ClusterState: Sendable {
         self.locations = locations.union(nodes.values.map(\.location))
     }
 
-    /// The location an instance that names none follows: the only one the DCS holds. A location
-    /// once followed is kept (`following`) while the DCS still holds it or holds no other.
-    public func location(following: String?) -> LocationChoice {
-        if let following { return .follow(following, warnAbout: locations.subtracting([following]).sorted()) }
-        switch locations.count {
-        case 0: return .wait(reason: "no location in the DCS yet: waiting for the first one (or set proxy.location)")
-        case 1: return .follow(locations.first!, warnAbout: [])
-        default:
-            return .ambiguous(reason: "the DCS holds several locations (\(locations.sorted().joined(separator: ", "))): set proxy.location, or a top-level location, to the one to follow")
-        }
-    }
-
     // MARK: - Questions an instance asks
 
     /// The lead master of `location`: the leader key names a node, the node's DSN gives the address.

@@ -37,8 +37,10 @@ public enum ConfigLoader {
 
         // dcs
         var dcs = DCSConfiguration(endpoints: [])
+        var leaderSource = LeaderSourceSetting.harp
         if let section = root.section("dcs", known: dcsKeys, required: true, requiredKeys: ["driver", "endpoints"], errors: &errors) {
             dcs = readDCS(section, directory: directory, errors: &errors, warnings: &warnings)
+            leaderSource = readLeaderSource(section, errors: &errors)
         }
 
         // control
@@ -120,7 +122,8 @@ public enum ConfigLoader {
         }
 
         if !errors.isEmpty { throw ConfigErrors(errors) }
-        return HarpConfiguration(file: file, clusterName: clusterName, location: configLocation, dcs: dcs, control: control, http: http,
+        return HarpConfiguration(file: file, clusterName: clusterName, location: configLocation, dcs: dcs, leaderSource: leaderSource,
+                                 control: control, http: http,
                                  logLevel: logLevel, logFormat: logFormat, includeDirectory: includeDirectory, instances: instances,
                                  warnings: warnings)
     }
@@ -128,7 +131,31 @@ public enum ConfigLoader {
     // `manager` belongs to harp-manager, which reads the same file in HARP; it is accepted and ignored.
     static let rootKeys = ["cluster", "dcs", "proxy", "location", "control", "http", "log_level", "log_format", "include_dir", "manager"]
     static let dcsKeys = ["driver", "endpoints", "request_timeout", "resync_interval", "ssl", "ssl_ca_file",
-                          "ssl_cert_file", "ssl_key_file", "username", "password"]
+                          "ssl_cert_file", "ssl_key_file", "username", "password", "leader_source", "patroni_namespace"]
+
+    /// `dcs.leader_source` and, for `patroni`, `dcs.patroni_namespace` (Patroni's `namespace`).
+    private static func readLeaderSource(_ section: Section, errors: inout [ConfigError]) -> LeaderSourceSetting {
+        var kind = "harp"
+        if let (text, location) = section.scalar("leader_source", errors: &errors) {
+            if LeaderSourceSetting.names.contains(text.lowercased()) { kind = text.lowercased() }
+            else { errors.append(ConfigError(location, "invalid value '\(text)' for 'dcs.leader_source': expected harp or patroni")) }
+        }
+        guard kind == "patroni" else {
+            if let entry = section.entries["patroni_namespace"] {
+                errors.append(ConfigError(entry.key.location, "'dcs.patroni_namespace' needs 'dcs.leader_source: patroni'"))
+            }
+            return .harp
+        }
+        var namespace = LeaderSourceSetting.defaultPatroniNamespace
+        if let (text, location) = section.scalar("patroni_namespace", errors: &errors) {
+            // Patroni's own form: a path; a trailing slash is the same namespace.
+            let trimmed = text.hasSuffix("/") && text.count > 1 ? String(text.dropLast()) : text
+            let valid = trimmed.hasPrefix("/") && trimmed.count > 1 && trimmed.unicodeScalars.allSatisfy { $0.value > 0x20 && $0.value != 0x7f }
+            if valid { namespace = trimmed }
+            else { errors.append(ConfigError(location, "invalid value '\(text)' for 'dcs.patroni_namespace': expected a path such as /service")) }
+        }
+        return .patroni(namespace: namespace)
+    }
     static let instanceKeys = ["name", "location", "log_level", "pgbouncer_bin_dir", "endpoint"]
 
     private static func readDCS(_ section: Section, directory: String, errors: inout [ConfigError],

@@ -7,6 +7,8 @@ public struct HarpConfiguration: Sendable {
     /// set its own, as in HARP's overview), else its `proxy` stanza's. harpctl's default location.
     public var location: String? = nil
     public var dcs: DCSConfiguration
+    /// Where each location's lead master comes from (`dcs.leader_source`).
+    public var leaderSource = LeaderSourceSetting.harp
     public var control: ControlConfiguration
     public var http: HTTPConfiguration
     public var logLevel: LogLevel
@@ -18,6 +20,25 @@ public struct HarpConfiguration: Sendable {
     public var instances: [InstanceConfiguration]
     /// Worth a WARNING at start, not an error (a certificate close to expiry).
     public var warnings: [ConfigWarning]
+}
+
+/// `dcs.leader_source`: whose keys name each location's lead master. Proxy directives and status
+/// records stay in HARP's layout under `cluster.name` whatever the source.
+public enum LeaderSourceSetting: Sendable, Equatable, CustomStringConvertible {
+    /// HARP's `locations/<location>/leader` and `nodes/<node>` (the default).
+    case harp
+    /// Patroni's `<namespace>/<scope>/leader` and `members/<name>`: a location is a Patroni scope.
+    case patroni(namespace: String)
+
+    public static let names = ["harp", "patroni"]
+    public static let defaultPatroniNamespace = "/service"
+
+    public var description: String {
+        switch self {
+        case .harp: return "harp"
+        case .patroni(let namespace): return "patroni (namespace \(namespace))"
+        }
+    }
 }
 
 public enum LogFormat: String, Sendable, CaseIterable {

@@ -50,6 +50,6 @@ extension ProxyHost {
     }
 
     func fenceDeadlinePassed() {
-        if let latest { reconcile(latest, observedAt: .now) }
+        reconcile(observedAt: .now)
     }
 }

@@ -9,7 +9,10 @@ import HarpConfig
 enum Planner {
     struct Input {
         var instances: [InstanceConfiguration]
+        /// HARP's records: directives, managed flags (and, with the default source, leaders).
         var state: ClusterState
+        /// Where each location's lead master comes from: `state` itself, or Patroni's records.
+        var leaders: any LeaderView
         /// The DCS has been read once; until then "no lead master" means "not known yet".
         var synced: Bool
         /// The DCS answers with quorum now.
@@ -67,7 +70,7 @@ enum Planner {
             if location == nil, input.synced {
                 // An instance that names none follows the only location the DCS holds, and keeps it.
                 let chosen = input.previous[instance.name].flatMap { $0.locationChoice == nil ? nil : $0.location }
-                choice = state.location(following: chosen)
+                choice = input.leaders.location(following: chosen)
                 switch choice {
                 case .follow(let name, _)?: location = name
                 case .wait(let reason)?, .ambiguous(let reason)?: routing = .noLeader(reason: reason)
@@ -77,7 +80,7 @@ enum Planner {
             var dcsUnreachable = false
             var fenceClock: (Duration, Duration)?
             if let location, input.synced {
-                let (r, deadline, clock) = self.routing(at: location, state: state, directives: d, input: input)
+                let (r, deadline, clock) = self.routing(at: location, directives: d, input: input)
                 routing = r
                 fenceClock = clock
                 dcsUnreachable = !input.reachable
@@ -101,9 +104,9 @@ enum Planner {
     /// DCS unreachable and `dcs_failure_policy: fence`, the leader is trusted until its lease,
     /// counted from the DCS's last linearizable answer, has run out. With the outage and lease
     /// then, for the log.
-    static func routing(at location: String, state: ClusterState, directives: EffectiveDirectives,
+    static func routing(at location: String, directives: EffectiveDirectives,
                         input: Input) -> (InstancePlan.Routing, ContinuousClock.Instant?, (Duration, Duration)?) {
-        let resolution = state.leader(of: location)
+        let resolution = input.leaders.leader(of: location)
         let routing: InstancePlan.Routing
         switch resolution {
         case .leader(let target): routing = .leader(target)

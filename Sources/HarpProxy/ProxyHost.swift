@@ -24,6 +24,10 @@ public actor ProxyHost {
     private let logger: Logger
     private let view: ClusterView
     private let layout: DCSLayout
+    /// With `dcs.leader_source: patroni`: the session on Patroni's namespace, whose records name
+    /// the lead masters, and its latest snapshot. HARP's session still gives the directives.
+    private let patroni: (session: DCSSession, namespace: String, view: ClusterView)?
+    var latestPatroni: DCSSnapshot?
 
     struct Running {
         var mode: (any ProxyMode)?
@@ -60,9 +64,13 @@ public actor ProxyHost {
     var fenceTimer: Task<Void, Never>?
     var latest: DCSSnapshot?
 
-    public init(instances: [InstanceConfiguration], session: DCSSession, group: any EventLoopGroup, layout: DCSLayout, logger: Logger) {
+    /// - Parameter patroni: the session watching Patroni's namespace, and the namespace, when
+    ///   Patroni's records name the lead masters.
+    public init(instances: [InstanceConfiguration], session: DCSSession, group: any EventLoopGroup, layout: DCSLayout, logger: Logger,
+                patroni: (session: DCSSession, namespace: String)? = nil) {
         self.instances = instances
         self.session = session
+        self.patroni = patroni.map { ($0.session, $0.namespace, ClusterView(layout: layout, logger: logger)) }
         self.group = group
         hostLoop = group.next()
         self.logger = logger
@@ -104,16 +112,24 @@ public actor ProxyHost {
             }
         }
         instances = newInstances
-        if let latest { reconcile(latest, observedAt: .now) }
+        reconcile(observedAt: .now)
     }
 
     /// Plans every instance from each snapshot. Isolated to the actor, so that a snapshot's
     /// arrival resumes this loop on `hostLoop` directly.
     private func follow() async {
         for await snapshot in session.snapshots() {
+            latest = snapshot
             // From the moment the DCS event reached the process: the hop to this loop counts in
             // `ms_since_dcs_event` too. (The first snapshot may be older; it moves no lead master.)
-            reconcile(snapshot, observedAt: snapshot.madeAt)
+            reconcile(observedAt: snapshot.madeAt)
+        }
+    }
+
+    private func followPatroni(_ session: DCSSession) async {
+        for await snapshot in session.snapshots() {
+            latestPatroni = snapshot
+            reconcile(observedAt: snapshot.madeAt)
         }
     }
 
@@ -121,6 +137,7 @@ public actor ProxyHost {
     public func run() async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.follow() }
+            if let patroni = self.patroni { group.addTask { await self.followPatroni(patroni.session) } }
             group.addTask { await self.reportStatus() }
             await group.waitForAll()
         }
@@ -150,13 +167,25 @@ public actor ProxyHost {
 
     // MARK: - Reconcile
 
-    func reconcile(_ snapshot: DCSSnapshot, observedAt: ContinuousClock.Instant) {
-        latest = snapshot
+    func reconcile(observedAt: ContinuousClock.Instant) {
+        guard let snapshot = latest else { return }
         let state = view.state(of: snapshot)
-        let health = session.health
+        var leaders: any LeaderView = state
+        var synced = snapshot.synced, reachable = snapshot.reachable
+        var lastContactAt = session.health.lastContactAt
+        if let patroni {
+            // Both must have been read, and both must answer: the older last contact counts.
+            let other = latestPatroni ?? DCSSnapshot(revision: 0, values: [:], synced: false)
+            let decoded = PatroniState(snapshot: other, namespace: patroni.namespace)
+            patroni.view.report(decoded.problems, in: other)
+            leaders = decoded
+            synced = synced && other.synced
+            reachable = reachable && other.reachable
+            if let theirs = patroni.session.health.lastContactAt { lastContactAt = min(lastContactAt ?? theirs, theirs) } else { lastContactAt = nil }
+        }
         let output = Planner.plan(Planner.Input(
-            instances: instances, state: state, synced: snapshot.synced, reachable: snapshot.reachable, now: .now,
-            lastContactAt: health.lastContactAt, leaseTTLs: leaseTTLs, descriptorLimit: descriptorLimit,
+            instances: instances, state: state, leaders: leaders, synced: synced, reachable: reachable, now: .now,
+            lastContactAt: lastContactAt, leaseTTLs: leaseTTLs, descriptorLimit: descriptorLimit,
             previous: running.compactMapValues(\.plan), observedAt: observedAt))
 
         for (name, (wanted, granted)) in output.lowered where lowered[name] != granted {

@@ -36,14 +36,21 @@ struct Daemon {
                                  ignoring: { layout.isProxyStatus($0) })
         logger.info("starting", metadata: [
             "version": "\(HarpVersion.string)", "cluster": "\(configuration.clusterName)",
-            "dcs": "\(configuration.dcs)", "instances": "\(configuration.instances.map(\.name).joined(separator: ","))",
+            "dcs": "\(configuration.dcs)", "leader_source": "\(configuration.leaderSource)", "instances": "\(configuration.instances.map(\.name).joined(separator: ","))",
         ])
         session.start()
+        // With Patroni's records naming the lead masters, a second watch follows its namespace.
+        var patroni: (session: DCSSession, namespace: String)?
+        if case .patroni(let namespace) = configuration.leaderSource {
+            let watch = DCSSession(configuration: configuration.dcs, prefix: namespace + "/", logger: Logger(label: "harp.dcs.patroni"))
+            watch.start()
+            patroni = (watch, namespace)
+        }
         let hangups = await UnixSignalsSequence(trapping: .sighup)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let host = ProxyHost(instances: configuration.instances, session: session, group: group, layout: layout,
-                             logger: Logger(label: "harp.proxy"))
+                             logger: Logger(label: "harp.proxy"), patroni: patroni)
         let control = ControlServer(
             configuration: configuration.control, group: group,
             actions: DaemonControl(clusterName: configuration.clusterName, host: host, session: session, layout: layout, started: Date()),
@@ -52,8 +59,9 @@ struct Daemon {
 
         // Started together; stopped in the reverse order: systemd hears STOPPING first, the DCS
         // session goes last, once every instance has closed its connections and written its record.
-        var services: [any Service] = [
-            DCSSessionService(session: session),
+        var services: [any Service] = [DCSSessionService(session: session)]
+        if let patroni { services.append(DCSSessionService(session: patroni.session)) }
+        services += [
             ProxyHostService(host: host, logger: logger),
             ControlService(server: control, path: configuration.control.socketPath, logger: logger),
         ]
@@ -91,7 +99,7 @@ struct Daemon {
             return current
         }
         // Credentials and TLS files included: the running session keeps using the old ones.
-        if next.clusterName != current.clusterName || next.dcs != current.dcs {
+        if next.clusterName != current.clusterName || next.dcs != current.dcs || next.leaderSource != current.leaderSource {
             logger.warning("cluster and dcs changes (endpoints, credentials, TLS files) take effect only after a restart")
         }
         if next.logLevel != current.logLevel {

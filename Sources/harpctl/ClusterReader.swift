@@ -10,11 +10,14 @@ struct ClusterAccess {
     let client: EtcdClient
     /// The location config.yml names, if any (see `HarpConfiguration.location`).
     let configLocation: String?
+    /// Whose records name the lead masters (`dcs.leader_source`).
+    let leaderSource: LeaderSourceSetting
 
     init(_ options: DCSOptions) throws {
-        let (cluster, dcs, location) = try options.resolve()
+        let (cluster, dcs, location, source) = try options.resolve()
         self.cluster = cluster
         configLocation = location
+        leaderSource = source
         layout = DCSLayout(cluster: cluster)
         client = EtcdClient(configuration: dcs)
     }
@@ -29,9 +32,21 @@ struct ClusterAccess {
         return (ClusterState(snapshot: s, layout: layout), s)
     }
 
+    /// Where the lead masters come from: HARP's records, or Patroni's (read from its namespace).
+    func leaders() async throws -> any LeaderView {
+        guard case .patroni(let namespace) = leaderSource else { return try await state().0 }
+        return try await patroni(namespace)
+    }
+
+    func patroni(_ namespace: String) async throws -> PatroniState {
+        let result = try await dcs { try await client.range(namespace + "/", prefix: true) }
+        let s = DCSSnapshot(revision: result.revision, values: Dictionary(result.kvs.map { ($0.key, $0) }, uniquingKeysWith: { $1 }))
+        return PatroniState(snapshot: s, namespace: namespace)
+    }
+
     /// The location a command without one works on: the argument, else the one config.yml
     /// names, else the only one the DCS holds (the proxy's rule); several fail with their names.
-    func location(_ argument: String?, in state: ClusterState) -> String {
+    func location(_ argument: String?, in state: any LeaderView) -> String {
         if let given = argument ?? configLocation { return given }
         switch state.location(following: nil) {
         case .follow(let only, _): return only

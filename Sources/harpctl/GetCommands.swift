@@ -40,8 +40,20 @@ struct GetNodes: AsyncParsableCommand {
 
     func run() async throws {
         let access = try ClusterAccess(options)
-        let (state, _) = try await access.state()
         var listing = Listing(headers: nodeHeaders.0, keys: nodeHeaders.1)
+        if case .patroni(let namespace) = access.leaderSource {
+            // Patroni's members: a location is a scope, the leader key says who leads it.
+            let patroni = try await access.patroni(namespace)
+            listing.rows = patroni.members.sorted { $0.key < $1.key }.flatMap { scope, members in
+                members.sorted { $0.key < $1.key }.map { name, member -> [String: Any] in
+                    let role = patroni.leaders[scope]?.name == name ? "lead master" : (member.role ?? "member")
+                    return ["cluster": access.cluster, "name": name, "location": scope, "role": role, "dsn": maskedDSN(member.connURL)]
+                }
+            }
+            listing.print(options.output)
+            return
+        }
+        let (state, _) = try await access.state()
         listing.rows = state.nodes.values.sorted { $0.name < $1.name }.map { nodeRow($0, state, cluster: access.cluster) }
         listing.print(options.output)
     }
@@ -62,9 +74,7 @@ struct GetNode: AsyncParsableCommand {
     }
 }
 
-/// Every location the DCS knows: from leader keys, location records and nodes.
-
-func locationRow(_ location: String, _ state: ClusterState, cluster: String) -> [String: Any] {
+func locationRow(_ location: String, _ state: any LeaderView, cluster: String) -> [String: Any] {
     var row: [String: Any] = ["cluster": cluster, "location": location, "leader": NSNull(), "address": NSNull()]
     switch state.leader(of: location) {
     case .leader(let target): row["leader"] = target.name; row["address"] = "\(target.address)"
@@ -82,7 +92,7 @@ struct GetLocations: AsyncParsableCommand {
 
     func run() async throws {
         let access = try ClusterAccess(options)
-        let (state, _) = try await access.state()
+        let state = try await access.leaders()
         var listing = Listing(headers: locationHeaders.0, keys: locationHeaders.1)
         listing.rows = state.locations.sorted().map { locationRow($0, state, cluster: access.cluster) }
         listing.print(options.output)
@@ -96,7 +106,7 @@ struct GetLocation: AsyncParsableCommand {
 
     func run() async throws {
         let access = try ClusterAccess(options)
-        let (state, _) = try await access.state()
+        let state = try await access.leaders()
         let location = access.location(self.location, in: state)
         guard state.locations.contains(location) else { fail("no location '\(location)'") }
         var listing = Listing(headers: locationHeaders.0, keys: locationHeaders.1)
@@ -108,11 +118,11 @@ struct GetLocation: AsyncParsableCommand {
 struct GetLeader: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "leader", abstract: "The lead master of a location.")
     @OptionGroup var options: DCSOptions
-    @Argument(help: "The location.") var location: String
+    @Argument(help: "The location (with leader_source patroni: the scope).") var location: String
 
     func run() async throws {
         let access = try ClusterAccess(options)
-        let (state, _) = try await access.state()
+        let state = try await access.leaders()
         switch state.leader(of: location) {
         case .leader:
             var listing = Listing(headers: locationHeaders.0, keys: locationHeaders.1)

@@ -66,7 +66,7 @@ struct DCSOptions: ParsableArguments {
     var output: OutputFormat = .table
 
     /// The file's DCS settings with the command line's overrides.
-    func resolve() throws -> (cluster: String, dcs: DCSConfiguration, location: String?) {
+    func resolve() throws -> (cluster: String, dcs: DCSConfiguration, location: String?, leaderSource: LeaderSourceSetting) {
         let configuration: HarpConfiguration
         do {
             configuration = try ConfigLoader.load(file: configFile, includeInstances: false)
@@ -83,7 +83,7 @@ struct DCSOptions: ParsableArguments {
                 return endpoint
             }
         }
-        return (cluster ?? configuration.clusterName, dcs, configuration.location)
+        return (cluster ?? configuration.clusterName, dcs, configuration.location, configuration.leaderSource)
     }
 }
 

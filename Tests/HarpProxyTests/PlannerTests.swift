@@ -27,7 +27,7 @@ final class PlannerTests: XCTestCase {
 
     func input(_ instances: [InstanceConfiguration], _ state: ClusterState, reachable: Bool = true, synced: Bool = true,
                lastContact: Duration = .zero, leaseTTLs: [Int64: Duration] = [:], previous: [String: InstancePlan] = [:]) -> Planner.Input {
-        Planner.Input(instances: instances, state: state, synced: synced, reachable: reachable, now: t0 + .seconds(100),
+        Planner.Input(instances: instances, state: state, leaders: state, synced: synced, reachable: reachable, now: t0 + .seconds(100),
                       lastContactAt: t0 + .seconds(100) - lastContact, leaseTTLs: leaseTTLs, descriptorLimit: 1 << 20,
                       previous: previous, observedAt: t0)
     }

@@ -1,0 +1,96 @@
+import Foundation
+import HarpDCS
+
+/// The lead masters Patroni names, decoded from one snapshot of its namespace (etcd v3,
+/// Patroni 3 and 4). A location is a Patroni scope:
+///
+///     <namespace>/<scope>/leader          pg1     the leader's member name, on its lease
+///     <namespace>/<scope>/members/pg1     {"conn_url":"postgres://10.0.0.1:5432/postgres","role":"master",...}
+///
+/// The leader key is the truth; the leader member's `conn_url` gives the address (its user and
+/// database are ignored). A leader whose member record is missing or malformed is no leader.
+public struct PatroniState: LeaderView {
+    public let namespace: String
+    /// Each scope's leader key, as written, with its lease.
+    public let leaders: [String: LeaderRecord]
+    /// Each scope's members' records, by member name.
+    public let members: [String: [String: PatroniMember]]
+    public let problems: [RecordProblem]
+    public let locations: Set<String>
+
+    public init(snapshot: DCSSnapshot, namespace: String) {
+        self.namespace = namespace
+        let prefix = namespace + "/"
+        var leaders: [String: LeaderRecord] = [:]
+        var members: [String: [String: PatroniMember]] = [:]
+        var problems: [RecordProblem] = []
+        var scopes: Set<String> = []
+        for kv in snapshot.values.values where kv.key.hasPrefix(prefix) {
+            let path = kv.key.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+            guard let scope = path.first, !scope.isEmpty else { continue }
+            switch path.count {
+            case 2 where path[1] == "leader":
+                let name = kv.value.trimmingCharacters(in: .whitespacesAndNewlines)
+                guard !name.isEmpty, !name.contains(where: { $0.isNewline }) else {
+                    problems.append(RecordProblem(key: kv.key, reason: "expected a member name, got \(RecordDecoding.preview(kv.value))"))
+                    continue
+                }
+                leaders[scope] = LeaderRecord(name: name, lease: kv.lease, modRevision: kv.modRevision)
+                scopes.insert(scope)
+            case 3 where path[1] == "members" && !path[2].isEmpty:
+                switch PatroniMember.decode(kv) {
+                case .success(let member): members[scope, default: [:]][path[2]] = member
+                case .failure(let problem): problems.append(problem)
+                }
+                scopes.insert(scope)
+            case 2 where path[1] == "initialize" || path[1] == "config":
+                scopes.insert(scope)
+            default:
+                continue  // status, failover, history, sync, and keys of later versions
+            }
+        }
+        self.leaders = leaders
+        self.members = members
+        self.problems = problems.sorted { $0.key < $1.key }
+        locations = scopes
+    }
+
+    public func leaderKey(_ scope: String) -> String { "\(namespace)/\(scope)/leader" }
+    public func memberKey(_ scope: String, _ name: String) -> String { "\(namespace)/\(scope)/members/\(name)" }
+
+    public func leader(of scope: String) -> LeaderResolution {
+        guard let record = leaders[scope] else { return .none }
+        guard let member = members[scope]?[record.name] else {
+            return .unresolvable(name: record.name, reason: "member '\(record.name)' named by \(leaderKey(scope)) has no usable record at \(memberKey(scope, record.name))")
+        }
+        switch DSN.address(member.connURL) {
+        case .success(let address):
+            return .leader(LeaderTarget(name: record.name, address: address, lease: record.lease))
+        case .failure(let e):
+            return .unresolvable(name: record.name, reason: "bad conn_url for member '\(record.name)': \(e.message)")
+        }
+    }
+}
+
+/// One member's record, as far as a proxy needs it.
+public struct PatroniMember: Sendable, Equatable {
+    public var connURL: String
+    /// `master` (Patroni 3), `primary` (Patroni 4), `replica`, ...
+    public var role: String?
+    public var state: String?
+
+    static func decode(_ kv: KeyValue) -> Result<PatroniMember, RecordProblem> {
+        RecordDecoding.object(kv).flatMap { o in
+            guard let url = o["conn_url"] as? String, !url.isEmpty else {
+                return .failure(RecordProblem(key: kv.key, reason: "a member needs \"conn_url\" (a string)"))
+            }
+            guard url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") else {
+                return .failure(RecordProblem(key: kv.key, reason: "\"conn_url\" is not a postgres:// URL: \(RecordDecoding.preview(url))"))
+            }
+            if let role = o["role"], !(role is String) {
+                return .failure(RecordProblem(key: kv.key, reason: "\"role\" must be a string"))
+            }
+            return .success(PatroniMember(connURL: url, role: o["role"] as? String, state: o["state"] as? String))
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import HarpCluster
+import HarpDCS
+import XCTest
+
+/// Patroni's keys as Patroni 3 and 4 write them, and the ways they can be wrong.
+final class PatroniStateTests: XCTestCase {
+    func state(_ pairs: [String: String], lease: [String: Int64] = [:]) -> PatroniState {
+        var values: [String: KeyValue] = [:]
+        for (i, (k, v)) in pairs.sorted(by: { $0.key < $1.key }).enumerated() {
+            values["/service/" + k] = KeyValue(key: "/service/" + k, value: v, modRevision: Int64(i + 1), lease: lease[k] ?? 0)
+        }
+        return PatroniState(snapshot: DCSSnapshot(revision: Int64(pairs.count), values: values), namespace: "/service")
+    }
+
+    let pg1 = #"{"conn_url":"postgres://127.0.0.1:5432/postgres","api_url":"http://127.0.0.1:8008/patroni","state":"running","role":"master","version":"3.0.2","xlog_location":50331648,"timeline":1}"#
+    let pg2 = #"{"conn_url":"postgresql://app:secret@10.0.0.2:5433/app","state":"running","role":"primary","version":"4.0.4"}"#
+
+    func testTheLeaderKeyNamesAMemberWhoseConnURLGivesTheAddress() {
+        let s = state(["dc1/leader": "pg1\n", "dc1/members/pg1": pg1, "dc1/members/pg2": pg2, "dc1/initialize": "7714996740824051277",
+                       "dc1/status": #"{"optime":1}"#, "dc2/config": "{}"], lease: ["dc1/leader": 99])
+        XCTAssertEqual(s.leader(of: "dc1"), .leader(LeaderTarget(name: "pg1", address: .tcp(host: "127.0.0.1", port: 5432), lease: 99)))
+        XCTAssertEqual(s.locations, ["dc1", "dc2"], "a scope is a location, with or without a leader")
+        XCTAssertEqual(s.leader(of: "dc2"), .none)
+        XCTAssertEqual(s.members["dc1"]?["pg2"]?.role, "primary", "Patroni 4's role")
+        XCTAssertTrue(s.problems.isEmpty, "\(s.problems)")
+
+        // Patroni 4's member as the leader: user and database in the URL are ignored.
+        let four = state(["dc1/leader": "pg2", "dc1/members/pg2": pg2])
+        XCTAssertEqual(four.leader(of: "dc1").target?.address, .tcp(host: "10.0.0.2", port: 5433))
+        XCTAssertNil(four.leader(of: "dc1").target?.database)
+    }
+
+    func testALeaderWithoutAUsableMemberRecordIsNoLeader() {
+        let missing = state(["dc1/leader": "pg3", "dc1/members/pg1": pg1])
+        guard case .unresolvable(let name, let reason) = missing.leader(of: "dc1") else { return XCTFail("\(missing.leader(of: "dc1"))") }
+        XCTAssertEqual(name, "pg3")
+        XCTAssertTrue(reason.contains("/service/dc1/members/pg3"), reason)
+
+        for (bad, why) in [("not json", "not JSON"), (#"{"role":"master"}"#, "conn_url"), (#"{"conn_url":42}"#, "conn_url"),
+                           (#"{"conn_url":"host=10.0.0.1 port=5432"}"#, "postgres:// URL"), (#"{"conn_url":"postgres://h:5432/x","role":7}"#, "role")] {
+            let s = state(["dc1/leader": "pg1", "dc1/members/pg1": bad])
+            XCTAssertNil(s.leader(of: "dc1").target, bad)
+            XCTAssertTrue(s.problems.contains { $0.key == "/service/dc1/members/pg1" && $0.reason.contains(why) }, "\(bad): \(s.problems)")
+        }
+        let badPort = state(["dc1/leader": "pg1", "dc1/members/pg1": #"{"conn_url":"postgres://10.0.0.1:99999/postgres"}"#])
+        guard case .unresolvable(_, let portReason) = badPort.leader(of: "dc1") else { return XCTFail() }
+        XCTAssertTrue(portReason.contains("bad conn_url for member 'pg1'"), portReason)
+        let empty = state(["dc1/leader": "  "])
+        XCTAssertEqual(empty.leader(of: "dc1"), .none)
+        XCTAssertEqual(empty.problems.first?.key, "/service/dc1/leader")
+    }
+
+    func testOnlyOneNamespaceIsRead() {
+        var values: [String: KeyValue] = [:]
+        for key in ["/service/dc1/leader", "/other/dc9/leader", "/servicex/dc8/leader"] {
+            values[key] = KeyValue(key: key, value: "pg1", modRevision: 1, lease: 0)
+        }
+        XCTAssertEqual(PatroniState(snapshot: DCSSnapshot(revision: 1, values: values), namespace: "/service").locations, ["dc1"])
+    }
+}

@@ -1,0 +1,139 @@
+import Foundation
+import HarpCluster
+import HarpDCS
+import HarpTestFixtures
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// harp-proxy following a real Patroni cluster (`dcs.leader_source: patroni`): Debian's patroni,
+/// two PostgreSQL 15 members in streaming replication, a real etcd, the real binaries.
+final class PatroniTests: XCTestCase {
+    /// harp-proxy with one builtin instance following scope dc1, and its config folder.
+    /// Keep the folder for as long as the process runs: it goes with the last reference to it.
+    func startProxy(etcd: EtcdCluster, port: Int, holdTimeout: String = "15s", extra: String = "") throws -> (TestProcess, TemporaryDirectory) {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", """
+            cluster: {name: harp}
+            dcs:
+              driver: etcd
+              endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]
+              leader_source: patroni
+            control: {socket: \(dir.path)/control.sock}
+            proxy:
+              name: p1
+              location: dc1
+              listen_address: 127.0.0.1
+              listen_port: \(port)
+              hold_timeout: \(holdTimeout)
+            \(extra)
+            """)
+        let proxy = try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
+                                    logDirectory: dir.path)
+        return (proxy, dir)
+    }
+
+    /// Scenarios 1 to 3: clients reach Patroni's leader; a switchover cuts the old sessions and
+    /// new clients reach the new leader; a crash of the leader is followed once Patroni fails over.
+    func testClientsFollowPatronisLeaderThroughASwitchoverAndACrash() async throws {
+        let etcd = try EtcdCluster()
+        let patroni = try PatroniCluster(etcd: etcd)
+        defer { patroni.stop(); etcd.stop() }
+        let (pg1, pg2) = (patroni.members[0].pgPort, patroni.members[1].pgPort)
+        let port = freePort()
+        let (proxy, dir) = try startProxy(etcd: etcd, port: port)
+        defer { proxy.stop(); withExtendedLifetime(dir) {} }
+
+        // 1. The proxy routes to the member Patroni's leader key names.
+        XCTAssertTrue(eventually(timeout: 15) { (try? serverPort(through: port).get()) == "\(pg1)" }, proxy.log)
+        let status = parseObject((try? control(dir.path + "/control.sock", Array("status p1\n".utf8)))?.first ?? "")
+        XCTAssertEqual((status["leader"] as? [String: Any])?["name"] as? String, "pg1", "\(status)")
+
+        // 2. A switchover: the open session is cut with 57P01, new clients land on pg2.
+        let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=disable")
+        session.verboseErrors()
+        XCTAssertEqual(try session.query("SELECT current_setting('port')"), "\(pg1)")
+        try patroni.switchover(from: "pg1", to: "pg2")
+        XCTAssertTrue(eventually(timeout: 30) { patroni.leader() == "pg2" && patroni.accepts(1, writes: true) })
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) == "\(pg2)" }, proxy.log)
+        let cut = await session.run("SELECT 1")
+        guard case .failure(let error) = cut else { return XCTFail("the old session was cut") }
+        XCTAssertTrue(error.description.contains("57P01"), "\(error)")
+        XCTAssertTrue(proxy.log.contains("lead master changed"), proxy.log)
+
+        // 3. pg2 crashes (Patroni and postmaster, kill -9): once its lease runs out Patroni makes
+        // pg1 the leader, and the proxy follows.
+        XCTAssertTrue(eventually(timeout: 60) { patroni.streams(0) }, "pg1 rejoined as a replica")
+        patroni.crash(1)
+        XCTAssertTrue(eventually(timeout: 40) { patroni.leader() == "pg1" && patroni.accepts(0, writes: true) }, "Patroni failed over")
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) == "\(pg1)" }, proxy.log)
+        XCTAssertTrue(proxy.isRunning)
+    }
+
+    /// Scenario 4: etcd gone. Patroni demotes its leader after `retry_timeout` (its own
+    /// fencing); harp-proxy fences once the leader key's lease (Patroni's `ttl`, 10 s here) has
+    /// run out since etcd last answered, as it does with HARP's keys, and refuses new clients.
+    func testTheProxyFencesWhenEtcdIsGoneForLongerThanPatronisLease() async throws {
+        let etcd = try EtcdCluster()
+        let patroni = try PatroniCluster(etcd: etcd, members: 1)
+        defer { patroni.stop(); etcd.stop() }
+        let port = freePort()
+        let (proxy, dir) = try startProxy(etcd: etcd, port: port, holdTimeout: "500ms")
+        defer { proxy.stop(); withExtendedLifetime(dir) {} }
+        XCTAssertTrue(eventually(timeout: 15) { (try? serverPort(through: port).get()) == "\(patroni.members[0].pgPort)" }, proxy.log)
+        // The lease's TTL is looked up while etcd answers.
+        try await Task.sleep(for: .seconds(1))
+        etcd.kill(0)
+        let killedAt = Date()
+        XCTAssertTrue(eventually(timeout: 25) { proxy.log.contains("DCS unreachable longer than the leader lease: fencing") }, proxy.log)
+        XCTAssertGreaterThan(Date().timeIntervalSince(killedAt), 5, "not before Patroni's 10 s lease could have run out (less the resync interval)")
+        XCTAssertTrue(proxy.log.contains("lease_s=10.0"), "the lease is Patroni's ttl, looked up in etcd:\n\(proxy.log)")
+        let refused = serverPort(through: port)
+        XCTAssertTrue("\(refused)".contains("fenced"), "a new client reads why it is refused: \(refused)")
+    }
+
+    /// Bad values in Patroni's keys: logged, treated as no leader, never a crash or a guess.
+    func testAMalformedMemberRecordIsNoLeaderAndIsLogged() async throws {
+        let etcd = try EtcdCluster()
+        let client = EtcdClient(configuration: etcd.dcsConfiguration())
+        try await client.put("/service/dc1/leader", "pg1")
+        try await client.put("/service/dc1/members/pg1", #"{"conn_url": 5432}"#)
+        let port = freePort()
+        let (proxy, dir) = try startProxy(etcd: etcd, port: port, extra: "log_level: info\n")
+        defer { proxy.stop(); etcd.stop(); withExtendedLifetime(dir) {} }
+        XCTAssertTrue(eventually(timeout: 10) { proxy.log.contains("ignoring malformed DCS value") && proxy.log.contains("/service/dc1/members/pg1") }, proxy.log)
+        let status = parseObject((try? control(dir.path + "/control.sock", Array("status p1\n".utf8)))?.first ?? "")
+        XCTAssertEqual(status["state"] as? String, "no-leader", "\(status)")
+        XCTAssertTrue((status["reason"] as? String)?.contains("no usable record") == true, "\(status)")
+
+        // Fixed: the leader's address comes from the new record at once.
+        let pg = SharedPostgres.first
+        try await client.put("/service/dc1/members/pg1", #"{"conn_url":"postgres://127.0.0.1:\#(pg.port)/postgres","role":"master"}"#)
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) == "\(pg.port)" }, proxy.log)
+        XCTAssertTrue(proxy.isRunning)
+    }
+
+    /// harpctl with `leader_source: patroni` reads Patroni's records and leaves promotion to it.
+    func testHarpctlReadsPatronisLeaderAndRefusesToPromote() async throws {
+        let etcd = try EtcdCluster()
+        let client = EtcdClient(configuration: etcd.dcsConfiguration())
+        try await client.put("/service/dc1/leader", "pg1")
+        try await client.put("/service/dc1/members/pg1", #"{"conn_url":"postgres://127.0.0.1:5432/postgres","role":"master"}"#)
+        try await client.put("/service/dc1/members/pg2", #"{"conn_url":"postgres://127.0.0.1:5433/postgres","role":"replica"}"#)
+        let (proxy, dir) = try startProxy(etcd: etcd, port: freePort())
+        proxy.stop()
+        defer { etcd.stop() }
+        func harpctl(_ arguments: String...) throws -> (status: Int32, output: String) {
+            try runCommand(builtExecutable("harpctl"), ["-f", dir.file("config.yml")] + arguments)
+        }
+        let leader = try harpctl("get", "leader", "dc1", "-o", "json")
+        XCTAssertEqual(leader.status, 0, leader.output)
+        XCTAssertTrue(leader.output.contains("\"pg1\"") && leader.output.contains("127.0.0.1:5432"), leader.output)
+        let nodes = try harpctl("get", "nodes", "-o", "json")
+        XCTAssertTrue(nodes.output.contains("lead master") && nodes.output.contains("replica") && nodes.output.contains("pg2"), nodes.output)
+        let promote = try harpctl("promote", "pg2")
+        XCTAssertEqual(promote.status, 1)
+        XCTAssertTrue(promote.output.contains("use patronictl switchover"), promote.output)
+    }
+}
