@@ -9,6 +9,29 @@ public protocol LeaderView: Sendable {
     var locations: Set<String> { get }
     /// Values that were not what the source expects; each is treated as absent.
     var problems: [RecordProblem] { get }
+    /// Whether the lead master of `location` is known to accept writes: nil when the source
+    /// names a leader only once it does (HARP's); else a check the host makes before routing.
+    func writability(of location: String) -> WritabilityCheck?
+}
+
+/// A named lead master that may still be promoting (Patroni takes its leader key before
+/// `pg_ctl promote` has finished): clients are held until it accepts writes.
+public struct WritabilityCheck: Sendable, Equatable {
+    /// Names this leadership: the location, the member and the leader key's revision, so that
+    /// a new election of the same member is checked again.
+    public var key: String
+    /// The member's record says it is the running primary, and there is no API to ask (Patroni
+    /// writes that record as it takes the key, before the promotion has finished).
+    public var recordSaysPrimary: Bool
+    /// Where to ask whether it is the primary now (Patroni's REST API, `GET /patroni`: its
+    /// `role` comes from `pg_is_in_recovery()`).
+    public var primaryCheckURL: String?
+
+    public init(key: String, recordSaysPrimary: Bool, primaryCheckURL: String?) {
+        self.key = key
+        self.recordSaysPrimary = recordSaysPrimary
+        self.primaryCheckURL = primaryCheckURL
+    }
 }
 
 extension LeaderView {
@@ -27,4 +50,7 @@ extension LeaderView {
     }
 }
 
-extension ClusterState: LeaderView {}
+extension ClusterState: LeaderView {
+    /// HARP Manager names a lead master once it is one.
+    public func writability(of location: String) -> WritabilityCheck? { nil }
+}

@@ -55,6 +55,18 @@ public struct PatroniState: LeaderView {
         locations = scopes
     }
 
+    public func writability(of scope: String) -> WritabilityCheck? {
+        guard let record = leaders[scope], let member = members[scope]?[record.name] else { return nil }
+        let primary = (member.role == "master" || member.role == "primary") && (member.state ?? "running") == "running"
+        // api_url (http://host:8008/patroni) answers with the role PostgreSQL itself reports:
+        // `replica` while it is in recovery. (`/primary` answers 200 as soon as Patroni holds the
+        // key, before the promotion has finished.)
+        let check = member.apiURL.flatMap { $0.hasPrefix("http://") ? $0 : nil }
+        // Patroni writes role master as it takes the key, before `pg_ctl promote` has finished:
+        // the record is the word only where there is no API that asks PostgreSQL itself.
+        return WritabilityCheck(key: "\(scope)|\(record.name)|\(record.modRevision)", recordSaysPrimary: check == nil && primary, primaryCheckURL: check)
+    }
+
     public func leaderKey(_ scope: String) -> String { "\(namespace)/\(scope)/leader" }
     public func memberKey(_ scope: String, _ name: String) -> String { "\(namespace)/\(scope)/members/\(name)" }
 
@@ -78,6 +90,8 @@ public struct PatroniMember: Sendable, Equatable {
     /// `master` (Patroni 3), `primary` (Patroni 4), `replica`, ...
     public var role: String?
     public var state: String?
+    /// Patroni's REST API of the member (`http://host:8008/patroni`).
+    public var apiURL: String?
 
     static func decode(_ kv: KeyValue) -> Result<PatroniMember, RecordProblem> {
         RecordDecoding.object(kv).flatMap { o in
@@ -90,7 +104,7 @@ public struct PatroniMember: Sendable, Equatable {
             if let role = o["role"], !(role is String) {
                 return .failure(RecordProblem(key: kv.key, reason: "\"role\" must be a string"))
             }
-            return .success(PatroniMember(connURL: url, role: o["role"] as? String, state: o["state"] as? String))
+            return .success(PatroniMember(connURL: url, role: o["role"] as? String, state: o["state"] as? String, apiURL: o["api_url"] as? String))
         }
     }
 }

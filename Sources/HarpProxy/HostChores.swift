@@ -38,6 +38,33 @@ extension ProxyHost {
         if leaseTTLs.count > 1000 { leaseTTLs = [id: ttl] }
     }
 
+    /// Asks a named lead master that may still be promoting whether it takes writes, every
+    /// 10 ms, until it does (the plan then routes to it), another is named, or its record says
+    /// so. Without an API to ask, the record alone decides (Patroni's next loop).
+    func checkWritable(_ key: String, url: String?) {
+        guard writableChecks.insert(key).inserted else { return }
+        chore {
+            let deadline = ContinuousClock.now + .seconds(120)
+            while !Task.isCancelled, ContinuousClock.now < deadline, await self.unchecked.contains(key) {
+                if let url, await PatroniAPI.isPrimary(url) == true {
+                    await self.leaderWritable(key)
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+            await self.checkEnded(key)
+        }
+    }
+
+    func leaderWritable(_ key: String) {
+        writableChecks.remove(key)
+        writable.insert(key)
+        if writable.count > 1000 { writable = [key] }
+        reconcile(observedAt: .now)
+    }
+
+    func checkEnded(_ key: String) { writableChecks.remove(key) }
+
     /// Re-plans when a fencing deadline passes, since no DCS event will come to say so.
     func scheduleFenceCheck(at deadline: ContinuousClock.Instant?) {
         fenceTimer?.cancel()

@@ -9,7 +9,7 @@ enum PlanLog {
         if let blocked = new.listenBlocked, old?.listenBlocked != blocked { logger.error("\(blocked)") }
         location(from: old, to: new, logger: logger)
         dcs(from: old, to: new, logger: logger)
-        guard old?.stateName != new.stateName || old?.routing.target != new.routing.target else { return }
+        guard old?.stateName != new.stateName || old?.routing != new.routing else { return }
         var metadata: Logger.Metadata = ["state": "\(new.stateName)"]
         switch new.routing {
         case .leader(let t): metadata["leader"] = "\(t)"

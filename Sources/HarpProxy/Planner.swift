@@ -28,6 +28,8 @@ enum Planner {
         var previous: [String: InstancePlan] = [:]
         /// When the DCS change behind this plan was seen.
         var observedAt: ContinuousClock.Instant
+        /// Leaderships (`WritabilityCheck.key`) seen to accept writes.
+        var writable: Set<String> = []
     }
 
     struct Output {
@@ -38,6 +40,8 @@ enum Planner {
         var unknownLeases: Set<Int64> = []
         /// `max_client_conn` wanted and granted, for instances whose wish did not fit.
         var lowered: [String: (wanted: Int, granted: Int)] = [:]
+        /// Named lead masters not yet known to accept writes, by check key: ask where given.
+        var uncheckedLeaders: [String: String?] = [:]
     }
 
     static func plan(_ input: Input) -> Output {
@@ -88,6 +92,10 @@ enum Planner {
                 if let target = routing.target, target.lease != 0, input.reachable, input.leaseTTLs[target.lease] == nil {
                     output.unknownLeases.insert(target.lease)
                 }
+                if routing.target == nil, let check = input.leaders.writability(of: location), !check.recordSaysPrimary,
+                   !input.writable.contains(check.key) {
+                    output.uncheckedLeaders[check.key] = check.primaryCheckURL
+                }
             }
             var plan = InstancePlan(location: location, directives: d, managed: state.isManaged(instance.name), routing: routing,
                                     maxClientConn: caps[instance.name] ?? d.maxClientConn, dcsRead: input.synced, observedAt: input.observedAt)
@@ -107,11 +115,16 @@ enum Planner {
     static func routing(at location: String, directives: EffectiveDirectives,
                         input: Input) -> (InstancePlan.Routing, ContinuousClock.Instant?, (Duration, Duration)?) {
         let resolution = input.leaders.leader(of: location)
-        let routing: InstancePlan.Routing
+        var routing: InstancePlan.Routing
         switch resolution {
         case .leader(let target): routing = .leader(target)
         case .none: routing = .noLeader(reason: "no lead master")
         case .unresolvable(_, let reason): routing = .noLeader(reason: reason)
+        }
+        if let target = resolution.target, let check = input.leaders.writability(of: location),
+           !check.recordSaysPrimary, !input.writable.contains(check.key) {
+            // Named, but maybe still promoting: new clients wait (hold_timeout) until it takes writes.
+            routing = .noLeader(reason: "lead master \(target.name) named, not yet accepting writes (still promoting)")
         }
         guard !input.reachable else { return (routing, nil, nil) }
         let outage = input.lastContactAt.map { input.now - $0 } ?? .seconds(1_000_000)

@@ -62,6 +62,10 @@ public actor ProxyHost {
     /// Leases whose TTL is being asked for: one request per lease, however many instances see it.
     var leaseLookups: Set<Int64> = []
     var fenceTimer: Task<Void, Never>?
+    /// Named lead masters seen to take writes, those the last plan waits for, and those being asked.
+    var writable: Set<String> = []
+    var unchecked: Set<String> = []
+    var writableChecks: Set<String> = []
     var latest: DCSSnapshot?
 
     /// - Parameter patroni: the session watching Patroni's namespace, and the namespace, when
@@ -186,7 +190,7 @@ public actor ProxyHost {
         let output = Planner.plan(Planner.Input(
             instances: instances, state: state, leaders: leaders, synced: synced, reachable: reachable, now: .now,
             lastContactAt: lastContactAt, leaseTTLs: leaseTTLs, descriptorLimit: descriptorLimit,
-            previous: running.compactMapValues(\.plan), observedAt: observedAt))
+            previous: running.compactMapValues(\.plan), observedAt: observedAt, writable: writable))
 
         for (name, (wanted, granted)) in output.lowered where lowered[name] != granted {
             running[name]?.logger.warning("max_client_conn lowered to what the process can hold",
@@ -194,6 +198,8 @@ public actor ProxyHost {
         }
         lowered = output.lowered.mapValues(\.granted)
         for lease in output.unknownLeases { lookUpLease(lease) }
+        unchecked = Set(output.uncheckedLeaders.keys)
+        for (key, url) in output.uncheckedLeaders { checkWritable(key, url: url) }
 
         for instance in instances {
             guard var r = running[instance.name], let plan = output.plans[instance.name] else { continue }

@@ -57,4 +57,16 @@ final class PatroniStateTests: XCTestCase {
         }
         XCTAssertEqual(PatroniState(snapshot: DCSSnapshot(revision: 1, values: values), namespace: "/service").locations, ["dc1"])
     }
+
+    func testTheRecordIsTakenAtItsWordOnlyWithoutAnAPIToAsk() {
+        let withAPI = state(["dc1/leader": "pg1", "dc1/members/pg1": pg1])
+        let check = withAPI.writability(of: "dc1")
+        XCTAssertEqual(check?.recordSaysPrimary, false, "Patroni writes role master before the promotion has finished")
+        XCTAssertEqual(check?.primaryCheckURL, "http://127.0.0.1:8008/patroni")
+        XCTAssertTrue(check?.key.hasPrefix("dc1|pg1|") == true)
+        let noAPI = state(["dc1/leader": "pg2", "dc1/members/pg2": pg2])
+        XCTAssertEqual(noAPI.writability(of: "dc1")?.recordSaysPrimary, true, "Patroni 4's primary, no api_url")
+        XCTAssertNil(noAPI.writability(of: "dc1")?.primaryCheckURL)
+        XCTAssertNil(state([:]).writability(of: "dc1"))
+    }
 }

@@ -50,13 +50,28 @@ final class PatroniTests: XCTestCase {
         let status = parseObject((try? control(dir.path + "/control.sock", Array("status p1\n".utf8)))?.first ?? "")
         XCTAssertEqual((status["leader"] as? [String: Any])?["name"] as? String, "pg1", "\(status)")
 
-        // 2. A switchover: the open session is cut with 57P01, new clients land on pg2.
+        // 2. A switchover: the open session is cut with 57P01, new clients land on pg2, and a
+        // writer that reconnects at once never reaches pg2 while it is still promoting.
         let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=disable")
         session.verboseErrors()
         XCTAssertEqual(try session.query("SELECT current_setting('port')"), "\(pg1)")
+        try session.query("CREATE TABLE writes (n int, port int DEFAULT current_setting('port')::int)")
+        let writer = Writer(conninfo: "host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=20 sslmode=disable")
+        let writing = Thread { writer.run() }
+        writing.start()
+        XCTAssertTrue(eventually(timeout: 10) { writer.counts.ok > 50 })
         try patroni.switchover(from: "pg1", to: "pg2")
         XCTAssertTrue(eventually(timeout: 30) { patroni.leader() == "pg2" && patroni.accepts(1, writes: true) })
         XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) == "\(pg2)" }, proxy.log)
+        let before = writer.counts.ok
+        XCTAssertTrue(eventually(timeout: 10) { writer.counts.ok > before + 50 }, "writes go on, on pg2")
+        writer.stop()
+        XCTAssertTrue(eventually(timeout: 25) { writer.stopped })
+        let (written, failures) = writer.counts
+        XCTAssertEqual(failures.filter { $0.contains("read-only") }, [], "no write reached pg2 while it was still promoting")
+        XCTAssertTrue(proxy.log.contains("not yet accepting writes") || proxy.log.contains("leader=\"pg2"), proxy.log)
+        let onPg2 = try PostgresServer.psql(host: "127.0.0.1", port: pg2, "SELECT count(*) FROM writes WHERE port = \(pg2)")
+        XCTAssertGreaterThan(Int(onPg2) ?? 0, 50, "\(written) written, \(failures.count) failed: \(failures.prefix(3))")
         let cut = await session.run("SELECT 1")
         guard case .failure(let error) = cut else { return XCTFail("the old session was cut") }
         XCTAssertTrue(error.description.contains("57P01"), "\(error)")
@@ -135,5 +150,36 @@ final class PatroniTests: XCTestCase {
         let promote = try harpctl("promote", "pg2")
         XCTAssertEqual(promote.status, 1)
         XCTAssertTrue(promote.output.contains("use patronictl switchover"), promote.output)
+    }
+}
+
+/// Inserts through the proxy as fast as it can, reconnecting at once when its connection is
+/// cut, as an application does; keeps every error's text.
+final class Writer: @unchecked Sendable {
+    let conninfo: String
+    private let lock = NSLock()
+    private var ok = 0
+    private var failures: [String] = []
+    private var stopping = false
+    private(set) var stopped = false
+
+    init(conninfo: String) { self.conninfo = conninfo }
+
+    var counts: (ok: Int, failures: [String]) { lock.withLock { (ok, failures) } }
+    func stop() { lock.withLock { stopping = true } }
+
+    func run() {
+        var session: PGSession?
+        while !lock.withLock({ stopping }) {
+            do {
+                if session == nil { session = try PGSession(conninfo) }
+                try session?.query("INSERT INTO writes (n) VALUES (1)")
+                lock.withLock { ok += 1 }
+            } catch {
+                lock.withLock { failures.append("\(Date().formatted(.iso8601.time(includingFractionalSeconds: true))) \(error)") }
+                session = nil
+            }
+        }
+        lock.withLock { stopped = true }
     }
 }

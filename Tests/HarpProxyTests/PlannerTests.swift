@@ -118,4 +118,42 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(out.lowered["a"]?.wanted, 5000)
         XCTAssertEqual(out.lowered["b"]?.granted, 1008)
     }
+
+    /// A source whose leader may still be promoting (Patroni's): held until seen to take writes.
+    struct Promoting: LeaderView {
+        var problems: [RecordProblem] = []
+        var locations: Set<String> = ["dc1"]
+        func leader(of location: String) -> LeaderResolution {
+            .leader(LeaderTarget(name: "pg2", address: .tcp(host: "10.0.0.2", port: 5432)))
+        }
+        func writability(of location: String) -> WritabilityCheck? {
+            WritabilityCheck(key: "dc1|pg2|7", recordSaysPrimary: false, primaryCheckURL: "http://10.0.0.2:8008/patroni")
+        }
+    }
+
+    func testANamedLeaderThatMayStillBePromotingIsHeldUntilItTakesWrites() {
+        var i = input([instance("p1", "dc1")], state([:]))
+        i.leaders = Promoting()
+        let held = Planner.plan(i)
+        XCTAssertNil(held.plans["p1"]?.routing.target)
+        XCTAssertEqual(held.plans["p1"]?.routing, .noLeader(reason: "lead master pg2 named, not yet accepting writes (still promoting)"))
+        XCTAssertEqual(held.uncheckedLeaders, ["dc1|pg2|7": "http://10.0.0.2:8008/patroni"])
+
+        i.writable = ["dc1|pg2|7"]
+        let released = Planner.plan(i)
+        XCTAssertEqual(released.plans["p1"]?.routing.target?.name, "pg2")
+        XCTAssertTrue(released.uncheckedLeaders.isEmpty)
+    }
+
+    func testPatronisAPIAnswerIsReadForTheRolePostgreSQLReports() {
+        let head = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
+        XCTAssertTrue(PatroniAPI.primary(inResponse: head + #"{"state": "running", "role": "master", "timeline": 2}"#))
+        XCTAssertTrue(PatroniAPI.primary(inResponse: head + #"{"state": "running", "role": "primary"}"#))
+        XCTAssertFalse(PatroniAPI.primary(inResponse: head + #"{"state": "running", "role": "replica"}"#), "still in recovery")
+        XCTAssertFalse(PatroniAPI.primary(inResponse: "HTTP/1.0 503 Service Unavailable\r\n\r\n" + #"{"state": "stopped", "role": "master"}"#))
+        XCTAssertFalse(PatroniAPI.primary(inResponse: head + "not json"))
+        XCTAssertEqual(PatroniAPI.parse("http://127.0.0.1:8008/patroni")?.port, "8008")
+        XCTAssertEqual(PatroniAPI.parse("http://[::1]:8008/patroni")?.host, "::1")
+        XCTAssertNil(PatroniAPI.parse("https://10.0.0.1:8008/patroni"))
+    }
 }
