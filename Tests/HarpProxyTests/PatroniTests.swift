@@ -108,6 +108,49 @@ final class PatroniTests: XCTestCase {
         XCTAssertTrue("\(refused)".contains("fenced"), "a new client reads why it is refused: \(refused)")
     }
 
+    /// Scenario 5: pgbouncer mode follows a Patroni switchover, and a transaction-pooled client
+    /// keeps its connection to PgBouncer: its next transaction runs on the new leader.
+    func testPgBouncerModeFollowsAPatroniSwitchoverAndKeepsTheClient() async throws {
+        let etcd = try EtcdCluster()
+        let patroni = try PatroniCluster(etcd: etcd)
+        defer { patroni.stop(); etcd.stop() }
+        let (pg1, pg2) = (patroni.members[0].pgPort, patroni.members[1].pgPort)
+        let dir = TemporaryDirectory("harp-pgb")
+        chmod(dir.path, 0o755)
+        let users = dir.write("users.txt", "\"postgres\" \"\"\n")
+        let port = freePort()
+        dir.write("config.yml", """
+            cluster: {name: harp}
+            dcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], leader_source: patroni}
+            control: {socket: \(dir.path)/control.sock}
+            proxy:
+              name: pgb
+              location: dc1
+              type: pgbouncer
+              listen_address: 127.0.0.1
+              listen_port: \(port)
+              database_name: postgres
+              auth_type: trust
+              auth_file: \(users)
+              pool_mode: transaction
+              session_transfer_mode: fast
+
+            """)
+        let proxy = try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
+                                    logDirectory: dir.path)
+        defer { proxy.stop() }
+        XCTAssertTrue(eventually(timeout: 20) { (try? serverPort(through: port, timeout: 3).get()) == "\(pg1)" }, proxy.log)
+        let client = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=disable")
+        XCTAssertEqual(try client.query("SELECT current_setting('port')"), "\(pg1)")
+
+        try patroni.switchover(from: "pg1", to: "pg2")
+        XCTAssertTrue(eventually(timeout: 30) { patroni.leader() == "pg2" && patroni.accepts(1, writes: true) })
+        XCTAssertTrue(eventually(timeout: 20) { (try? client.query("SELECT current_setting('port')")) == "\(pg2)" },
+                      "the same client connection, its next transaction on pg2:\n\(proxy.log)")
+        XCTAssertEqual(try client.query("SELECT pg_is_in_recovery()::text"), "false")
+        XCTAssertTrue(client.isOpen)
+    }
+
     /// Bad values in Patroni's keys: logged, treated as no leader, never a crash or a guess.
     func testAMalformedMemberRecordIsNoLeaderAndIsLogged() async throws {
         let etcd = try EtcdCluster()
