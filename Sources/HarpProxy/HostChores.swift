@@ -39,7 +39,7 @@ extension ProxyHost {
     }
 
     /// Asks a named lead master that may still be promoting whether it takes writes, every
-    /// 10 ms, until it does (the plan then routes to it), another is named, or its record says
+    /// 2 ms after each answer (an answer takes a few: Patroni asks PostgreSQL), until it does (the plan then routes to it), another is named, or its record says
     /// so. Without an API to ask, the record alone decides (Patroni's next loop).
     func checkWritable(_ key: String, url: String?) {
         guard writableChecks.insert(key).inserted else { return }
@@ -50,7 +50,7 @@ extension ProxyHost {
                     await self.leaderWritable(key)
                     return
                 }
-                try? await Task.sleep(for: .milliseconds(10))
+                try? await Task.sleep(for: .milliseconds(2))
             }
             await self.checkEnded(key)
         }

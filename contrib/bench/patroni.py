@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Time from a Patroni switchover to the first new client served by the new leader, through
+harp-proxy (leader_source: patroni) and through HAProxy with Patroni's REST checks, side by side.
+
+Per switchover: `patronictl switchover`; an etcd watcher (a process of its own) sees the leader key
+name the new member; a direct prober sees the new member leave recovery. Reference moment: the
+later of the two. For each proxy, a prober opens a new connection every few ms and runs
+`SELECT current_setting('port'), pg_is_in_recovery()`; its first answer from the new member, out of
+recovery, is the proxy's time. A writer through harp-proxy counts writes that failed as
+read-only (there must be none).
+Usage: patroni.py ETCD_PORT NAMESPACE SCOPE PATRONI_CONFIG MEMBERS SWITCHOVERS NAME=PORT ...
+  MEMBERS: pg1:PORT,pg2:PORT
+"""
+import base64, http.client, json, multiprocessing, socket, statistics, struct, subprocess, sys, time
+
+
+def recv_exact(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def query(port, sql, timeout=2):
+    """One new connection, one simple query; the first row's columns, or an exception."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        params = b"user\0postgres\0database\0postgres\0\0"
+        s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+        read_until_ready(s)
+        body = sql.encode() + b"\0"
+        s.sendall(b"Q" + struct.pack("!i", 4 + len(body)) + body)
+        return read_until_ready(s)
+    finally:
+        s.close()
+
+
+def read_until_ready(s):
+    row = None
+    while True:
+        head = recv_exact(s, 5)
+        kind, body = head[:1], recv_exact(s, struct.unpack("!i", head[1:])[0] - 4)
+        if kind == b"E":
+            raise ConnectionError(body.decode(errors="replace"))
+        if kind == b"D" and row is None:
+            n, at, row = struct.unpack("!h", body[:2])[0], 2, []
+            for _ in range(n):
+                size = struct.unpack("!i", body[at:at + 4])[0]
+                row.append(body[at + 4:at + 4 + size].decode() if size >= 0 else None)
+                at += 4 + max(size, 0)
+        if kind == b"Z":
+            return row
+
+
+def watch(etcd_port, key, pipe):
+    """Sends (time, value) for every write of `key` that names a member."""
+    conn = http.client.HTTPConnection("127.0.0.1", etcd_port, timeout=None)
+    body = json.dumps({"create_request": {"key": base64.b64encode(key.encode()).decode()}})
+    conn.request("POST", "/v3/watch", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    while True:
+        line = response.readline()
+        if not line:
+            return
+        result = json.loads(line).get("result", {})
+        if result.get("created"):
+            pipe.send("ready")
+        for event in result.get("events", []):
+            value = base64.b64decode(event.get("kv", {}).get("value", "")).decode()
+            if event.get("type", "PUT") == "PUT" and value:
+                pipe.send((time.monotonic(), value))
+
+
+def probe(port, want_port, deadline, pipe):
+    """The first moment a new connection through `port` is answered by `want_port`, out of recovery."""
+    while time.monotonic() < deadline:
+        try:
+            row = query(port, "SELECT current_setting('port'), pg_is_in_recovery()", timeout=1)
+            if row and int(row[0]) == want_port and row[1] == "f":
+                pipe.send(time.monotonic())
+                return
+        except Exception:
+            pass
+        time.sleep(0.002)
+    pipe.send(None)
+
+
+def writer(port, stop, result):
+    ok = readonly = other = 0
+    s = None
+    while not stop.is_set():
+        try:
+            if s is None:
+                s = socket.create_connection(("127.0.0.1", port), timeout=20)
+                params = b"user\0postgres\0database\0postgres\0\0"
+                s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+                read_until_ready(s)
+            body = b"INSERT INTO bench_writes VALUES (1)\0"
+            s.sendall(b"Q" + struct.pack("!i", 4 + len(body)) + body)
+            read_until_ready(s)
+            ok += 1
+        except ConnectionError as e:
+            if "read-only" in str(e):
+                readonly += 1
+            else:
+                other += 1
+            s = None
+        except OSError:
+            other += 1
+            s = None
+    result.put((ok, readonly, other))
+
+
+def summary(name, values):
+    if not values:
+        print(f"{name:<40} no figures")
+        return
+    values = sorted(values)
+    p99 = values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
+    print(f"{name:<40} min {values[0]:8.1f}  p50 {statistics.median(values):8.1f}  p99 {p99:8.1f}  max {values[-1]:8.1f}  ms  (n={len(values)})")
+
+
+def main():
+    etcd_port, namespace, scope, config = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    members = [(m.split(":")[0], int(m.split(":")[1])) for m in sys.argv[5].split(",")]
+    switchovers = int(sys.argv[6])
+    proxies = [(p.split("=")[0], int(p.split("=")[1])) for p in sys.argv[7:]]
+    key = f"{namespace}/{scope}/leader"
+    events, sent = multiprocessing.Pipe(duplex=False)
+    multiprocessing.Process(target=watch, args=(etcd_port, key, sent), daemon=True).start()
+    if not events.poll(5) or events.recv() != "ready":
+        raise SystemExit("no watch on the leader key")
+    query(members[0][1], "CREATE TABLE IF NOT EXISTS bench_writes (n int)")
+    stop, results = multiprocessing.Event(), multiprocessing.Queue()
+    harp_port = dict(proxies)["harp-proxy"]
+    write_process = multiprocessing.Process(target=writer, args=(harp_port, stop, results), daemon=True)
+    write_process.start()
+    times = {name: [] for name, _ in proxies}
+    for i in range(switchovers):
+        (old, _), (new, new_port) = members[i % 2], members[(i + 1) % 2]
+        deadline = time.monotonic() + 60
+        pipes = {}
+        for name, port in proxies + [("direct", new_port)]:
+            mine, theirs = multiprocessing.Pipe(duplex=False)
+            multiprocessing.Process(target=probe, args=(port, new_port, deadline, theirs), daemon=True).start()
+            pipes[name] = mine
+        while events.poll(0):
+            events.recv()
+        done = subprocess.run(["patronictl", "-c", config, "switchover", "--leader", old, "--candidate", new, "--force", scope],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"switchover {i + 1} failed: {done.stdout}{done.stderr}")
+        named = None
+        while named is None and time.monotonic() < deadline:
+            if events.poll(1):
+                at, value = events.recv()
+                if value.strip() == new:
+                    named = at
+        writable = pipes["direct"].recv()
+        if named is None or writable is None:
+            raise SystemExit(f"switchover {i + 1}: the key named {new} at {named}, writable at {writable}")
+        reference = max(named, writable)
+        line = [f"switchover {i + 1:2d} {old}->{new}: writable {1000 * (writable - named):+7.1f} ms after the key"]
+        for name, _ in proxies:
+            served = pipes[name].recv()
+            if served is not None:
+                times[name].append(1000 * (served - reference))
+                line.append(f"{name} {1000 * (served - reference):8.1f}")
+            else:
+                line.append(f"{name} timeout")
+        print("  " + "  ".join(line), flush=True)
+        time.sleep(2)  # let Patroni settle the old leader as a replica
+    stop.set()
+    ok, readonly, other = results.get(timeout=30)
+    print()
+    print(f"{switchovers} switchovers; from the later of: the key naming the new leader, the new leader accepting writes")
+    for name, _ in proxies:
+        summary(f"first new client served, {name}", times[name])
+    print(f"writer through harp-proxy: {ok} writes, {readonly} failed as read-only, {other} failed otherwise (a cut connection)")
+
+
+if __name__ == "__main__":
+    main()

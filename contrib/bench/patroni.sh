@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Following a Patroni switchover: harp-proxy (leader_source: patroni) against HAProxy with
+# Patroni's REST checks (option httpchk GET /primary, on-marked-down shutdown-sessions), with
+# Patroni's template timing (inter 3s fall 3 rise 2) and an aggressive one (inter 1s fall 1
+# rise 1), side by side in one run. Real etcd, two PostgreSQL 15 members under Debian's Patroni.
+# Times run from the later of: the leader key naming the new member (an etcd watcher sees it),
+# and that member accepting writes; to the first new client it serves through each proxy.
+#   contrib/bench/patroni.sh [SWITCHOVERS]      (default 20)
+source "$(dirname "$0")/../lib.sh"
+switchovers=${1:-20}
+command -v haproxy >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq haproxy >/dev/null; }
+command -v patroni >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq patroni >/dev/null; }
+python=/usr/bin/python3   # Debian's, beside patroni's own modules
+start_etcd
+
+# member NAME PG_PORT API_PORT: a Patroni member's folder and config, as the test fixture writes it.
+member() {
+  local dir="$work/$1"
+  mkdir -p "$dir/sock"
+  cat >"$dir/patroni.yml" <<YAML
+scope: dc1
+namespace: /service
+name: $1
+restapi: {listen: 127.0.0.1:$3, connect_address: 127.0.0.1:$3}
+etcd3: {hosts: 127.0.0.1:$etcd_port}
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 1
+    retry_timeout: 3
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: true
+      parameters: {wal_retrieve_retry_interval: 500ms, fsync: 'off'}
+  initdb: [{encoding: UTF8}, no-sync]
+postgresql:
+  listen: 127.0.0.1:$2
+  connect_address: 127.0.0.1:$2
+  data_dir: $dir/data
+  bin_dir: $pgbin
+  pgpass: $dir/pgpass
+  use_pg_rewind: true
+  authentication:
+    superuser: {username: postgres, password: postgres}
+    replication: {username: postgres, password: postgres}
+    rewind: {username: postgres, password: postgres}
+  parameters: {unix_socket_directories: $dir/sock, fsync: 'off', max_connections: 200}
+  pg_hba: [local all all trust, host all all 127.0.0.1/32 trust, host replication all 127.0.0.1/32 trust]
+  basebackup: [{checkpoint: fast}]
+watchdog: {mode: 'off'}
+YAML
+  [ "$(id -u)" -eq 0 ] && chown -R postgres: "$dir"
+  datadirs+=("$dir/data")
+  if [ "$(id -u)" -eq 0 ]; then
+    setpriv --reuid=postgres --regid=postgres --init-groups --reset-env /usr/bin/patroni "$dir/patroni.yml" >"$work/$1.log" 2>&1 &
+  else
+    patroni "$dir/patroni.yml" >"$work/$1.log" 2>&1 &
+  fi
+  pids+=($!)
+}
+
+pg1=$(free_port 25432); pg2=$(free_port $(( pg1 + 1 ))); api1=$(free_port 28008); api2=$(free_port $(( api1 + 1 )))
+member pg1 "$pg1" "$api1"
+for _ in $(seq 300); do [ "$("$pgbin/psql" -h 127.0.0.1 -p "$pg1" -U postgres -Atc 'select pg_is_in_recovery()' 2>/dev/null)" = f ] && break; sleep 0.2; done
+member pg2 "$pg2" "$api2"
+for _ in $(seq 300); do [ "$("$pgbin/psql" -h 127.0.0.1 -p "$pg2" -U postgres -Atc 'select status from pg_stat_wal_receiver' 2>/dev/null)" = streaming ] && break; sleep 0.2; done
+echo "== Patroni: pg1 on $pg1 leading, pg2 on $pg2 streaming" >&2
+
+harp_port=$(free_port 26432)
+cat >"$work/config.yml" <<YAML
+cluster: {name: bench}
+dcs: {driver: etcd, endpoints: [127.0.0.1:$etcd_port], leader_source: patroni}
+control: {socket: $work/control.sock}
+log_level: ${HARP_LOG_LEVEL:-warning}
+proxy: {name: bench, location: dc1, listen_address: 127.0.0.1, listen_port: $harp_port, max_client_conn: 1000, hold_timeout: 30s}
+YAML
+"$bin/harp-proxy" -f "$work/config.yml" >"$work/harp-proxy.log" 2>&1 &
+harp_pid=$!
+pids+=($harp_pid)
+
+template=$(free_port $(( harp_port + 1 ))); fast=$(free_port $(( template + 1 )))
+cat >"$work/haproxy.cfg" <<CFG
+global
+  maxconn 2000
+defaults
+  mode tcp
+  timeout connect 1s
+  timeout client 1h
+  timeout server 1h
+listen template
+  bind 127.0.0.1:$template
+  option httpchk GET /primary
+  http-check expect status 200
+  default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions
+  server pg1 127.0.0.1:$pg1 maxconn 500 check port $api1
+  server pg2 127.0.0.1:$pg2 maxconn 500 check port $api2
+listen fast
+  bind 127.0.0.1:$fast
+  option httpchk GET /primary
+  http-check expect status 200
+  default-server inter 1s fall 1 rise 1 on-marked-down shutdown-sessions
+  server pg1 127.0.0.1:$pg1 maxconn 500 check port $api1
+  server pg2 127.0.0.1:$pg2 maxconn 500 check port $api2
+CFG
+haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+pids+=($!)
+for port in $harp_port $template $fast; do
+  for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
+done
+sleep 7   # HAProxy's template timing needs two good checks before it sends anyone to pg1
+
+echo "== $switchovers switchovers (patronictl switchover --force), $(nproc) cores, haproxy $(haproxy -v | awk 'NR==1 {print $3}')"
+"$python" contrib/bench/patroni.py "$etcd_port" /service dc1 "$work/pg1/patroni.yml" "pg1:$pg1,pg2:$pg2" "$switchovers" \
+  "harp-proxy=$harp_port" "haproxy-3s=$template" "haproxy-1s=$fast"
