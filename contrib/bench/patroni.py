@@ -11,21 +11,14 @@ read-only (there must be none).
 Usage: patroni.py ETCD_PORT NAMESPACE SCOPE PATRONI_CONFIG MEMBERS SWITCHOVERS NAME=PORT ...
   MEMBERS: pg1:PORT,pg2:PORT
 """
-import base64, http.client, json, multiprocessing, socket, statistics, struct, subprocess, sys, time
+import multiprocessing, os, socket, struct, subprocess, sys, time
 
-
-def recv_exact(s, n):
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reaction import read_until_ready, summary, watch  # noqa: E402
 
 
 def query(port, sql, timeout=2):
-    """One new connection, one simple query; the first row's columns, or an exception."""
+    """One new connection, one simple query: the first column of each row, or an exception."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         params = b"user\0postgres\0database\0postgres\0\0"
@@ -38,48 +31,12 @@ def query(port, sql, timeout=2):
         s.close()
 
 
-def read_until_ready(s):
-    row = None
-    while True:
-        head = recv_exact(s, 5)
-        kind, body = head[:1], recv_exact(s, struct.unpack("!i", head[1:])[0] - 4)
-        if kind == b"E":
-            raise ConnectionError(body.decode(errors="replace"))
-        if kind == b"D" and row is None:
-            n, at, row = struct.unpack("!h", body[:2])[0], 2, []
-            for _ in range(n):
-                size = struct.unpack("!i", body[at:at + 4])[0]
-                row.append(body[at + 4:at + 4 + size].decode() if size >= 0 else None)
-                at += 4 + max(size, 0)
-        if kind == b"Z":
-            return row
-
-
-def watch(etcd_port, key, pipe):
-    """Sends (time, value) for every write of `key` that names a member."""
-    conn = http.client.HTTPConnection("127.0.0.1", etcd_port, timeout=None)
-    body = json.dumps({"create_request": {"key": base64.b64encode(key.encode()).decode()}})
-    conn.request("POST", "/v3/watch", body=body, headers={"Content-Type": "application/json"})
-    response = conn.getresponse()
-    while True:
-        line = response.readline()
-        if not line:
-            return
-        result = json.loads(line).get("result", {})
-        if result.get("created"):
-            pipe.send("ready")
-        for event in result.get("events", []):
-            value = base64.b64decode(event.get("kv", {}).get("value", "")).decode()
-            if event.get("type", "PUT") == "PUT" and value:
-                pipe.send((time.monotonic(), value))
-
-
 def probe(port, want_port, deadline, pipe):
     """The first moment a new connection through `port` is answered by `want_port`, out of recovery."""
     while time.monotonic() < deadline:
         try:
-            row = query(port, "SELECT current_setting('port'), pg_is_in_recovery()", timeout=1)
-            if row and int(row[0]) == want_port and row[1] == "f":
+            rows = query(port, "SELECT current_setting('port') || ' ' || pg_is_in_recovery()", timeout=1)
+            if rows and rows[0] == f"{want_port} false":
                 pipe.send(time.monotonic())
                 return
         except Exception:
@@ -114,15 +71,6 @@ def writer(port, stop, result):
     result.put((ok, readonly, other))
 
 
-def summary(name, values):
-    if not values:
-        print(f"{name:<40} no figures")
-        return
-    values = sorted(values)
-    p99 = values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
-    print(f"{name:<40} min {values[0]:8.1f}  p50 {statistics.median(values):8.1f}  p99 {p99:8.1f}  max {values[-1]:8.1f}  ms  (n={len(values)})")
-
-
 def main():
     etcd_port, namespace, scope, config = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     members = [(m.split(":")[0], int(m.split(":")[1])) for m in sys.argv[5].split(",")]
@@ -130,7 +78,7 @@ def main():
     proxies = [(p.split("=")[0], int(p.split("=")[1])) for p in sys.argv[7:]]
     key = f"{namespace}/{scope}/leader"
     events, sent = multiprocessing.Pipe(duplex=False)
-    multiprocessing.Process(target=watch, args=(etcd_port, key, sent), daemon=True).start()
+    multiprocessing.Process(target=watch, args=(etcd_port, key, sent, True), daemon=True).start()
     if not events.poll(5) or events.recv() != "ready":
         raise SystemExit("no watch on the leader key")
     query(members[0][1], "CREATE TABLE IF NOT EXISTS bench_writes (n int)")
@@ -178,7 +126,10 @@ def main():
     print()
     print(f"{switchovers} switchovers; from the later of: the key naming the new leader, the new leader accepting writes")
     for name, _ in proxies:
-        summary(f"first new client served, {name}", times[name])
+        if times[name]:
+            summary(f"first served, {name}", times[name])
+        else:
+            print(f"first served, {name}: no figures")
     print(f"writer through harp-proxy: {ok} writes, {readonly} failed as read-only, {other} failed otherwise (a cut connection)")
 
 

@@ -65,8 +65,9 @@ def put(etcd_port, key, value):
     urllib.request.urlopen(req, timeout=5).read()
 
 
-def watch(etcd_port, key, pipe):
-    """Sends the arrival time of every change of `key`, seen through a gateway watch stream.
+def watch(etcd_port, key, pipe, values=False):
+    """Sends the arrival time of every change of `key`, seen through a gateway watch stream; with
+    `values`, (time, value) for every write that gives it a value.
 
     A process of its own: a thread of this one would wait for the interpreter lock (up to 5 ms)
     whenever the main thread runs, and its times would be late by that much."""
@@ -81,8 +82,13 @@ def watch(etcd_port, key, pipe):
         result = json.loads(line).get("result", {})
         if result.get("created"):
             pipe.send("ready")
-        for _ in result.get("events", []):
-            pipe.send(time.monotonic())
+        for event in result.get("events", []):
+            if not values:
+                pipe.send(time.monotonic())
+                continue
+            value = base64.b64decode(event.get("kv", {}).get("value", "")).decode()
+            if event.get("type", "PUT") == "PUT" and value:
+                pipe.send((time.monotonic(), value))
 
 
 def summary(name, values):
