@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Data-path cost: pgbench -S (select-only, 16 clients, 2 threads) directly, through HAProxy 2.6 in
-# mode tcp, and through harp-proxy's builtin mode, in alternating rounds on loopback.
+# mode tcp, and through harp-proxy's builtin mode, in alternating rounds on loopback. Per round and
+# target: tps, the proxy's CPU per transaction (user + system of its process / transactions), and
+# the 1-client latency (pgbench -S -c 1); medians and spread (min to max) at the end.
 #   contrib/bench/throughput.sh            3 rounds of 10 s each
 #   ROUNDS=5 SECONDS_PER_RUN=20 contrib/bench/throughput.sh
 #   RELAY=1 contrib/bench/throughput.sh    also a minimal C relay (relay.c): the floor of any
@@ -56,10 +58,15 @@ run() { # run PORT -> tps
   "$pgbin/pgbench" -S -c 16 -j 2 -T "$duration" -n -h 127.0.0.1 -p "$1" -U postgres postgres 2>/dev/null \
     | awk '/^tps = / { print $3; exit }'
 }
+latency() { # latency PORT -> average ms of one client
+  "$pgbin/pgbench" -S -c 1 -j 1 -T "$latency_seconds" -n -h 127.0.0.1 -p "$1" -U postgres postgres 2>/dev/null \
+    | awk '/^latency average = / { print $4; exit }'
+}
+latency_seconds=${LATENCY_SECONDS:-4}
 ticks() { awk '{ print $14 + $15, $14, $15 }' "/proc/$1/stat"; }  # user+system, user, system (1/100 s)
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-declare -A results cpu
+declare -A results cpu cpus latencies
 echo "== $rounds rounds of ${duration}s: pgbench -S -c 16 -j 2 (haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nproc) cores)"
 for round in $(seq "$rounds"); do
   for target in $targets; do
@@ -75,10 +82,16 @@ for round in $(seq "$rounds"); do
     if [ -n "$pid" ]; then
       read -r t1 u1 s1 < <(ticks "$pid")
       per=$(awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v n="$tps" -v d="$duration" 'BEGIN { printf "%.1f us user + %.1f us system", u / 100 / (n * d) * 1e6, s / 100 / (n * d) * 1e6 }')
+      total=$(awk -v t=$((t1 - t0)) -v n="$tps" -v d="$duration" 'BEGIN { printf "%.1f", t / 100 / (n * d) * 1e6 }')
       cpu[$target]="$per"
-      printf '  round %d  %-10s %10.0f tps   proxy CPU per transaction: %s\n' "$round" "$target" "$tps" "$per"
+      cpus[$target]+="$total "
+    fi
+    ms=$(latency "$port")
+    latencies[$target]+="$ms "
+    if [ -n "$pid" ]; then
+      printf '  round %d  %-10s %10.0f tps   1-client latency %.3f ms   proxy CPU per transaction: %s\n' "$round" "$target" "$tps" "$ms" "$per"
     else
-      printf '  round %d  %-10s %10.0f tps\n' "$round" "$target" "$tps"
+      printf '  round %d  %-10s %10.0f tps   1-client latency %.3f ms\n' "$round" "$target" "$tps" "$ms"
     fi
   done
 done
@@ -89,9 +102,17 @@ harp=$(echo ${results[harp-proxy]} | tr ' ' '\n' | median)
 echo
 printf 'median tps: direct %.0f  haproxy %.0f  harp-proxy %.0f\n' "$direct" "$haproxy" "$harp"
 awk -v h="$harp" -v x="$haproxy" -v d="$direct" 'BEGIN { printf "harp-proxy / haproxy: %.2f   haproxy / direct = %.2f   harp-proxy / direct: %.2f\n", h / x, x / d, h / d }'
-echo "proxy CPU per transaction, last round: haproxy ${cpu[haproxy]}; harp-proxy ${cpu[harp-proxy]}"
+spread() { tr ' ' '\n' | grep . | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s to %s", lo, hi }'; }
+cpu_x=$(echo ${cpus[haproxy]} | tr ' ' '\n' | median); cpu_h=$(echo ${cpus[harp-proxy]} | tr ' ' '\n' | median)
+lat_x=$(echo ${latencies[haproxy]} | tr ' ' '\n' | median); lat_h=$(echo ${latencies[harp-proxy]} | tr ' ' '\n' | median)
+printf 'proxy CPU per transaction (user + system), median: haproxy %.1f us (%s)  harp-proxy %.1f us (%s)  ratio %.2f\n' \
+  "$cpu_x" "$(echo ${cpus[haproxy]} | spread)" "$cpu_h" "$(echo ${cpus[harp-proxy]} | spread)" "$(awk -v h="$cpu_h" -v x="$cpu_x" 'BEGIN { print h / x }')"
+printf '1-client latency, median: direct %.3f ms  haproxy %.3f ms (%s)  harp-proxy %.3f ms (%s)  ratio %.2f\n' \
+  "$(echo ${latencies[direct]} | tr ' ' '\n' | median)" "$lat_x" "$(echo ${latencies[haproxy]} | spread)" "$lat_h" "$(echo ${latencies[harp-proxy]} | spread)" \
+  "$(awk -v h="$lat_h" -v x="$lat_x" 'BEGIN { print h / x }')"
+printf 'tps spread: haproxy %s  harp-proxy %s\n' "$(echo ${results[haproxy]} | spread)" "$(echo ${results[harp-proxy]} | spread)"
 if [ "${RELAY:-0}" = 1 ]; then
   relay=$(echo ${results[relay]} | tr ' ' '\n' | median)
   awk -v r="$relay" -v x="$haproxy" -v h="$harp" 'BEGIN { printf "minimal C relay (relay.c) %.0f tps: %.2f x haproxy; harp-proxy userspace / relay = %.2f\n", r, r / x, h / r }'
-  echo "relay CPU per transaction, last round: ${cpu[relay]}"
+  echo "relay CPU per transaction (user + system), median: $(echo ${cpus[relay]} | tr ' ' '\n' | median) us"
 fi
