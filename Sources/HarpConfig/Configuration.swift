@@ -158,9 +158,8 @@ public struct InstanceConfiguration: Sendable {
     public var name: String
     /// The location whose lead master the instance follows; nil when no file says, and the
     /// instance takes the only location the DCS holds (HARP's minimal example has none).
-    public var location: String? {
-        didSet { locationSource = location == nil ? .dcs : .stanza }
-    }
+    public private(set) var location: String?
+    /// Where `location` was given; set with it, never apart.
     public private(set) var locationSource: LocationSource
     public var logLevel: LogLevel?
     public var pgbouncerBinDir: String?

@@ -38,6 +38,12 @@ final class HarpWayConfigurationTests: XCTestCase {
         try harpctl(dir, "apply", dir.file("boot-\(node).yml"))
     }
 
+    /// config.yml's cluster, dcs and control stanzas for `cluster` on `etcd`, its socket in `dir`.
+    func stanzas(_ cluster: String, _ etcd: EtcdCluster, _ dir: TemporaryDirectory) -> String {
+        "cluster: {name: \(cluster)}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
+            + "control: {socket: \(dir.path)/run/control.sock}\n"
+    }
+
     /// harp-proxy with `dir`'s config.yml, in an environment without PGUSER and friends.
     func startProxy(_ dir: TemporaryDirectory, environment: [String: String]? = nil) throws -> TestProcess {
         var plain = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("PG") }
@@ -114,8 +120,7 @@ final class HarpWayConfigurationTests: XCTestCase {
     func testNoLocationWaitsForTheFirstOneThatAppears() async throws {
         let etcd = try EtcdCluster()
         let dir = TemporaryDirectory()
-        dir.write("config.yml", "cluster: {name: w}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
-                  + "control: {socket: \(dir.path)/run/control.sock}\nproxy: {name: p, listen_address: 127.0.0.1}\n")
+        dir.write("config.yml", stanzas("w", etcd, dir) + "proxy: {name: p, listen_address: 127.0.0.1}\n")
         let port = freePort()
         try harpctl(dir, "set", "proxy", "p", "listen_port=\(port)", "hold_timeout=300ms")
         let proxy = try startProxy(dir)
@@ -135,8 +140,7 @@ final class HarpWayConfigurationTests: XCTestCase {
     func testSeveralLocationsAndNoneConfiguredStaysDownUntilTheTopLevelLocationIsSet() async throws {
         let etcd = try EtcdCluster()
         let dir = TemporaryDirectory()
-        let header = "cluster: {name: s}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
-            + "control: {socket: \(dir.path)/run/control.sock}\n"
+        let header = stanzas("s", etcd, dir)
         dir.write("config.yml", header)
         let port = freePort()
         dir.write("conf.d/p.yml", "proxy:\n  name: p\n  listen_address: 127.0.0.1\n  listen_port: \(port)\n  hold_timeout: 300ms\n")
@@ -175,8 +179,7 @@ final class HarpWayConfigurationTests: XCTestCase {
     func testPortsFromTheDCSAndAClashAtRunTimeStayWithTheirInstance() async throws {
         let etcd = try EtcdCluster()
         let dir = TemporaryDirectory()
-        dir.write("config.yml", "cluster: {name: ports}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
-                  + "control: {socket: \(dir.path)/run/control.sock}\nproxy:\n  name: p1\n  location: dc1\n")
+        dir.write("config.yml", stanzas("ports", etcd, dir) + "proxy:\n  name: p1\n  location: dc1\n")
         dir.write("conf.d/p2.yml", "proxy:\n  name: p2\n  location: dc1\n")
         try addNode(dir, cluster: "ports", "node1", "dc1", on: Self.pg1)
         try harpctl(dir, "promote", "node1")
@@ -242,8 +245,7 @@ final class HarpWayConfigurationTests: XCTestCase {
         let dir = TemporaryDirectory()
         // Neither file sets a port, and the DCS sets none either: both want the default.
         let port = freePort()
-        dir.write("config.yml", "cluster: {name: dflt}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
-                  + "control: {socket: \(dir.path)/run/control.sock}\nproxy: {name: p1, location: dc1}\n")
+        dir.write("config.yml", stanzas("dflt", etcd, dir) + "proxy: {name: p1, location: dc1}\n")
         dir.write("conf.d/p2.yml", "proxy: {name: p2, location: dc1}\n")
         try addNode(dir, cluster: "dflt", "node1", "dc1", on: Self.pg1)
         try harpctl(dir, "promote", "node1")
@@ -269,8 +271,7 @@ final class HarpWayConfigurationTests: XCTestCase {
         let etcd = try EtcdCluster()
         let dir = TemporaryDirectory()
         let (port, http) = (freePort(), freePort())
-        dir.write("config.yml", "cluster: {name: r}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
-                  + "control: {socket: \(dir.path)/run/control.sock}\nhttp: {enable: true, host: 127.0.0.1, port: \(http)}\n"
+        dir.write("config.yml", stanzas("r", etcd, dir) + "http: {enable: true, host: 127.0.0.1, port: \(http)}\n"
                   + "proxy: {name: p, location: dc1, listen_address: 127.0.0.1, listen_port: \(port), timeout: 1s}\n")
         try addNode(dir, cluster: "r", "node1", "dc1", on: Self.pg1)
         try harpctl(dir, "promote", "node1")
