@@ -360,6 +360,24 @@ final class DaemonTests: XCTestCase {
         proxy.stop()
     }
 
+    /// config.yml given by a relative path, its control socket by a bare file name: the socket is
+    /// made beside config.yml (relative paths are config.yml's folder's), and it answers.
+    func testAControlSocketNamedByABareFileNameOpens() async throws {
+        let etcd = try await cluster()
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port))
+        dir.write("config.yml", "cluster: {name: d}\ndcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]}\n"
+                  + "control: {socket: ./control.sock}\n")
+        let proxy = try TestProcess(name: "harp-proxy", executable: "/bin/sh",
+                                    arguments: ["-c", "cd \(dir.path) && exec \(builtExecutable("harp-proxy")) -f config.yml"], logDirectory: dir.path)
+        defer { proxy.stop() }
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) != nil }, proxy.log)
+        XCTAssertFalse(proxy.log.contains("control socket unavailable"), proxy.log)
+        let replies = try control(dir.file("control.sock"), Array("status a\n".utf8))
+        XCTAssertEqual(replies.first.map(parseObject)?["name"] as? String, "a", "\(replies)\n\(proxy.log)")
+    }
+
     func testHealthEndpointsOverHTTPS() async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
