@@ -32,6 +32,7 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         // posix_spawn's closefrom action (glibc 2.34+), so that children inherit no descriptor of ours.
+        .target(name: "CRelay"),
         .target(name: "CSpawn"),
 
         .target(name: "HarpConfig", dependencies: ["CYAML", "COpenSSL"]),
@@ -44,7 +45,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "HarpProxy", dependencies: [
-            "HarpConfig", "HarpDCS", "HarpCluster", "CLibPQ", "CSpawn",
+            "HarpConfig", "HarpDCS", "HarpCluster", "CLibPQ", "CSpawn", "CRelay",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),

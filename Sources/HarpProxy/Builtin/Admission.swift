@@ -145,7 +145,8 @@ extension BuiltinMode {
     }
 
     func remove(_ id: ObjectIdentifier, closing channel: any Channel) {
-        guard let entry = dropClient(id) else { return }
+        // A joined session's entry ends with the session, not with NIO's channel.
+        guard clients[id]?.session == nil, let entry = dropClient(id) else { return }
         if let waiter = entry.waiter {
             waiter.timeout.cancel()
             waiter.promise.fail(Refusal.shuttingDown)

@@ -48,6 +48,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         /// nil while the client waits for a lead master.
         var target: LeaderTarget?
         var server: (any Channel)?
+        /// The lead master `server` is connected to.
+        var serverTarget: LeaderTarget?
+        /// Once joined: the session, which ends the entry when it closes.
+        var session: (any DataPathSession)?
         var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?
 
         init(channel: any Channel) { self.channel = channel }
@@ -84,7 +88,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
 
     convenience init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger) {
         let traffic = Traffic()
-        self.init(instance: instance, group: group, loop: loop, logger: logger, traffic: traffic, dataPath: GlueDataPath(traffic: traffic))
+        self.init(instance: instance, group: group, loop: loop, logger: logger, traffic: traffic, dataPath: RelayDataPath(traffic: traffic, logger: logger))
     }
 
     /// - Parameter dataPath: how sessions' bytes pass; counts them in `traffic`.

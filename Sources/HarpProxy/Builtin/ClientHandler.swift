@@ -211,10 +211,12 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Joins the client to the lead master through the mode's data path, the kept bytes first,
-    /// and leaves the pipeline.
+    /// and leaves the pipeline. The mode records the session before it starts: the relay closes
+    /// NIO's channels then, and their closing must find the session recorded.
     private func handOver(context: ChannelHandlerContext, to server: any Channel) {
+        let session: any DataPathSession
         do {
-            try mode.dataPath.join(client: context.channel, server: server, kept: buffer)
+            session = try mode.dataPath.join(client: context.channel, server: server, kept: buffer)
         } catch {
             server.close(promise: nil)
             context.close(promise: nil)
@@ -223,6 +225,8 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         state = .handedOver
         buffer = nil
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        mode.joined(context.channel, session)
+        session.start()
     }
 
     // MARK: - Refuse

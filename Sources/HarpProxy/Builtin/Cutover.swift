@@ -14,12 +14,18 @@ extension BuiltinMode {
         var closed: [EventLoopFuture<Void>] = []
         var restarting: [EventLoopFuture<ClientHandler.Restart>] = []
         var byLoop: [ObjectIdentifier: (loop: any EventLoop, clients: [any Channel], servers: [any Channel])] = [:]
+        var sessions: [any DataPathSession] = []
         for entry in clients.values where entry.target != nil {
             if entry.server == nil {
                 restarting.append(startAgain(entry))
                 continue
             }
             entry.target = nil
+            if let session = entry.session {
+                sessions.append(session)
+                closed.append(session.closed)
+                continue
+            }
             let loop = entry.channel.eventLoop
             byLoop[ObjectIdentifier(loop), default: (loop, [], [])].clients.append(entry.channel)
             closed.append(entry.channel.closeFuture)
@@ -31,6 +37,7 @@ extension BuiltinMode {
         // One task per event loop, its clients first, then its lead-master sides. The other
         // loops' tasks go out first, so that their threads wake while this one does its share.
         let error = cutMessage(from: previous, to: next)
+        for session in sessions { session.cut(with: error) }
         var own: (clients: [any Channel], servers: [any Channel])?
         for (loop, clients, servers) in byLoop.values {
             if loop.inEventLoop {
@@ -48,7 +55,7 @@ extension BuiltinMode {
         }
         guard previous != nil else { return }
         let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
-        let attached = byLoop.values.reduce(0) { $0 + $1.clients.count }
+        let attached = byLoop.values.reduce(0) { $0 + $1.clients.count } + sessions.count
         let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
         let restartingCount = restarting.count
         EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
@@ -96,6 +103,25 @@ extension BuiltinMode {
         }
     }
 
+    /// Called on the client's loop once the session is joined, before it starts: the entry
+    /// keeps it, and ends when it closes. A session whose lead master moved, or whose client
+    /// was cut meanwhile (`closeConnections` found it attached, not yet recorded), is cut here.
+    func joined(_ client: any Channel, _ session: any DataPathSession) {
+        let id = ObjectIdentifier(client)
+        loop.execute {
+            guard let entry = self.clients[id] else {
+                session.cut(with: self.cutMessage(from: self.target, to: nil))
+                return
+            }
+            entry.session = session
+            session.closed.whenComplete { _ in self.loop.execute { self.dropClient(id) } }
+            guard !self.stopped, let target = entry.target, target.sameRoute(as: self.target) else {
+                session.cut(with: self.cutMessage(from: entry.serverTarget, to: self.target))
+                return
+            }
+        }
+    }
+
     /// Called on the client's loop once the connection to `target` is up: false if the lead
     /// master moved meanwhile, and the caller must close both sides rather than pass a byte. A
     /// move after this check closes both: `loop` closes the client (whose glue closes the
@@ -113,6 +139,7 @@ extension BuiltinMode {
                 return
             }
             entry.server = server
+            entry.serverTarget = target
         }
         return true
     }
@@ -131,6 +158,11 @@ extension BuiltinMode {
                 entry.waiter = nil
                 waiter.timeout.cancel()
                 waiter.promise.fail(Refusal.shuttingDown)
+            }
+            if let session = entry.session {
+                session.cut(with: stopping)
+                closing.append(session.closed)
+                continue
             }
             // The lead-master side only after the client's cut, on the client's loop: closed
             // first, it would have the glue close the client before the message is written.

@@ -33,68 +33,76 @@ final class SessionFraming {
     /// Bytes from the client, before they are passed on.
     func clientSent(_ buffer: ByteBuffer) {
         guard !clientStarted else { return }
-        buffer.withUnsafeReadableBytes { bytes in
-            var i = 0
-            while i < bytes.count, !clientStarted {
-                while clientHeaderBytes < 8, i < bytes.count {
-                    clientHeader = clientHeader << 8 | UInt64(bytes[i])
-                    clientHeaderBytes += 1
-                    i += 1
-                }
-                guard clientHeaderBytes == 8 else { return }
-                let length = Int(Int32(truncatingIfNeeded: clientHeader >> 32))
-                let code = Int32(truncatingIfNeeded: clientHeader)
-                clientHeader = 0
-                clientHeaderBytes = 0
-                if length == 8, code == PostgresWire.sslRequestCode || code == PostgresWire.gssEncRequestCode {
-                    answersDue += 1  // 8 bytes: the next packet follows at once
-                    continue
-                }
-                clientStarted = true
-                // A startup message of protocol 3: the lead master answers in messages from
-                // here on. A CancelRequest (answered with nothing), a TLS ClientHello sent
-                // directly (PostgreSQL 17's sslnegotiation=direct) or anything else: opaque.
-                let startup = length > 8 && length <= PostgresWire.maximumStartupLength && code >> 16 == 3
-                if !startup { opaque = true }
-            }
-        }
+        buffer.withUnsafeReadableBytes { clientSent($0) }
     }
 
     /// Bytes from the lead master, before they are passed on.
     func serverSent(_ buffer: ByteBuffer) {
         guard !opaque else { return }
-        buffer.withUnsafeReadableBytes { bytes in
-            var i = 0
-            while i < bytes.count, !opaque {
-                if serverSkip > 0 {
-                    let n = min(serverSkip, bytes.count - i)
-                    serverSkip -= n
-                    i += n
-                    continue
-                }
-                if answersDue > 0, serverHeaderBytes == 0 {
-                    answersDue -= 1
-                    // 'N': no encryption, the client goes on in plain text. 'S' or 'G': what
-                    // follows is encrypted. Anything else is not worth guessing about.
-                    if bytes[i] != UInt8(ascii: "N") { opaque = true }
-                    i += 1
-                    continue
-                }
-                while serverHeaderBytes < 5, i < bytes.count {
-                    serverHeader = serverHeader << 8 | UInt64(bytes[i])
-                    serverHeaderBytes += 1
-                    i += 1
-                }
-                guard serverHeaderBytes == 5 else { return }
-                let length = Int(Int32(truncatingIfNeeded: serverHeader))
-                serverHeader = 0
-                serverHeaderBytes = 0
-                guard length >= 4 else {
-                    opaque = true
-                    return
-                }
-                serverSkip = length - 4
+        buffer.withUnsafeReadableBytes { serverSent($0) }
+    }
+
+    /// Bytes from the client, before they are passed on.
+    func clientSent(_ bytes: UnsafeRawBufferPointer) {
+        guard !clientStarted else { return }
+        var i = 0
+        while i < bytes.count, !clientStarted {
+            while clientHeaderBytes < 8, i < bytes.count {
+                clientHeader = clientHeader << 8 | UInt64(bytes[i])
+                clientHeaderBytes += 1
+                i += 1
             }
+            guard clientHeaderBytes == 8 else { return }
+            let length = Int(Int32(truncatingIfNeeded: clientHeader >> 32))
+            let code = Int32(truncatingIfNeeded: clientHeader)
+            clientHeader = 0
+            clientHeaderBytes = 0
+            if length == 8, code == PostgresWire.sslRequestCode || code == PostgresWire.gssEncRequestCode {
+                answersDue += 1  // 8 bytes: the next packet follows at once
+                continue
+            }
+            clientStarted = true
+            // A startup message of protocol 3: the lead master answers in messages from
+            // here on. A CancelRequest (answered with nothing), a TLS ClientHello sent
+            // directly (PostgreSQL 17's sslnegotiation=direct) or anything else: opaque.
+            let startup = length > 8 && length <= PostgresWire.maximumStartupLength && code >> 16 == 3
+            if !startup { opaque = true }
+        }
+    }
+
+    /// Bytes from the lead master, before they are passed on.
+    func serverSent(_ bytes: UnsafeRawBufferPointer) {
+        guard !opaque else { return }
+        var i = 0
+        while i < bytes.count, !opaque {
+            if serverSkip > 0 {
+                let n = min(serverSkip, bytes.count - i)
+                serverSkip -= n
+                i += n
+                continue
+            }
+            if answersDue > 0, serverHeaderBytes == 0 {
+                answersDue -= 1
+                // 'N': no encryption, the client goes on in plain text. 'S' or 'G': what
+                // follows is encrypted. Anything else is not worth guessing about.
+                if bytes[i] != UInt8(ascii: "N") { opaque = true }
+                i += 1
+                continue
+            }
+            while serverHeaderBytes < 5, i < bytes.count {
+                serverHeader = serverHeader << 8 | UInt64(bytes[i])
+                serverHeaderBytes += 1
+                i += 1
+            }
+            guard serverHeaderBytes == 5 else { return }
+            let length = Int(Int32(truncatingIfNeeded: serverHeader))
+            serverHeader = 0
+            serverHeaderBytes = 0
+            guard length >= 4 else {
+                opaque = true
+                return
+            }
+            serverSkip = length - 4
         }
     }
 }

@@ -1,0 +1,2 @@
+// Headers only (include/CRelay.h); SwiftPM wants a source file in a C target.
+#include "CRelay.h"

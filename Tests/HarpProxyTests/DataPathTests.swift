@@ -1,0 +1,143 @@
+@testable import HarpProxy
+import Foundation
+import HarpTestFixtures
+import Logging
+import NIOCore
+import NIOPosix
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Both data paths, on their own, over real sockets: a client's channel accepted by NIO and a
+/// lead-master channel NIO connected, joined by the path under test. The relay must take both
+/// sockets over (TCP, and a lead master on a Unix socket); the NIO glue, which it falls back
+/// to, must behave the same: the kept bytes first, a half-close passed on after every byte
+/// before it, the cut's ErrorResponse between two messages, and `closed` once both sides are.
+final class DataPathTests: XCTestCase {
+    private var group: MultiThreadedEventLoopGroup!
+
+    override func setUp() { group = MultiThreadedEventLoopGroup(numberOfThreads: 1) }
+    override func tearDown() { try? group.syncShutdownGracefully() }
+
+    /// A joined session: the test's client socket, the lead master's accepted socket, and the session.
+    private struct Joined {
+        let client: CInt
+        let backend: CInt
+        let session: any DataPathSession
+    }
+
+    private func join(_ path: any DataPath, kept: [UInt8], unixBackend: Bool = false) throws -> Joined {
+        // The lead master: a plain listening socket, TCP or Unix.
+        let directory = TemporaryDirectory()
+        let socketPath = directory.path + "/.s.PGSQL.5432"
+        let backendPort = freePort()
+        let listener: CInt
+        if unixBackend {
+            listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            XCTAssertEqual(withUnixAddress(path: socketPath) { bind(listener, $0, $1) }, 0)
+        } else {
+            listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            XCTAssertEqual(withLoopbackAddress(port: backendPort) { bind(listener, $0, $1) }, 0)
+        }
+        XCTAssertEqual(listen(listener, 4), 0)
+        defer { close(listener) }
+
+        // The proxy's side: NIO accepts the client and connects to the lead master, as the mode does.
+        let accepted = group.next().makePromise(of: (any Channel).self)
+        let server = try ServerBootstrap(group: group)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                accepted.succeed(channel)
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        defer { try? server.close().wait() }
+        guard let client = connectedLoopbackSocket(port: server.localAddress!.port!) else { throw FixtureError("no client") }
+        let clientChannel = try accepted.futureResult.wait()
+        let bootstrap = ClientBootstrap(group: group).channelOption(.allowRemoteHalfClosure, value: true)
+        let serverChannel = try (unixBackend ? bootstrap.connect(unixDomainSocketPath: socketPath)
+                                             : bootstrap.connect(host: "127.0.0.1", port: backendPort)).wait()
+        let backend = accept(listener, nil, nil)
+        XCTAssertGreaterThanOrEqual(backend, 0)
+        let session = try clientChannel.eventLoop.submit {
+            var buffer = ByteBuffer()
+            buffer.writeBytes(kept)
+            let session = try path.join(client: clientChannel, server: serverChannel, kept: buffer)
+            session.start()
+            return session
+        }.wait()
+        return Joined(client: client, backend: backend, session: session)
+    }
+
+    private func read(_ fd: CInt, _ count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let n = recv(fd, &bytes, count, CInt(MSG_WAITALL))
+        return Array(bytes.prefix(max(0, n)))
+    }
+
+    private func paths() -> [(String, any DataPath)] {
+        let traffic = Traffic()
+        return [("relay", RelayDataPath(traffic: traffic, logger: Logger(label: "test"))), ("glue", GlueDataPath(traffic: traffic))]
+    }
+
+    /// The kept bytes reach the lead master first; bytes pass both ways; a client's half-close
+    /// reaches the lead master after all it sent; the lead master's last bytes, then its end,
+    /// reach the client; then the session is closed.
+    func testBytesBothWaysHalfCloseAndEnd() throws {
+        for (name, path) in paths() {
+            for unix in [false, true] {
+                let joined = try join(path, kept: Array("kept".utf8), unixBackend: unix)
+                defer { close(joined.client); close(joined.backend) }
+                if name == "relay" {
+                    XCTAssertTrue(joined.session is RelayDataPath.Handover, "the relay took the sockets over (unix: \(unix))")
+                }
+                writeAll(joined.client, Array("hello".utf8))
+                XCTAssertEqual(String(decoding: read(joined.backend, 9), as: UTF8.self), "kepthello", name)
+                let big = indexedBytes(3 << 20)
+                let writer = Thread { writeAll(joined.client, big); shutdown(joined.client, CInt(SHUT_WR)) }
+                writer.start()
+                XCTAssertTrue(readToEOF(joined.backend, atMost: big.count + 1) == big, "\(name): every byte, then the end (unix: \(unix))")
+                writeAll(joined.backend, Array("bye".utf8))
+                shutdown(joined.backend, CInt(SHUT_WR))
+                XCTAssertEqual(readToEOF(joined.client, atMost: 16), Array("bye".utf8), "\(name): the last bytes, then the end")
+                XCTAssertNoThrow(try joined.session.closed.wait(), name)
+            }
+        }
+    }
+
+    /// A cut between two of the lead master's messages reaches the client as an ErrorResponse
+    /// after everything before it; both sides then end.
+    func testACutBetweenMessagesEndsWithTheError() throws {
+        for (name, path) in paths() {
+            let joined = try join(path, kept: startupMessage())
+            defer { close(joined.client); close(joined.backend) }
+            XCTAssertEqual(read(joined.backend, startupMessage().count), startupMessage(), name)
+            let ready = wireMessage("Z", Array("I".utf8))
+            writeAll(joined.backend, ready)
+            XCTAssertEqual(read(joined.client, ready.count), ready, name)
+            let error = PostgresWire.errorResponse(sqlstate: "57P01", message: "cut by the test", allocator: ByteBufferAllocator())
+            joined.session.cut(with: error)
+            XCTAssertNoThrow(try joined.session.closed.wait(), name)
+            XCTAssertEqual(readToEOF(joined.client, atMost: 4096), Array(error.readableBytesView), "\(name): the error, then the end")
+            XCTAssertEqual(readToEOF(joined.backend, atMost: 16), [], "\(name): the lead master's side ends too")
+        }
+    }
+
+    /// Inside a message, a cut adds nothing: the client would read it as part of the message.
+    func testACutInsideAMessageAddsNothing() throws {
+        for (name, path) in paths() {
+            let joined = try join(path, kept: startupMessage())
+            defer { close(joined.client); close(joined.backend) }
+            _ = read(joined.backend, startupMessage().count)
+            let partial = Array(wireMessage("D", Array(repeating: 1, count: 100)).prefix(50))
+            writeAll(joined.backend, partial)
+            XCTAssertEqual(read(joined.client, partial.count), partial, name)
+            joined.session.cut(with: PostgresWire.errorResponse(sqlstate: "57P01", message: "cut", allocator: ByteBufferAllocator()))
+            XCTAssertNoThrow(try joined.session.closed.wait(), name)
+            XCTAssertEqual(readToEOF(joined.client, atMost: 4096), [], "\(name): nothing after the partial message")
+        }
+    }
+}
