@@ -1,2 +1,7 @@
-// Headers only (include/CRelay.h); SwiftPM wants a source file in a C target.
+#define _GNU_SOURCE
+#include <pthread.h>
 #include "CRelay.h"
+
+int harp_relay_name_thread(const char *name) {
+    return pthread_setname_np(pthread_self(), name);
+}

@@ -476,7 +476,8 @@ final class DaemonTests: XCTestCase {
     }
 
     /// One SwiftNIO event loop group, with one thread per core, for all the instances of the
-    /// process (here two); no other group.
+    /// process (here two); no other group. Established sessions pass on the relay's threads:
+    /// one per core too.
     func testOneEventLoopThreadPerCoreForAllInstances() async throws {
         let etcd = try await cluster()
         let dir = TemporaryDirectory()
@@ -493,6 +494,7 @@ final class DaemonTests: XCTestCase {
         let loops = names.filter { $0.hasPrefix("NIO-ELT-") }
         XCTAssertEqual(loops.count, ProcessInfo.processInfo.activeProcessorCount, "\(names)")
         XCTAssertEqual(Set(loops.map { $0.split(separator: "-").prefix(3).joined(separator: "-") }).count, 1, "one group: \(loops)")
+        XCTAssertEqual(Set(names.filter { $0.hasPrefix("harp-relay-") }).count, ProcessInfo.processInfo.activeProcessorCount, "\(names)")
     }
 
     /// At start the soft RLIMIT_NOFILE is raised to the hard limit; `max_client_conn` beyond what

@@ -2,3 +2,6 @@
 // Swift module does not export.
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+
+/// Names the calling thread (at most 15 bytes are kept), as `ps -L` and /proc show it.
+int harp_relay_name_thread(const char *name);

@@ -62,9 +62,13 @@ final class RelayLoop: @unchecked Sendable {
         event.events = EPOLLIN.rawValue
         event.data.u64 = UInt64.max
         epoll_ctl(epoll, EPOLL_CTL_ADD, wake, &event)
-        let thread = Thread { [self] in run() }
-        thread.name = "harp-relay-\(index)"
-        thread.start()
+        // Named from inside: a new thread would otherwise keep the name of the NIO thread
+        // that made it (Linux copies it), and pass for one of NIO's.
+        let name = "harp-relay-\(index)"
+        Thread { [self] in
+            _ = harp_relay_name_thread(name)
+            run()
+        }.start()
     }
 
     /// From any thread.
@@ -124,6 +128,9 @@ final class RelayLoop: @unchecked Sendable {
     }
 
     private func add(_ session: RelaySession) {
+        // Cut before it was added (the mode recorded it and cut it before `start` ran): its
+        // descriptors are closed, and their numbers may already be another socket's.
+        guard !session.isClosed else { return }
         let slot: Int
         if let free = freeSlots.popLast() {
             slot = free
