@@ -172,6 +172,34 @@ final class PatroniTests: XCTestCase {
         XCTAssertTrue(proxy.isRunning)
     }
 
+    /// One process, two Patroni scopes (the card's multi-location host): each instance follows
+    /// its own scope; a switchover in one moves that instance alone, and a session through the
+    /// other is neither cut nor moved.
+    func testTwoScopesInOneProcessEachInstanceFollowsItsOwn() async throws {
+        let etcd = try EtcdCluster()
+        let dc1 = try PatroniCluster(etcd: etcd, scope: "dc1")
+        let dc2 = try PatroniCluster(etcd: etcd, scope: "dc2", members: 1)
+        defer { dc1.stop(); dc2.stop(); etcd.stop() }
+        let (p1, p2) = (freePort(), freePort())
+        let (proxy, dir) = try startProxy(etcd: etcd, port: p1)
+        dir.write("conf.d/p2.yml", "proxy:\n  name: p2\n  location: dc2\n  listen_address: 127.0.0.1\n  listen_port: \(p2)\n")
+        defer { proxy.stop(); withExtendedLifetime(dir) {} }
+        // conf.d is read at start and on SIGHUP: p2 is added by a reload, as an operator would.
+        XCTAssertTrue(eventually(timeout: 15) { (try? serverPort(through: p1).get()) == "\(dc1.members[0].pgPort)" }, proxy.log)
+        proxy.signal(SIGHUP)
+        XCTAssertTrue(eventually(timeout: 15) { (try? serverPort(through: p2).get()) == "\(dc2.members[0].pgPort)" }, proxy.log)
+
+        let other = try PGSession("host=127.0.0.1 port=\(p2) dbname=postgres user=postgres connect_timeout=10 sslmode=disable")
+        XCTAssertEqual(try other.query("SELECT current_setting('port')"), "\(dc2.members[0].pgPort)")
+        try dc1.switchover(from: "pg1", to: "pg2")
+        XCTAssertTrue(eventually(timeout: 30) { dc1.leader() == "pg2" && dc1.accepts(1, writes: true) })
+        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: p1).get()) == "\(dc1.members[1].pgPort)" }, proxy.log)
+        XCTAssertEqual(try other.query("SELECT current_setting('port')"), "\(dc2.members[0].pgPort)", "p2's session goes on, on dc2's leader")
+        XCTAssertEqual(try serverPort(through: p2).get(), "\(dc2.members[0].pgPort)")
+        let moves = proxy.log.components(separatedBy: "\n").filter { $0.contains("lead master changed") }
+        XCTAssertTrue(!moves.isEmpty && moves.allSatisfy { $0.contains("instance=p1") }, "only p1 moved:\n\(moves)")
+    }
+
     /// harpctl with `leader_source: patroni` reads Patroni's records and leaves promotion to it.
     func testHarpctlReadsPatronisLeaderAndRefusesToPromote() async throws {
         let etcd = try EtcdCluster()
