@@ -33,6 +33,14 @@ public enum LeaderSourceSetting: Sendable, Equatable, CustomStringConvertible {
     public static let names = ["harp", "patroni"]
     public static let defaultPatroniNamespace = "/service"
 
+    /// The source's name, as `dcs.leader_source` spells it (`LeaderSources` finds it by this).
+    public var name: String {
+        switch self {
+        case .harp: return "harp"
+        case .patroni: return "patroni"
+        }
+    }
+
     public var description: String {
         switch self {
         case .harp: return "harp"

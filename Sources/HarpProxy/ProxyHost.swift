@@ -24,10 +24,12 @@ public actor ProxyHost {
     private let logger: Logger
     private let view: ClusterView
     private let layout: DCSLayout
-    /// With `dcs.leader_source: patroni`: the session on Patroni's namespace, whose records name
-    /// the lead masters, and its latest snapshot. HARP's session still gives the directives.
-    private let patroni: (session: DCSSession, namespace: String, view: ClusterView)?
-    var latestPatroni: DCSSnapshot?
+    /// Where the lead masters come from (`dcs.leader_source`). A source with records of its own
+    /// (Patroni's namespace) has a session on them, with its latest snapshot and a view that
+    /// reports their malformed values; HARP's session still gives the directives.
+    private let leaderSource: any LeaderSource
+    private let own: (session: DCSSession, view: ClusterView)?
+    var latestOwn: DCSSnapshot?
 
     struct Running {
         var mode: (any ProxyMode)?
@@ -68,13 +70,15 @@ public actor ProxyHost {
     var writableChecks: Set<String> = []
     var latest: DCSSnapshot?
 
-    /// - Parameter patroni: the session watching Patroni's namespace, and the namespace, when
-    ///   Patroni's records name the lead masters.
+    /// - Parameters:
+    ///   - leaderSource: where the lead masters come from; HARP's keys by default.
+    ///   - ownSession: the session on the source's `ownPrefix`, for a source that has one.
     public init(instances: [InstanceConfiguration], session: DCSSession, group: any EventLoopGroup, layout: DCSLayout, logger: Logger,
-                patroni: (session: DCSSession, namespace: String)? = nil) {
+                leaderSource: any LeaderSource = HarpLeaderSource(setting: .harp), ownSession: DCSSession? = nil) {
         self.instances = instances
         self.session = session
-        self.patroni = patroni.map { ($0.session, $0.namespace, ClusterView(layout: layout, logger: logger)) }
+        self.leaderSource = leaderSource
+        own = ownSession.map { ($0, ClusterView(layout: layout, logger: logger)) }
         self.group = group
         hostLoop = group.next()
         self.logger = logger
@@ -130,9 +134,9 @@ public actor ProxyHost {
         }
     }
 
-    private func followPatroni(_ session: DCSSession) async {
+    private func followOwn(_ session: DCSSession) async {
         for await snapshot in session.snapshots() {
-            latestPatroni = snapshot
+            latestOwn = snapshot
             reconcile(observedAt: snapshot.madeAt)
         }
     }
@@ -141,7 +145,7 @@ public actor ProxyHost {
     public func run() async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.follow() }
-            if let patroni = self.patroni { group.addTask { await self.followPatroni(patroni.session) } }
+            if let own = self.own { group.addTask { await self.followOwn(own.session) } }
             group.addTask { await self.reportStatus() }
             await group.waitForAll()
         }
@@ -174,18 +178,16 @@ public actor ProxyHost {
     func reconcile(observedAt: ContinuousClock.Instant) {
         guard let snapshot = latest else { return }
         let state = view.state(of: snapshot)
-        var leaders: any LeaderView = state
         var synced = snapshot.synced, reachable = snapshot.reachable
         var lastContactAt = session.health.lastContactAt
-        if let patroni {
+        let ownSnapshot = latestOwn ?? DCSSnapshot(revision: 0, values: [:], synced: false)
+        let leaders = leaderSource.leaders(cluster: state, own: ownSnapshot)
+        if let own {
             // Both must have been read, and both must answer: the older last contact counts.
-            let other = latestPatroni ?? DCSSnapshot(revision: 0, values: [:], synced: false)
-            let decoded = PatroniState(snapshot: other, namespace: patroni.namespace)
-            patroni.view.report(decoded.problems, in: other)
-            leaders = decoded
-            synced = synced && other.synced
-            reachable = reachable && other.reachable
-            if let theirs = patroni.session.health.lastContactAt { lastContactAt = min(lastContactAt ?? theirs, theirs) } else { lastContactAt = nil }
+            own.view.report(leaders.problems, in: ownSnapshot)
+            synced = synced && ownSnapshot.synced
+            reachable = reachable && ownSnapshot.reachable
+            if let theirs = own.session.health.lastContactAt { lastContactAt = min(lastContactAt ?? theirs, theirs) } else { lastContactAt = nil }
         }
         let output = Planner.plan(Planner.Input(
             instances: instances, state: state, leaders: leaders, synced: synced, reachable: reachable, now: .now,

@@ -39,18 +39,17 @@ struct Daemon {
             "dcs": "\(configuration.dcs)", "leader_source": "\(configuration.leaderSource)", "instances": "\(configuration.instances.map(\.name).joined(separator: ","))",
         ])
         session.start()
-        // With Patroni's records naming the lead masters, a second watch follows its namespace.
-        var patroni: (session: DCSSession, namespace: String)?
-        if case .patroni(let namespace) = configuration.leaderSource {
-            let watch = DCSSession(configuration: configuration.dcs, prefix: namespace + "/", logger: Logger(label: "harp.dcs.patroni"))
-            watch.start()
-            patroni = (watch, namespace)
+        // A leader source with records of its own (Patroni's namespace) has a second watch on them.
+        let leaderSource = LeaderSources.make(configuration.leaderSource)
+        let ownSession = leaderSource.ownPrefix.map {
+            DCSSession(configuration: configuration.dcs, prefix: $0, logger: Logger(label: "harp.dcs.\(type(of: leaderSource).name)"))
         }
+        ownSession?.start()
         let hangups = await UnixSignalsSequence(trapping: .sighup)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let host = ProxyHost(instances: configuration.instances, session: session, group: group, layout: layout,
-                             logger: Logger(label: "harp.proxy"), patroni: patroni)
+                             logger: Logger(label: "harp.proxy"), leaderSource: leaderSource, ownSession: ownSession)
         let control = ControlServer(
             configuration: configuration.control, group: group,
             actions: DaemonControl(clusterName: configuration.clusterName, host: host, session: session, layout: layout, started: Date()),
@@ -60,7 +59,7 @@ struct Daemon {
         // Started together; stopped in the reverse order: systemd hears STOPPING first, the DCS
         // session goes last, once every instance has closed its connections and written its record.
         var services: [any Service] = [DCSSessionService(session: session)]
-        if let patroni { services.append(DCSSessionService(session: patroni.session)) }
+        if let ownSession { services.append(DCSSessionService(session: ownSession)) }
         services += [
             ProxyHostService(host: host, logger: logger),
             ControlService(server: control, path: configuration.control.socketPath, logger: logger),

@@ -130,9 +130,7 @@ struct Promote: AsyncParsableCommand {
     func run() async throws {
         if let ttl, ttl < 1 { usage("--ttl takes a number of seconds, at least 1") }
         let access = try ClusterAccess(options)
-        if case .patroni = access.leaderSource {
-            fail("leadership belongs to Patroni here (dcs.leader_source: patroni): use patronictl switchover")
-        }
+        if let refusal = access.leaderSource.promotionRefusal { fail(refusal) }
         let (state, snapshot) = try await access.state()
         let promotion: LeaderPromotion
         switch LeaderPromotion.prepare(node: node, location: location, state: state, snapshot: snapshot) {

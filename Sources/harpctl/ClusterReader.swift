@@ -11,13 +11,13 @@ struct ClusterAccess {
     /// The location config.yml names, if any (see `HarpConfiguration.location`).
     let configLocation: String?
     /// Whose records name the lead masters (`dcs.leader_source`).
-    let leaderSource: LeaderSourceSetting
+    let leaderSource: any LeaderSource
 
     init(_ options: DCSOptions) throws {
         let (cluster, dcs, location, source) = try options.resolve()
         self.cluster = cluster
         configLocation = location
-        leaderSource = source
+        leaderSource = LeaderSources.make(source)
         layout = DCSLayout(cluster: cluster)
         client = EtcdClient(configuration: dcs)
     }
@@ -32,16 +32,16 @@ struct ClusterAccess {
         return (ClusterState(snapshot: s, layout: layout), s)
     }
 
-    /// Where the lead masters come from: HARP's records, or Patroni's (read from its namespace).
+    /// Where the lead masters come from: the source's view of HARP's records and, for a source
+    /// with records of its own (Patroni's namespace), of those.
     func leaders() async throws -> any LeaderView {
-        guard case .patroni(let namespace) = leaderSource else { return try await state().0 }
-        return try await patroni(namespace)
-    }
-
-    func patroni(_ namespace: String) async throws -> PatroniState {
-        let result = try await dcs { try await client.range(namespace + "/", prefix: true) }
-        let s = DCSSnapshot(revision: result.revision, values: Dictionary(result.kvs.map { ($0.key, $0) }, uniquingKeysWith: { $1 }))
-        return PatroniState(snapshot: s, namespace: namespace)
+        let (state, _) = try await self.state()
+        var own = DCSSnapshot(revision: 0, values: [:])
+        if let prefix = leaderSource.ownPrefix {
+            let result = try await dcs { try await client.range(prefix, prefix: true) }
+            own = DCSSnapshot(revision: result.revision, values: Dictionary(result.kvs.map { ($0.key, $0) }, uniquingKeysWith: { $1 }))
+        }
+        return leaderSource.leaders(cluster: state, own: own)
     }
 
     /// The location a command without one works on: the argument, else the one config.yml

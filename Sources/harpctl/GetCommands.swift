@@ -41,9 +41,8 @@ struct GetNodes: AsyncParsableCommand {
     func run() async throws {
         let access = try ClusterAccess(options)
         var listing = Listing(headers: nodeHeaders.0, keys: nodeHeaders.1)
-        if case .patroni(let namespace) = access.leaderSource {
+        if let patroni = try await access.leaders() as? PatroniState {
             // Patroni's members: a location is a scope, the leader key says who leads it.
-            let patroni = try await access.patroni(namespace)
             listing.rows = patroni.members.sorted { $0.key < $1.key }.flatMap { scope, members in
                 members.sorted { $0.key < $1.key }.map { name, member -> [String: Any] in
                     let role = patroni.leaders[scope]?.name == name ? "lead master" : (member.role ?? "member")
