@@ -52,6 +52,9 @@ final class RelayLoop: @unchecked Sendable {
     /// Freed during the current batch of events: not given out again before the batch ends,
     /// so that a later event of the batch for the old session is not taken for a new one's.
     private var freedInBatch: [Int] = []
+    /// Sessions that used up their share of reads with input left: read again after the batch,
+    /// before the thread waits, so that one fast stream does not hold up the others.
+    fileprivate var again: [RelaySession] = []
 
     init(index: Int) {
         epoll = epoll_create1(CInt(EPOLL_CLOEXEC))
@@ -87,7 +90,7 @@ final class RelayLoop: @unchecked Sendable {
         let capacity = 256
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
         while true {
-            let ready = epoll_wait(epoll, events, CInt(capacity), -1)
+            let ready = epoll_wait(epoll, events, CInt(capacity), again.isEmpty ? -1 : 0)
             if ready < 0 { continue }  // EINTR
             for i in 0..<Int(ready) {
                 let event = events[i]
@@ -100,6 +103,14 @@ final class RelayLoop: @unchecked Sendable {
                 guard slot < sessions.count, let session = sessions[slot] else { continue }
                 session.handle(event.events, serverSide: key & 1 == 1)
                 if session.isClosed { release(slot) }
+            }
+            if !again.isEmpty {
+                let waiting = again
+                again.removeAll(keepingCapacity: true)
+                for session in waiting where !session.isClosed {
+                    session.resume()
+                    if session.isClosed { release(session.slot) }
+                }
             }
             if !freedInBatch.isEmpty {
                 freeSlots.append(contentsOf: freedInBatch)
@@ -190,6 +201,10 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
     private(set) var isClosed = false
     /// Close the session once what is kept for the surviving side is sent (the other failed).
     private var closeAfterPending = false
+    /// In its thread's `again` list.
+    private var queued = false
+    /// Full reads one pump may make before the session waits for its thread's next turn.
+    private static let readsPerTurn = 16
     private let framing: SessionFraming
     private let traffic: Traffic
     private var unreportedToServer = 0
@@ -229,6 +244,13 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
         pump(fromClient: false)
     }
 
+    /// Its turn again, after it used up its share of reads with input left.
+    fileprivate func resume() {
+        queued = false
+        pump(fromClient: true)
+        pump(fromClient: false)
+    }
+
     fileprivate func handle(_ events: UInt32, serverSide: Bool) {
         if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
             if serverSide { server.readable = true } else { client.readable = true }
@@ -251,6 +273,7 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
     /// ends, or the writer takes no more.
     private func pump(fromClient: Bool) {
         let size = RelayLoop.bufferSize
+        var reads = 0
         while !isClosed {
             let from = fromClient ? client : server
             let to = fromClient ? server : client
@@ -279,6 +302,15 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
                 }
                 if n < size, !from.endReported {
                     if fromClient { client.readable = false } else { server.readable = false }
+                }
+                reads += 1
+                if reads == Self.readsPerTurn {
+                    // Input may be left, and no new edge will say so: its turn comes again.
+                    if !queued {
+                        queued = true
+                        loop.again.append(self)
+                    }
+                    return
                 }
             } else if n == 0 {
                 if fromClient { client.ended = true; client.readable = false } else { server.ended = true; server.readable = false }
