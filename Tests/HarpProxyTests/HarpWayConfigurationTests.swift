@@ -240,6 +240,52 @@ final class HarpWayConfigurationTests: XCTestCase {
         etcd.stop()
     }
 
+    /// A pgbouncer instance moved by the DCS onto a builtin instance's port: the builtin one
+    /// keeps it; PgBouncer keeps serving where it listened and says why it does not move; a free
+    /// port in the DCS then moves it. And the other way: a builtin instance moved onto
+    /// PgBouncer's port is the one that says why.
+    func testAPgBouncerInstanceMovedOntoAnotherInstancesPortKeepsItsListener() async throws {
+        let etcd = try EtcdCluster()
+        let dir = TemporaryDirectory("harp-pgb")
+        chmod(dir.path, 0o755)
+        let users = dir.write("users.txt", "\"postgres\" \"\"\n")
+        dir.write("config.yml", stanzas("mixed", etcd, dir) + "proxy:\n  name: p1\n  location: dc1\n")
+        dir.write("conf.d/pgb.yml", "proxy:\n  name: pgb\n  location: dc1\n  type: pgbouncer\n  database_name: postgres\n"
+                  + "  auth_type: trust\n  auth_file: \(users)\n  pool_mode: transaction\n")
+        try addNode(dir, cluster: "mixed", "node1", "dc1", on: Self.pg1)
+        try harpctl(dir, "promote", "node1")
+        let (a, b, c) = (freePort(), freePort(), freePort())
+        try harpctl(dir, "set", "proxy", "global", "listen_address=127.0.0.1", "monitor_interval=1s")
+        try harpctl(dir, "set", "proxy", "p1", "listen_port=\(a)")
+        try harpctl(dir, "set", "proxy", "pgb", "listen_port=\(b)")
+        let proxy = try startProxy(dir)
+        defer { proxy.stop() }
+        XCTAssertTrue(eventually(timeout: 20) {
+            (try? serverPort(through: a).get()) == "\(Self.pg1.port)" && (try? serverPort(through: b, timeout: 3).get()) == "\(Self.pg1.port)"
+        }, proxy.log)
+
+        try harpctl(dir, "set", "proxy", "pgb", "listen_port=\(a)")
+        XCTAssertTrue(eventually(timeout: 10) { self.controlStatus(dir, "pgb")["state"] as? String == "listen-failed" }, "\(controlStatus(dir, "pgb"))\n\(proxy.log)")
+        let error = controlStatus(dir, "pgb")["listen_error"] as? String ?? ""
+        XCTAssertTrue(error.contains("address in use by instance 'p1'") && error.contains("127.0.0.1:\(a)"), error)
+        XCTAssertTrue(proxy.log.contains("PgBouncer keeps its current listener"), proxy.log)
+        XCTAssertEqual(try serverPort(through: a).get(), "\(Self.pg1.port)", "p1 keeps its port")
+        XCTAssertEqual(try serverPort(through: b, timeout: 3).get(), "\(Self.pg1.port)", "PgBouncer still serves where it listened")
+        XCTAssertEqual(controlStatus(dir, "p1")["state"] as? String, "routing")
+
+        try harpctl(dir, "set", "proxy", "pgb", "listen_port=\(c)")
+        XCTAssertTrue(eventually(timeout: 20) { (try? serverPort(through: c, timeout: 3).get()) == "\(Self.pg1.port)" }, proxy.log)
+        XCTAssertTrue(eventually(timeout: 5) { self.controlStatus(dir, "pgb")["state"] as? String == "routing" }, "\(controlStatus(dir, "pgb"))")
+
+        // The other way round: the builtin instance asks for PgBouncer's port.
+        try harpctl(dir, "set", "proxy", "p1", "listen_port=\(c)")
+        XCTAssertTrue(eventually(timeout: 10) { self.controlStatus(dir, "p1")["state"] as? String == "listen-failed" }, "\(controlStatus(dir, "p1"))")
+        XCTAssertTrue((controlStatus(dir, "p1")["listen_error"] as? String)?.contains("address in use by instance 'pgb'") == true, "\(controlStatus(dir, "p1"))")
+        XCTAssertEqual(try serverPort(through: a).get(), "\(Self.pg1.port)", "p1 keeps listening where it did")
+        XCTAssertEqual(try serverPort(through: c, timeout: 3).get(), "\(Self.pg1.port)")
+        XCTAssertTrue(proxy.isRunning)
+    }
+
     func testTwoInstancesWithTheDefaultPortStartAndTheSecondSaysWhyItDoesNotListen() async throws {
         let etcd = try EtcdCluster()
         let dir = TemporaryDirectory()

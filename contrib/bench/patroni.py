@@ -45,6 +45,14 @@ def probe(port, want_port, deadline, pipe):
     pipe.send(None)
 
 
+def streams(port):
+    """Whether the member on `port` is a replica streaming from the leader."""
+    try:
+        return query(port, "SELECT status FROM pg_stat_wal_receiver", timeout=1) == ["streaming"]
+    except Exception:
+        return False
+
+
 def writer(port, stop, result):
     ok = readonly = other = 0
     s = None
@@ -89,6 +97,11 @@ def main():
     times = {name: [] for name, _ in proxies}
     for i in range(switchovers):
         (old, _), (new, new_port) = members[i % 2], members[(i + 1) % 2]
+        # The candidate must stream from the leader, or Patroni refuses the switchover (a member
+        # demoted by the previous one can take more than the pause below to rejoin).
+        rejoin = time.monotonic() + 60
+        while time.monotonic() < rejoin and not streams(new_port):
+            time.sleep(0.1)
         deadline = time.monotonic() + 60
         pipes = {}
         for name, port in proxies + [("direct", new_port)]:
@@ -99,7 +112,7 @@ def main():
             events.recv()
         done = subprocess.run(["patronictl", "-c", config, "switchover", "--leader", old, "--candidate", new, "--force", scope],
                               capture_output=True, text=True)
-        if done.returncode != 0:
+        if done.returncode != 0 or "failed" in done.stdout.lower():
             raise SystemExit(f"switchover {i + 1} failed: {done.stdout}{done.stderr}")
         named = None
         while named is None and time.monotonic() < deadline:
