@@ -2,12 +2,11 @@ import HarpConfig
 import HarpDCS
 
 /// A leader source: the plugin that turns DCS records into the lead master of each location,
-/// with its address and lease (a `LeaderView`). A source is one type, in a file of its own, and
-/// one line in `LeaderSources.all`; the host, the daemon and harpctl ask only this.
-public protocol LeaderSource: Sendable {
-    /// The value of `dcs.leader_source` that selects this source.
-    static var name: String { get }
-    /// Made from the configuration's setting, which names this source.
+/// with its address and lease (a `LeaderView`). A source is one type, in a file of its own, with
+/// its name and its keys in the dcs stanza (`LeaderSourceKind`), and one line in
+/// `LeaderSources.all`; the configuration loader, the host, the daemon and harpctl ask only this.
+public protocol LeaderSource: LeaderSourceKind, Sendable {
+    /// Made from the configuration's setting, which names this source and holds its keys.
     init(setting: LeaderSourceSetting)
     /// The key prefix of the source's own records, followed by a watch of its own; nil when they
     /// live in the cluster's prefix (HARP's layout).
@@ -24,6 +23,9 @@ public enum LeaderSources {
     /// Every source this build knows; `dcs.leader_source` selects one by name.
     public static let all: [any LeaderSource.Type] = [HarpLeaderSource.self, PatroniLeaderSource.self]
 
+    /// `all`, as the configuration loader takes it.
+    public static var kinds: [any LeaderSourceKind.Type] { all.map { $0 as any LeaderSourceKind.Type } }
+
     /// The source the setting names.
     public static func make(_ setting: LeaderSourceSetting) -> any LeaderSource {
         guard let type = all.first(where: { $0.name == setting.name }) else {
@@ -37,6 +39,7 @@ public enum LeaderSources {
 /// prefix, written by HARP Manager (or `harpctl promote`). The default.
 public struct HarpLeaderSource: LeaderSource {
     public static let name = "harp"
+    public static let options: [LeaderSourceOption] = []
     public init(setting: LeaderSourceSetting) {}
     public var ownPrefix: String? { nil }
     public func leaders(cluster: ClusterState, own: DCSSnapshot) -> any LeaderView { cluster }

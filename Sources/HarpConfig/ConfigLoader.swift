@@ -9,9 +9,13 @@ import Darwin
 public enum ConfigLoader {
     public static let defaultPath = "/etc/harp/config.yml"
 
-    /// - Parameter includeInstances: harpctl reads only the cluster and DCS stanzas; the daemon
-    ///   also reads the proxy stanza and conf.d, and needs at least one instance.
-    public static func load(file: String, includeInstances: Bool = true) throws(ConfigErrors) -> HarpConfiguration {
+    /// - Parameters:
+    ///   - includeInstances: harpctl reads only the cluster and DCS stanzas; the daemon also
+    ///     reads the proxy stanza and conf.d, and needs at least one instance.
+    ///   - leaderSources: the leader sources `dcs.leader_source` may name, with their keys
+    ///     (HarpCluster's `LeaderSources.all`).
+    public static func load(file: String, includeInstances: Bool = true,
+                            leaderSources: [any LeaderSourceKind.Type]) throws(ConfigErrors) -> HarpConfiguration {
         var errors: [ConfigError] = []
         var warnings: [ConfigWarning] = []
         let top = SourceLocation(file: file, line: 1, column: 1)
@@ -38,9 +42,10 @@ public enum ConfigLoader {
         // dcs
         var dcs = DCSConfiguration(endpoints: [])
         var leaderSource = LeaderSourceSetting.harp
-        if let section = root.section("dcs", known: dcsKeys, required: true, requiredKeys: ["driver", "endpoints"], errors: &errors) {
+        let sourceKeys = leaderSources.flatMap { $0.options.map(\.key) }
+        if let section = root.section("dcs", known: dcsKeys + sourceKeys, required: true, requiredKeys: ["driver", "endpoints"], errors: &errors) {
             dcs = readDCS(section, directory: directory, errors: &errors, warnings: &warnings)
-            leaderSource = readLeaderSource(section, errors: &errors)
+            leaderSource = readLeaderSource(section, sources: leaderSources, errors: &errors)
         }
 
         // control
@@ -131,30 +136,36 @@ public enum ConfigLoader {
     // `manager` belongs to harp-manager, which reads the same file in HARP; it is accepted and ignored.
     static let rootKeys = ["cluster", "dcs", "proxy", "location", "control", "http", "log_level", "log_format", "include_dir", "manager"]
     static let dcsKeys = ["driver", "endpoints", "request_timeout", "resync_interval", "ssl", "ssl_ca_file",
-                          "ssl_cert_file", "ssl_key_file", "username", "password", "leader_source", "patroni_namespace"]
+                          "ssl_cert_file", "ssl_key_file", "username", "password", "leader_source"]
 
-    /// `dcs.leader_source` and, for `patroni`, `dcs.patroni_namespace` (Patroni's `namespace`).
-    private static func readLeaderSource(_ section: Section, errors: inout [ConfigError]) -> LeaderSourceSetting {
-        var kind = "harp"
+    /// `dcs.leader_source` (one of `sources`, `harp` when absent) and the keys of that source; a
+    /// key of another source is an error that names the source it needs.
+    private static func readLeaderSource(_ section: Section, sources: [any LeaderSourceKind.Type], errors: inout [ConfigError]) -> LeaderSourceSetting {
+        var chosen: (any LeaderSourceKind.Type)? = sources.first { $0.name == LeaderSourceSetting.harp.name }
         if let (text, location) = section.scalar("leader_source", errors: &errors) {
-            if LeaderSourceSetting.names.contains(text.lowercased()) { kind = text.lowercased() }
-            else { errors.append(ConfigError(location, "invalid value '\(text)' for 'dcs.leader_source': expected harp or patroni")) }
-        }
-        guard kind == "patroni" else {
-            if let entry = section.entries["patroni_namespace"] {
-                errors.append(ConfigError(entry.key.location, "'dcs.patroni_namespace' needs 'dcs.leader_source: patroni'"))
+            if let source = sources.first(where: { $0.name == text.lowercased() }) { chosen = source }
+            else {
+                let names = sources.map { $0.name }
+                let expected = names.count > 1 ? names.dropLast().joined(separator: ", ") + " or " + names.last! : names.joined()
+                errors.append(ConfigError(location, "invalid value '\(text)' for 'dcs.leader_source': expected \(expected)"))
             }
-            return .harp
         }
-        var namespace = LeaderSourceSetting.defaultPatroniNamespace
-        if let (text, location) = section.scalar("patroni_namespace", errors: &errors) {
-            // Patroni's own form: a path; a trailing slash is the same namespace.
-            let trimmed = text.hasSuffix("/") && text.count > 1 ? String(text.dropLast()) : text
-            let valid = trimmed.hasPrefix("/") && trimmed.count > 1 && trimmed.unicodeScalars.allSatisfy { $0.value > 0x20 && $0.value != 0x7f }
-            if valid { namespace = trimmed }
-            else { errors.append(ConfigError(location, "invalid value '\(text)' for 'dcs.patroni_namespace': expected a path such as /service")) }
+        for source in sources where source.name != chosen?.name {
+            for option in source.options {
+                if let entry = section.entries[option.key] {
+                    errors.append(ConfigError(entry.key.location, "'dcs.\(option.key)' needs 'dcs.leader_source: \(source.name)'"))
+                }
+            }
         }
-        return .patroni(namespace: namespace)
+        guard let chosen else { return .harp }
+        var setting = LeaderSourceSetting(name: chosen.name)
+        for option in chosen.options {
+            setting.options[option.key] = option.defaultValue
+            guard let (text, location) = section.scalar(option.key, errors: &errors) else { continue }
+            if let value = option.check(text) { setting.options[option.key] = value }
+            else { errors.append(ConfigError(location, "invalid value '\(text)' for 'dcs.\(option.key)': expected \(option.expected)")) }
+        }
+        return setting
     }
     static let instanceKeys = ["name", "location", "log_level", "pgbouncer_bin_dir", "endpoint"]
 

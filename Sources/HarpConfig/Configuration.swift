@@ -22,33 +22,6 @@ public struct HarpConfiguration: Sendable {
     public var warnings: [ConfigWarning]
 }
 
-/// `dcs.leader_source`: whose keys name each location's lead master. Proxy directives and status
-/// records stay in HARP's layout under `cluster.name` whatever the source.
-public enum LeaderSourceSetting: Sendable, Equatable, CustomStringConvertible {
-    /// HARP's `locations/<location>/leader` and `nodes/<node>` (the default).
-    case harp
-    /// Patroni's `<namespace>/<scope>/leader` and `members/<name>`: a location is a Patroni scope.
-    case patroni(namespace: String)
-
-    public static let names = ["harp", "patroni"]
-    public static let defaultPatroniNamespace = "/service"
-
-    /// The source's name, as `dcs.leader_source` spells it (`LeaderSources` finds it by this).
-    public var name: String {
-        switch self {
-        case .harp: return "harp"
-        case .patroni: return "patroni"
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .harp: return "harp"
-        case .patroni(let namespace): return "patroni (namespace \(namespace))"
-        }
-    }
-}
-
 public enum LogFormat: String, Sendable, CaseIterable {
     case logfmt, json
 }

@@ -3,13 +3,16 @@ import HarpConfig
 import HarpDCS
 import XCTest
 
-/// The leader-source registry: each name the configuration accepts is a registered source, and
-/// each source decodes its own records.
+/// The leader-source registry: the setting picks a source by name, and each source decodes its
+/// own records.
 final class LeaderSourceTests: XCTestCase {
-    func testEveryNameTheConfigurationAcceptsIsARegisteredSource() {
-        XCTAssertEqual(Set(LeaderSources.all.map { $0.name }), Set(LeaderSourceSetting.names))
+    let patroni = LeaderSourceSetting(name: "patroni", options: ["patroni_namespace": "/pg"])
+
+    func testTheSettingPicksTheSourceByName() {
+        XCTAssertEqual(LeaderSources.all.map { $0.name }, ["harp", "patroni"])
+        XCTAssertEqual(Set(LeaderSources.all.map { $0.name }).count, LeaderSources.all.count, "names are unique")
         XCTAssertEqual(type(of: LeaderSources.make(.harp)).name, "harp")
-        XCTAssertEqual(type(of: LeaderSources.make(.patroni(namespace: "/pg"))).name, "patroni")
+        XCTAssertEqual(type(of: LeaderSources.make(patroni)).name, "patroni")
     }
 
     func testHarpReadsTheClustersOwnKeysAndMayBePromoted() {
@@ -25,7 +28,7 @@ final class LeaderSourceTests: XCTestCase {
     }
 
     func testPatroniWatchesItsNamespaceAndLeavesPromotionToPatroni() {
-        let source = LeaderSources.make(.patroni(namespace: "/pg"))
+        let source = LeaderSources.make(patroni)
         XCTAssertEqual(source.ownPrefix, "/pg/")
         XCTAssertTrue(source.promotionRefusal?.contains("patronictl switchover") == true)
         let own = DCSSnapshot(revision: 2, values: [

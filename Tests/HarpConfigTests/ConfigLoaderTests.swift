@@ -1,3 +1,4 @@
+import HarpCluster
 import HarpConfig
 import HarpTestFixtures
 import XCTest
@@ -15,13 +16,13 @@ final class ConfigLoaderTests: XCTestCase {
         """
 
     func load(_ dir: TemporaryDirectory, _ file: String = "config.yml") throws -> HarpConfiguration {
-        try ConfigLoader.load(file: dir.file(file))
+        try ConfigLoader.load(file: dir.file(file), leaderSources: LeaderSources.kinds)
     }
 
     /// The errors of a file that must not load.
     func errors(_ dir: TemporaryDirectory, _ file: String = "config.yml", includeInstances: Bool = true) -> [ConfigError] {
         do {
-            _ = try ConfigLoader.load(file: dir.file(file), includeInstances: includeInstances)
+            _ = try ConfigLoader.load(file: dir.file(file), includeInstances: includeInstances, leaderSources: LeaderSources.kinds)
             XCTFail("expected configuration errors")
             return []
         } catch {
@@ -82,7 +83,7 @@ final class ConfigLoaderTests: XCTestCase {
         let dir = TemporaryDirectory()
         dir.write("etc/config.yml", minimal + "include_dir: ../instances\n")
         dir.write("instances/one.yml", "proxy:\n  name: one\n  location: dc1\n")
-        let c = try ConfigLoader.load(file: dir.file("etc/config.yml"))
+        let c = try ConfigLoader.load(file: dir.file("etc/config.yml"), leaderSources: LeaderSources.kinds)
         XCTAssertEqual(c.includeDirectory, dir.path + "/instances")
         XCTAssertEqual(c.instances.map(\.name), ["one"])
         XCTAssertEqual(c.control.socketPath, "/run/harp-proxy/control.sock")
@@ -102,7 +103,7 @@ final class ConfigLoaderTests: XCTestCase {
               endpoints: ["a.example:2379", "https://10.0.0.2:2380", "[::1]:2381", "host-only"]
               request_timeout: 1s
             """)
-        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false)
+        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.kinds)
         XCTAssertEqual(c.dcs.endpoints.map(\.url), ["https://a.example:2379", "https://10.0.0.2:2380", "https://[::1]:2381", "https://host-only:2379"])
         XCTAssertEqual(c.dcs.requestTimeout, .seconds(1))
     }
@@ -111,8 +112,36 @@ final class ConfigLoaderTests: XCTestCase {
         let dir = TemporaryDirectory()
         dir.write("config.yml", minimal)
         dir.write("conf.d/broken.yml", "proxy: [")
-        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false)
+        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.kinds)
         XCTAssertTrue(c.instances.isEmpty)
+    }
+
+    /// `dcs.leader_source`: HARP's keys by default; Patroni's with its namespace, given or
+    /// `/service`, a trailing slash dropped.
+    func testTheLeaderSourceAndItsOwnKeys() throws {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal)
+        XCTAssertEqual(try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.kinds).leaderSource, .harp)
+        for (extra, namespace) in [("", "/service"), ("  patroni_namespace: /pg/\n", "/pg"), ("  patroni_namespace: /a/b\n", "/a/b")] {
+            dir.write("config.yml", minimal + "  leader_source: Patroni\n" + extra)
+            let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.kinds)
+            XCTAssertEqual(c.leaderSource, LeaderSourceSetting(name: "patroni", options: ["patroni_namespace": namespace]))
+            XCTAssertEqual((LeaderSources.make(c.leaderSource) as? PatroniLeaderSource)?.namespace, namespace)
+        }
+    }
+
+    /// A source that is not known, a namespace that is not a path, and a source's key without
+    /// that source: each an error at its key, naming what is expected.
+    func testABadLeaderSourceOrAKeyOfAnotherSource() {
+        let dir = TemporaryDirectory()
+        dir.write("config.yml", minimal + "  leader_source: zookeeper\n")
+        assertError(errors(dir, includeInstances: false), line: 7, column: 18, contains: "invalid value 'zookeeper' for 'dcs.leader_source': expected harp or patroni")
+        dir.write("config.yml", minimal + "  leader_source: patroni\n  patroni_namespace: service\n")
+        assertError(errors(dir, includeInstances: false), line: 8, column: 22, contains: "invalid value 'service' for 'dcs.patroni_namespace': expected a path such as /service")
+        dir.write("config.yml", minimal + "  patroni_namespace: /service\n")
+        assertError(errors(dir, includeInstances: false), line: 7, column: 3, contains: "'dcs.patroni_namespace' needs 'dcs.leader_source: patroni'")
+        dir.write("config.yml", minimal + "  patroni_namepsace: /service\n")
+        assertError(errors(dir, includeInstances: false), line: 7, contains: "did you mean 'patroni_namespace'?")
     }
 
     // MARK: - What does not load, and where it says so

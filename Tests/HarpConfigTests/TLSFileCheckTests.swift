@@ -1,3 +1,4 @@
+import HarpCluster
 import HarpConfig
 import HarpTestFixtures
 import XCTest
@@ -13,7 +14,7 @@ final class TLSFileCheckTests: XCTestCase {
     }
 
     func load(_ path: String) -> Result<HarpConfiguration, ConfigErrors> {
-        Result { () throws(ConfigErrors) in try ConfigLoader.load(file: path, includeInstances: false) }
+        Result { () throws(ConfigErrors) in try ConfigLoader.load(file: path, includeInstances: false, leaderSources: LeaderSources.kinds) }
     }
 
     func testGoodFilesLoad() throws {
