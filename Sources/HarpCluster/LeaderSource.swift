@@ -23,9 +23,6 @@ public enum LeaderSources {
     /// Every source this build knows; `dcs.leader_source` selects one by name.
     public static let all: [any LeaderSource.Type] = [HarpLeaderSource.self, PatroniLeaderSource.self]
 
-    /// `all`, as the configuration loader takes it.
-    public static var kinds: [any LeaderSourceKind.Type] { all.map { $0 as any LeaderSourceKind.Type } }
-
     /// The source the setting names.
     public static func make(_ setting: LeaderSourceSetting) -> any LeaderSource {
         guard let type = all.first(where: { $0.name == setting.name }) else {

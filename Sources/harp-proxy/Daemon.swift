@@ -87,7 +87,7 @@ struct Daemon {
         logger.info("SIGHUP: reloading the configuration", metadata: ["file": "\(current.file)"])
         let next: HarpConfiguration
         do {
-            next = try ConfigLoader.load(file: current.file, leaderSources: LeaderSources.kinds)
+            next = try ConfigLoader.load(file: current.file, leaderSources: LeaderSources.all)
         } catch {
             for e in error.errors { logger.error("\(e.message)", metadata: ["at": "\(e.location)"]) }
             logger.error("reload failed: the previous configuration stays in force", metadata: ["errors": "\(error.errors.count)"])

@@ -28,7 +28,7 @@ struct HarpProxyCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration: HarpConfiguration
         do {
-            configuration = try ConfigLoader.load(file: config, leaderSources: LeaderSources.kinds)
+            configuration = try ConfigLoader.load(file: config, leaderSources: LeaderSources.all)
         } catch {
             for e in error.errors { printError("\(e)") }
             printError("harp-proxy: \(error.errors.count) configuration error\(error.errors.count == 1 ? "" : "s"); nothing started")

@@ -69,7 +69,7 @@ struct DCSOptions: ParsableArguments {
     func resolve() throws -> (cluster: String, dcs: DCSConfiguration, location: String?, leaderSource: LeaderSourceSetting) {
         let configuration: HarpConfiguration
         do {
-            configuration = try ConfigLoader.load(file: configFile, includeInstances: false, leaderSources: LeaderSources.kinds)
+            configuration = try ConfigLoader.load(file: configFile, includeInstances: false, leaderSources: LeaderSources.all)
         } catch {
             for e in error.errors { printError("\(e)") }
             throw ExitCode(1)

@@ -16,13 +16,13 @@ final class ConfigLoaderTests: XCTestCase {
         """
 
     func load(_ dir: TemporaryDirectory, _ file: String = "config.yml") throws -> HarpConfiguration {
-        try ConfigLoader.load(file: dir.file(file), leaderSources: LeaderSources.kinds)
+        try ConfigLoader.load(file: dir.file(file), leaderSources: LeaderSources.all)
     }
 
     /// The errors of a file that must not load.
     func errors(_ dir: TemporaryDirectory, _ file: String = "config.yml", includeInstances: Bool = true) -> [ConfigError] {
         do {
-            _ = try ConfigLoader.load(file: dir.file(file), includeInstances: includeInstances, leaderSources: LeaderSources.kinds)
+            _ = try ConfigLoader.load(file: dir.file(file), includeInstances: includeInstances, leaderSources: LeaderSources.all)
             XCTFail("expected configuration errors")
             return []
         } catch {
@@ -83,7 +83,7 @@ final class ConfigLoaderTests: XCTestCase {
         let dir = TemporaryDirectory()
         dir.write("etc/config.yml", minimal + "include_dir: ../instances\n")
         dir.write("instances/one.yml", "proxy:\n  name: one\n  location: dc1\n")
-        let c = try ConfigLoader.load(file: dir.file("etc/config.yml"), leaderSources: LeaderSources.kinds)
+        let c = try ConfigLoader.load(file: dir.file("etc/config.yml"), leaderSources: LeaderSources.all)
         XCTAssertEqual(c.includeDirectory, dir.path + "/instances")
         XCTAssertEqual(c.instances.map(\.name), ["one"])
         XCTAssertEqual(c.control.socketPath, "/run/harp-proxy/control.sock")
@@ -103,7 +103,7 @@ final class ConfigLoaderTests: XCTestCase {
               endpoints: ["a.example:2379", "https://10.0.0.2:2380", "[::1]:2381", "host-only"]
               request_timeout: 1s
             """)
-        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.kinds)
+        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.all)
         XCTAssertEqual(c.dcs.endpoints.map(\.url), ["https://a.example:2379", "https://10.0.0.2:2380", "https://[::1]:2381", "https://host-only:2379"])
         XCTAssertEqual(c.dcs.requestTimeout, .seconds(1))
     }
@@ -112,7 +112,7 @@ final class ConfigLoaderTests: XCTestCase {
         let dir = TemporaryDirectory()
         dir.write("config.yml", minimal)
         dir.write("conf.d/broken.yml", "proxy: [")
-        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.kinds)
+        let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.all)
         XCTAssertTrue(c.instances.isEmpty)
     }
 
@@ -121,10 +121,10 @@ final class ConfigLoaderTests: XCTestCase {
     func testTheLeaderSourceAndItsOwnKeys() throws {
         let dir = TemporaryDirectory()
         dir.write("config.yml", minimal)
-        XCTAssertEqual(try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.kinds).leaderSource, .harp)
+        XCTAssertEqual(try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.all).leaderSource, .harp)
         for (extra, namespace) in [("", "/service"), ("  patroni_namespace: /pg/\n", "/pg"), ("  patroni_namespace: /a/b\n", "/a/b")] {
             dir.write("config.yml", minimal + "  leader_source: Patroni\n" + extra)
-            let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.kinds)
+            let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.all)
             XCTAssertEqual(c.leaderSource, LeaderSourceSetting(name: "patroni", options: ["patroni_namespace": namespace]))
             XCTAssertEqual((LeaderSources.make(c.leaderSource) as? PatroniLeaderSource)?.namespace, namespace)
         }

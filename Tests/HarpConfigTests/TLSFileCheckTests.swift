@@ -14,7 +14,7 @@ final class TLSFileCheckTests: XCTestCase {
     }
 
     func load(_ path: String) -> Result<HarpConfiguration, ConfigErrors> {
-        Result { () throws(ConfigErrors) in try ConfigLoader.load(file: path, includeInstances: false, leaderSources: LeaderSources.kinds) }
+        Result { () throws(ConfigErrors) in try ConfigLoader.load(file: path, includeInstances: false, leaderSources: LeaderSources.all) }
     }
 
     func testGoodFilesLoad() throws {

@@ -48,8 +48,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         /// nil while the client waits for a lead master.
         var target: LeaderTarget?
         var server: (any Channel)?
-        /// The lead master `server` is connected to.
-        var serverTarget: LeaderTarget?
         /// Once joined: the session, which ends the entry when it closes.
         var session: (any DataPathSession)?
         var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?

@@ -184,7 +184,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.restart(context: context)
                     return
                 }
-                handler.handOver(context: context, to: server)
+                handler.handOver(context: context, to: server, target: admission.target)
             case .failure(let error):
                 guard mode.routeGeneration == admission.generation else {
                     // The old lead master refused or did not answer, and it is no longer the
@@ -213,7 +213,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Joins the client to the lead master through the mode's data path, the kept bytes first,
     /// and leaves the pipeline. The mode records the session before it starts: the relay closes
     /// NIO's channels then, and their closing must find the session recorded.
-    private func handOver(context: ChannelHandlerContext, to server: any Channel) {
+    private func handOver(context: ChannelHandlerContext, to server: any Channel, target: LeaderTarget) {
         let session: any DataPathSession
         do {
             session = try mode.dataPath.join(client: context.channel, server: server, kept: buffer)
@@ -225,7 +225,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         state = .handedOver
         buffer = nil
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        mode.joined(context.channel, session)
+        mode.joined(context.channel, session, to: target)
         session.start()
     }
 

@@ -106,7 +106,7 @@ extension BuiltinMode {
     /// Called on the client's loop once the session is joined, before it starts: the entry
     /// keeps it, and ends when it closes. A session whose lead master moved, or whose client
     /// was cut meanwhile (`closeConnections` found it attached, not yet recorded), is cut here.
-    func joined(_ client: any Channel, _ session: any DataPathSession) {
+    func joined(_ client: any Channel, _ session: any DataPathSession, to joinedTarget: LeaderTarget) {
         let id = ObjectIdentifier(client)
         loop.execute {
             guard let entry = self.clients[id] else {
@@ -115,8 +115,8 @@ extension BuiltinMode {
             }
             entry.session = session
             session.closed.whenComplete { _ in self.loop.execute { self.dropClient(id) } }
-            guard !self.stopped, let target = entry.target, target.sameRoute(as: self.target) else {
-                session.cut(with: self.cutMessage(from: entry.serverTarget, to: self.target))
+            guard !self.stopped, entry.target != nil, joinedTarget.sameRoute(as: self.target) else {
+                session.cut(with: self.cutMessage(from: joinedTarget, to: self.target))
                 return
             }
         }
@@ -139,7 +139,6 @@ extension BuiltinMode {
                 return
             }
             entry.server = server
-            entry.serverTarget = target
         }
         return true
     }

@@ -156,7 +156,7 @@ final class RelayLoop: @unchecked Sendable {
             event.events = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
             event.data.u64 = UInt64(slot) << 1 | side
             if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 {
-                session.abort()
+                session.close()
                 release(slot)
                 return
             }
@@ -240,23 +240,26 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
     /// Registered: what was kept goes out, then whatever input is already there.
     fileprivate func begin() {
         flush(toServer: true)
-        pump(fromClient: true)
-        pump(fromClient: false)
+        resume()
     }
 
-    /// Its turn again, after it used up its share of reads with input left.
+    /// Reads both sides (at registration, or its turn again after it used up its share of reads
+    /// with input left).
     fileprivate func resume() {
         queued = false
         pump(fromClient: true)
         pump(fromClient: false)
     }
 
+    /// One side's state, the client's or the lead master's, to change in place.
+    private func side(client isClient: Bool, _ change: (inout Side) -> Void) {
+        if isClient { change(&client) } else { change(&server) }
+    }
+
     fileprivate func handle(_ events: UInt32, serverSide: Bool) {
-        if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
-            if serverSide { server.readable = true } else { client.readable = true }
-        }
-        if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
-            if serverSide { server.endReported = true } else { client.endReported = true }
+        side(client: !serverSide) {
+            if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { $0.readable = true }
+            if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { $0.endReported = true }
         }
         if events & (EPOLLOUT.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
             flush(toServer: serverSide)
@@ -297,12 +300,10 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
                 }
                 let taken = max(written, 0)
                 if taken < n {
-                    let rest = [UInt8](UnsafeRawBufferPointer(start: buffer + taken, count: n - taken))
-                    if fromClient { server.pending = rest; server.pendingOffset = 0 } else { client.pending = rest; client.pendingOffset = 0 }
+                    // Its offset is 0: a side's pending bytes are sent whole before more are kept.
+                    side(client: !fromClient) { $0.pending = [UInt8](UnsafeRawBufferPointer(start: buffer + taken, count: n - taken)) }
                 }
-                if n < size, !from.endReported {
-                    if fromClient { client.readable = false } else { server.readable = false }
-                }
+                if n < size, !from.endReported { side(client: fromClient) { $0.readable = false } }
                 reads += 1
                 if reads == Self.readsPerTurn {
                     // Input may be left, and no new edge will say so: its turn comes again.
@@ -313,17 +314,14 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
                     return
                 }
             } else if n == 0 {
-                if fromClient { client.ended = true; client.readable = false } else { server.ended = true; server.readable = false }
-                if to.pending == nil {
-                    shutdown(to.fd, CInt(SHUT_WR))
-                } else if fromClient {
-                    server.shutdownAfterPending = true
-                } else {
-                    client.shutdownAfterPending = true
+                side(client: fromClient) {
+                    $0.ended = true
+                    $0.readable = false
                 }
+                if to.pending == nil { shutdown(to.fd, CInt(SHUT_WR)) } else { side(client: !fromClient) { $0.shutdownAfterPending = true } }
                 closeIfDone()
             } else if errno == EAGAIN {
-                if fromClient { client.readable = false } else { server.readable = false }
+                side(client: fromClient) { $0.readable = false }
             } else if errno != EINTR {
                 fail(clientSide: fromClient)
             }
@@ -332,23 +330,23 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
 
     /// Writes what is kept for one side; once it is all taken, the other side is read again.
     private func flush(toServer: Bool) {
-        var side = toServer ? server : client
-        guard let pending = side.pending else { return }
+        var target = toServer ? server : client
+        guard let pending = target.pending else { return }
         let written = pending.withUnsafeBytes { bytes in
-            send(side.fd, bytes.baseAddress! + side.pendingOffset, bytes.count - side.pendingOffset, CInt(MSG_NOSIGNAL))
+            send(target.fd, bytes.baseAddress! + target.pendingOffset, bytes.count - target.pendingOffset, CInt(MSG_NOSIGNAL))
         }
         if written < 0 {
             if errno != EAGAIN, errno != EINTR { fail(clientSide: !toServer) }
             return
         }
-        side.pendingOffset += written
-        if side.pendingOffset == pending.count {
-            side.pending = nil
-            side.pendingOffset = 0
-            if side.shutdownAfterPending { shutdown(side.fd, CInt(SHUT_WR)) }
+        target.pendingOffset += written
+        if target.pendingOffset == pending.count {
+            target.pending = nil
+            target.pendingOffset = 0
+            if target.shutdownAfterPending { shutdown(target.fd, CInt(SHUT_WR)) }
         }
-        if toServer { server = side } else { client = side }
-        guard side.pending == nil else { return }
+        if toServer { server = target } else { client = target }
+        guard target.pending == nil else { return }
         if closeAfterPending {
             close()
             return
@@ -365,7 +363,7 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
     /// One side failed (reset, or gone while written to): nothing more is read; the other side
     /// closes once what is kept for it is sent, as the glue does.
     private func fail(clientSide: Bool) {
-        if clientSide { client.pending = nil } else { server.pending = nil }
+        side(client: clientSide) { $0.pending = nil }
         let survivorPending = clientSide ? server.pending : client.pending
         if survivorPending == nil {
             close()
@@ -383,10 +381,7 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
         close()
     }
 
-    /// Registration failed: both sides close.
-    fileprivate func abort() { close() }
-
-    private func close() {
+    fileprivate func close() {
         guard !isClosed else { return }
         isClosed = true
         Glibc.close(client.fd)  // the client first, as a cut of many does
