@@ -20,17 +20,37 @@ public struct WritabilityCheck: Sendable, Equatable {
     /// Names this leadership: the location, the member and the leader key's revision, so that
     /// a new election of the same member is checked again.
     public var key: String
-    /// The member's record says it is the running primary, and there is no API to ask (Patroni
+    /// The member's name, for the log.
+    public var member: String
+    /// The member's record says it is the running primary, and there is no way to ask (Patroni
     /// writes that record as it takes the key, before the promotion has finished).
     public var recordSaysPrimary: Bool
     /// Where to ask whether it is the primary now (Patroni's REST API, `GET /patroni`: its
     /// `role` comes from `pg_is_in_recovery()`).
     public var primaryCheckURL: String?
+    /// How to ask PostgreSQL itself (`pg_is_in_recovery()` on a connection of the proxy's own),
+    /// when the configuration gives credentials for it.
+    public var direct: DirectCheck?
 
-    public init(key: String, recordSaysPrimary: Bool, primaryCheckURL: String?) {
+    public init(key: String, member: String = "", recordSaysPrimary: Bool, primaryCheckURL: String?, direct: DirectCheck? = nil) {
         self.key = key
+        self.member = member
         self.recordSaysPrimary = recordSaysPrimary
         self.primaryCheckURL = primaryCheckURL
+        self.direct = direct
+    }
+}
+
+/// A connection of the proxy's own to a named lead master: the configured libpq settings (user,
+/// dbname, password or passfile, sslmode, ...), at the member's address.
+public struct DirectCheck: Sendable, Equatable {
+    public var address: DatabaseAddress
+    /// libpq settings without host or port (`dcs.patroni_check_dsn`).
+    public var conninfo: String
+
+    public init(address: DatabaseAddress, conninfo: String) {
+        self.address = address
+        self.conninfo = conninfo
     }
 }
 

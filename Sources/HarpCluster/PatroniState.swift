@@ -17,9 +17,12 @@ public struct PatroniState: LeaderView {
     public let members: [String: [String: PatroniMember]]
     public let problems: [RecordProblem]
     public let locations: Set<String>
+    /// libpq settings to ask a named leader itself whether it is out of recovery (`dcs.patroni_check_dsn`).
+    public let checkDSN: String?
 
-    public init(snapshot: DCSSnapshot, namespace: String) {
+    public init(snapshot: DCSSnapshot, namespace: String, checkDSN: String? = nil) {
         self.namespace = namespace
+        self.checkDSN = checkDSN
         let prefix = namespace + "/"
         var leaders: [String: LeaderRecord] = [:]
         var members: [String: [String: PatroniMember]] = [:]
@@ -61,10 +64,15 @@ public struct PatroniState: LeaderView {
         // api_url (http://host:8008/patroni) answers with the role PostgreSQL itself reports:
         // `replica` while it is in recovery. (`/primary` answers 200 as soon as Patroni holds the
         // key, before the promotion has finished.)
-        let check = member.apiURL.flatMap { $0.hasPrefix("http://") ? $0 : nil }
+        let api = member.apiURL.flatMap { $0.hasPrefix("http://") ? $0 : nil }
+        // With credentials, PostgreSQL is asked itself, at the address the plan routes to.
+        let direct = checkDSN.flatMap { dsn in
+            (try? DSN.address(member.connURL).get()).map { DirectCheck(address: $0, conninfo: dsn) }
+        }
         // Patroni writes role master as it takes the key, before `pg_ctl promote` has finished:
-        // the record is the word only where there is no API that asks PostgreSQL itself.
-        return WritabilityCheck(key: "\(scope)|\(record.name)|\(record.modRevision)", recordSaysPrimary: check == nil && primary, primaryCheckURL: check)
+        // the record is the word only where there is no way to ask PostgreSQL.
+        return WritabilityCheck(key: "\(scope)|\(record.name)|\(record.modRevision)", member: record.name,
+                                recordSaysPrimary: api == nil && direct == nil && primary, primaryCheckURL: api, direct: direct)
     }
 
     public func leaderKey(_ scope: String) -> String { "\(namespace)/\(scope)/leader" }

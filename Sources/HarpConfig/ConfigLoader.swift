@@ -161,9 +161,14 @@ public enum ConfigLoader {
         var setting = LeaderSourceSetting(name: chosen.name)
         for option in chosen.options {
             setting.options[option.key] = option.defaultValue
+            if option.secret { setting.secretKeys.insert(option.key) }
             guard let (text, location) = section.scalar(option.key, errors: &errors) else { continue }
-            if let value = option.check(text) { setting.options[option.key] = value }
-            else { errors.append(ConfigError(location, "invalid value '\(text)' for 'dcs.\(option.key)': expected \(option.expected)")) }
+            switch option.check(text) {
+            case .success(let value): setting.options[option.key] = value
+            case .failure(let problem):
+                let value = option.secret ? "value" : "value '\(text)'"
+                errors.append(ConfigError(location, "invalid \(value) for 'dcs.\(option.key)': \(problem.reason ?? "expected \(option.expected)")"))
+            }
         }
         return setting
     }

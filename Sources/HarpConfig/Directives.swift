@@ -158,7 +158,7 @@ public enum ProxyDirectives {
         .init("max_client_conn", .integer(1...1_000_000), .integer(100), .every, "most client connections at once"),
         .init("keepalive", .duration(.seconds), .duration(.seconds(5)), .builtin, "TCP keepalive idle time on leader and client sockets"),
         .init("timeout", .duration(.seconds), .duration(.seconds(1)), .builtin, "connect timeout to the lead master"),
-        .init("hold_timeout", .duration(.milliseconds), .duration(.milliseconds(5000)), .builtin, harp: false, "how long a new client waits for a lead master to appear"),
+        .init("hold_timeout", .duration(.milliseconds), .duration(.milliseconds(5000)), .builtin, harp: false, "how long a new client waits for a lead master to appear, or to listen again"),
         .init("dcs_failure_policy", .choice(DCSFailurePolicy.allCases.map(\.rawValue)), .string(DCSFailurePolicy.fence.rawValue), .every, harp: false,
               "what to do when the DCS is unreachable past the lease"),
         .init("leader_lease_duration", .duration(.seconds), .duration(.seconds(6)), .every, "lease TTL assumed when the leader key has no lease"),

@@ -6,17 +6,22 @@ public struct LeaderSourceSetting: Sendable, Equatable, CustomStringConvertible 
     public var name: String
     /// The source's own keys, each with the value given or its default.
     public var options: [String: String]
+    /// Those of its keys whose values may hold a secret (a password in a DSN): never shown.
+    public var secretKeys: Set<String>
 
-    public init(name: String, options: [String: String] = [:]) {
+    public init(name: String, options: [String: String] = [:], secretKeys: Set<String> = []) {
         self.name = name
         self.options = options
+        self.secretKeys = secretKeys
     }
 
     /// HARP's own keys: the default.
     public static let harp = LeaderSourceSetting(name: "harp")
 
     public var description: String {
-        options.isEmpty ? name : "\(name) (" + options.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")"
+        let shown = options.filter { !$0.value.isEmpty }.sorted { $0.key < $1.key }
+            .map { secretKeys.contains($0.key) ? "\($0.key) set" : "\($0.key) \($0.value)" }
+        return shown.isEmpty ? name : "\(name) (" + shown.joined(separator: ", ") + ")"
     }
 }
 
@@ -36,13 +41,23 @@ public struct LeaderSourceOption: Sendable {
     public let defaultValue: String
     /// What a valid value looks like, for the error message ("a path such as /service").
     public let expected: String
-    /// The value as the source uses it, or nil when it is not valid.
-    public let check: @Sendable (String) -> String?
+    /// The value may hold a secret: neither the log nor an error message shows it.
+    public let secret: Bool
+    /// The value as the source uses it, or why it is not valid (completing "expected ...").
+    public let check: @Sendable (String) -> Result<String, Problem>
 
-    public init(key: String, defaultValue: String, expected: String, check: @escaping @Sendable (String) -> String?) {
+    /// Why a value is not valid; with no `reason`, `expected` says it.
+    public struct Problem: Error, Sendable {
+        public var reason: String?
+        public init(_ reason: String? = nil) { self.reason = reason }
+    }
+
+    public init(key: String, defaultValue: String, expected: String, secret: Bool = false,
+                check: @escaping @Sendable (String) -> Result<String, Problem>) {
         self.key = key
         self.defaultValue = defaultValue
         self.expected = expected
+        self.secret = secret
         self.check = check
     }
 }

@@ -9,11 +9,19 @@ import Glibc
 /// `pg_ctl promote` has finished). Not `/primary`, which says 200 as soon as Patroni holds the
 /// leader key. Plain HTTP only; an HTTPS API, or none, leaves the member record as the word.
 enum PatroniAPI {
-    /// true when the role is master or primary and the state running, false for any other
-    /// answer, nil when nothing answered within `timeout`.
-    static func isPrimary(_ url: String, timeout: Duration = .milliseconds(250)) async -> Bool? {
+    /// Asks `url` again and again until an answer says primary (true), or `stop` is set or the
+    /// deadline passes (false). Requests overlap: a new one starts every `every` while fewer than
+    /// `atMost` are unanswered, so that one Patroni is slow to answer does not hold up the next
+    /// (its REST API asks PostgreSQL on the connection its HA loop shares; around a promotion one
+    /// answer can take hundreds of ms while the next takes a few). Each request gets `timeout`.
+    /// One thread of its own, non-blocking sockets and poll(2).
+    static func waitForPrimary(_ url: String, stop: CheckFlag, deadline: ContinuousClock.Instant,
+                               every: Duration = .milliseconds(3), atMost: Int = 8,
+                               timeout: Duration = .milliseconds(500)) async -> Bool {
         await withCheckedContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(returning: get(url, timeout: timeout)) }
+            DispatchQueue.global().async {
+                continuation.resume(returning: ask(url, stop: stop, deadline: deadline, every: every, atMost: atMost, timeout: timeout))
+            }
         }
     }
 
@@ -36,32 +44,74 @@ enum PatroniAPI {
         return (String(host), port, path.isEmpty ? "/" : String(path))
     }
 
-    private static func get(_ url: String, timeout: Duration) -> Bool? {
-        guard let (host, port, path) = parse(url) else { return nil }
+    /// One request on a non-blocking socket: connecting, then sent, then its answer read.
+    private struct Request {
+        var fd: Int32
+        var started: ContinuousClock.Instant
+        var sent = false
+        var response: [UInt8] = []
+    }
+
+    private static func ask(_ url: String, stop: CheckFlag, deadline: ContinuousClock.Instant,
+                            every: Duration, atMost: Int, timeout: Duration) -> Bool {
+        guard let (host, port, path) = parse(url) else { return false }
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var found: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, port, &hints, &found) == 0, let info = found else { return nil }
+        guard getaddrinfo(host, port, &hints, &found) == 0, let info = found else { return false }
         defer { freeaddrinfo(found) }
-        let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        let micros = Int(timeout.milliseconds) * 1000
-        var limit = timeval(tv_sec: micros / 1_000_000, tv_usec: micros % 1_000_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { return nil }
         let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8)
-        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
-        var response: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while response.count < 65536 {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n == 0 { break }
-            guard n > 0 else { return nil }
-            response += chunk[0..<n]
+        var requests: [Request] = []
+        defer { for r in requests { close(r.fd) } }
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        var nextStart = ContinuousClock.now
+        while !stop.isSet {
+            let now = ContinuousClock.now
+            guard now < deadline else { return false }
+            requests.removeAll { r in
+                guard now - r.started > timeout else { return false }
+                close(r.fd)
+                return true
+            }
+            if now >= nextStart, requests.count < atMost {
+                nextStart = now + every
+                let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+                if fd >= 0 {
+                    if connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 || errno == EINPROGRESS {
+                        requests.append(Request(fd: fd, started: now))
+                    } else {
+                        close(fd)
+                    }
+                }
+            }
+            var fds = requests.map { pollfd(fd: $0.fd, events: Int16($0.sent ? POLLIN : POLLOUT), revents: 0) }
+            let wait = max(1, min((nextStart - now).milliseconds, 10))
+            guard poll(&fds, nfds_t(fds.count), Int32(wait)) > 0 else { continue }
+            for i in fds.indices.reversed() where fds[i].revents != 0 {
+                var done = false
+                if !requests[i].sent {
+                    let n = request.withUnsafeBytes { send(fds[i].fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    if n == request.count { requests[i].sent = true } else { done = true }  // refused, or a short send
+                } else {
+                    while true {
+                        let n = chunk.withUnsafeMutableBytes { recv(fds[i].fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                        if n > 0, requests[i].response.count < 65536 { requests[i].response += chunk[0..<n]; continue }
+                        if n == 0 {
+                            if primary(inResponse: String(decoding: requests[i].response, as: UTF8.self)) { return true }
+                            done = true
+                        } else if n > 0 || (errno != EAGAIN && errno != EWOULDBLOCK) {
+                            done = true  // too long to be Patroni's answer, or an error
+                        }
+                        break
+                    }
+                }
+                if done {
+                    close(requests[i].fd)
+                    requests.remove(at: i)
+                }
+            }
         }
-        return primary(inResponse: String(decoding: response, as: UTF8.self))
+        return false
     }
 
     /// Whether an HTTP response's JSON body says role master/primary, state running.

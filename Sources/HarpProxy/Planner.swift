@@ -40,8 +40,8 @@ enum Planner {
         var unknownLeases: Set<Int64> = []
         /// `max_client_conn` wanted and granted, for instances whose wish did not fit.
         var lowered: [String: (wanted: Int, granted: Int)] = [:]
-        /// Named lead masters not yet known to accept writes, by check key: ask where given.
-        var uncheckedLeaders: [String: String?] = [:]
+        /// Named lead masters not yet known to accept writes, by check key: how to ask.
+        var uncheckedLeaders: [String: WritabilityCheck] = [:]
     }
 
     static func plan(_ input: Input) -> Output {
@@ -94,7 +94,7 @@ enum Planner {
                 }
                 if routing.target == nil, let check = input.leaders.writability(of: location), !check.recordSaysPrimary,
                    !input.writable.contains(check.key) {
-                    output.uncheckedLeaders[check.key] = check.primaryCheckURL
+                    output.uncheckedLeaders[check.key] = check
                 }
             }
             var plan = InstancePlan(location: location, directives: d, managed: state.isManaged(instance.name), routing: routing,

@@ -21,7 +21,7 @@ public actor ProxyHost {
     /// load each wake-up can wait milliseconds for a core).
     let hostLoop: any EventLoop
     public nonisolated var unownedExecutor: UnownedSerialExecutor { hostLoop.executor.asUnownedSerialExecutor() }
-    private let logger: Logger
+    let logger: Logger
     private let view: ClusterView
     private let layout: DCSLayout
     /// Where the lead masters come from (`dcs.leader_source`). A source with records of its own
@@ -64,10 +64,9 @@ public actor ProxyHost {
     /// Leases whose TTL is being asked for: one request per lease, however many instances see it.
     var leaseLookups: Set<Int64> = []
     var fenceTimer: Task<Void, Never>?
-    /// Named lead masters seen to take writes, those the last plan waits for, and those being asked.
+    /// Named lead masters seen to take writes, and those being asked (`checkWritable`).
     var writable: Set<String> = []
-    var unchecked: Set<String> = []
-    var writableChecks: Set<String> = []
+    var writableChecks: [String: CheckFlag] = [:]
     var latest: DCSSnapshot?
 
     /// - Parameters:
@@ -200,8 +199,7 @@ public actor ProxyHost {
         }
         lowered = output.lowered.mapValues(\.granted)
         for lease in output.unknownLeases { lookUpLease(lease) }
-        unchecked = Set(output.uncheckedLeaders.keys)
-        for (key, url) in output.uncheckedLeaders { checkWritable(key, url: url) }
+        updateChecks(output.uncheckedLeaders)
 
         for instance in instances {
             guard var r = running[instance.name], let plan = output.plans[instance.name] else { continue }

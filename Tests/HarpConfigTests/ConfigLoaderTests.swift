@@ -125,8 +125,42 @@ final class ConfigLoaderTests: XCTestCase {
         for (extra, namespace) in [("", "/service"), ("  patroni_namespace: /pg/\n", "/pg"), ("  patroni_namespace: /a/b\n", "/a/b")] {
             dir.write("config.yml", minimal + "  leader_source: Patroni\n" + extra)
             let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.all)
-            XCTAssertEqual(c.leaderSource, LeaderSourceSetting(name: "patroni", options: ["patroni_namespace": namespace]))
+            XCTAssertEqual(c.leaderSource, LeaderSourceSetting(name: "patroni", options: ["patroni_namespace": namespace, "patroni_check_dsn": ""],
+                                                               secretKeys: ["patroni_check_dsn"]))
             XCTAssertEqual((LeaderSources.make(c.leaderSource) as? PatroniLeaderSource)?.namespace, namespace)
+            XCTAssertNil((LeaderSources.make(c.leaderSource) as? PatroniLeaderSource)?.checkDSN)
+        }
+    }
+
+    /// `dcs.patroni_check_dsn`: libpq settings for asking a named leader itself; what is shown of
+    /// the configuration (the daemon logs it at start) says only that it is set.
+    func testPatronisCheckDSNIsTakenAndNeverShown() throws {
+        let dir = TemporaryDirectory()
+        for dsn in ["user=harp_check dbname=postgres password=s3cret sslmode=require", "'postgresql://harp_check:s3cret@/postgres?sslmode=require'"] {
+            dir.write("config.yml", minimal + "  leader_source: patroni\n  patroni_check_dsn: \(dsn)\n")
+            let c = try ConfigLoader.load(file: dir.file("config.yml"), includeInstances: false, leaderSources: LeaderSources.all)
+            let source = LeaderSources.make(c.leaderSource) as? PatroniLeaderSource
+            XCTAssertEqual(source?.checkDSN, dsn.trimmingCharacters(in: ["'"]))
+            XCTAssertEqual("\(c.leaderSource)", "patroni (patroni_check_dsn set, patroni_namespace /service)")
+            XCTAssertFalse("\(c.leaderSource)".contains("s3cret"))
+        }
+    }
+
+    /// A check DSN that libpq would not take, that names an address (each member's conn_url
+    /// gives it), or that names no user (libpq would use the OS user's name): an error at the
+    /// key that does not repeat the value, which may hold a password.
+    func testABadPatroniCheckDSNIsAnErrorThatDoesNotShowIt() {
+        let dir = TemporaryDirectory()
+        let cases = [("user=x password='s3cret", "not a libpq connection string: unterminated quoted value for 'password'"),
+                     ("user=x password=s3cret host=10.0.0.1", "'host' does not belong here: harp-proxy connects to the address in each member's conn_url"),
+                     ("user=x password=s3cret port=5433", "'port' does not belong here"),
+                     ("'postgresql://x:s3cret@10.0.0.1/postgres'", "'host' does not belong here"),
+                     ("dbname=postgres password=s3cret", "name the user (user=...): libpq's default is the OS user")]
+        for (dsn, message) in cases {
+            dir.write("config.yml", minimal + "  leader_source: patroni\n  patroni_check_dsn: \(dsn)\n")
+            let e = errors(dir, includeInstances: false)
+            assertError(e, line: 8, column: 22, contains: "invalid value for 'dcs.patroni_check_dsn': " + message)
+            XCTAssertFalse("\(e)".contains("s3cret"), "\(e)")
         }
     }
 

@@ -226,7 +226,7 @@ final class BuiltinModeTests: XCTestCase {
         let dead = freePort()  // nothing listens there
         let down = try SilentHost()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "timeout": .duration(.seconds(60))])])
+                                               "timeout": .duration(.seconds(60)), "hold_timeout": .duration(.milliseconds(500))])])
         try await rig.node("down", location: "dc1", dsn: "host=127.0.0.1 port=\(down.port)")
         try await rig.node("dead", location: "dc1", dsn: "host=127.0.0.1 port=\(dead)")
         try await rig.leader("dc1", "down")
@@ -242,7 +242,7 @@ final class BuiltinModeTests: XCTestCase {
             guard case .failure(let error) = await client.value else { XCTFail("nothing listens at the new leader's address"); continue }
             XCTAssertTrue(error.description.contains("cannot connect to the lead master dead (127.0.0.1:\(dead)): Connection refused"), error.description)
         }
-        XCTAssertLessThan(Date().timeIntervalSince(moved), 10, "refused at once, not after the 60 s timeout")
+        XCTAssertLessThan(Date().timeIntervalSince(moved), 10, "refused after hold_timeout, not after the 60 s timeout")
         let counters = await rig.counters("p1")
         XCTAssertEqual(counters.startedAgain, 4)
         XCTAssertEqual(counters.refused, 4)
@@ -297,10 +297,12 @@ final class BuiltinModeTests: XCTestCase {
         await rig.stop()
     }
 
+    /// A lead master that refuses connections for longer than `hold_timeout`: 08006 naming it.
     func testALeaderThatDoesNotAnswerGives08006NamingItsAddress() async throws {
         let port = freePort()
         let dead = freePort()  // nothing listens there
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "hold_timeout": .duration(.milliseconds(300))])])
         try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(dead)")
         try await rig.leader("dc1", "node1")
         let routed = await rig.waitUntilRouting("p1", to: "node1")
@@ -316,6 +318,33 @@ final class BuiltinModeTests: XCTestCase {
         XCTAssertEqual(counters.refused, 2)
         let gone = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
         XCTAssertTrue(gone, "the refused client is closed and forgotten")
+        await rig.stop()
+    }
+
+    /// A lead master whose postmaster refuses connections (stopping for a switchover before the
+    /// key moves, or starting again) is asked again for up to `hold_timeout`: a client that comes
+    /// meanwhile waits, is served once the lead master listens, and is not refused.
+    func testAClientWaitsForALeadMasterThatRefusesConnectionsUntilItListens() async throws {
+        let (port, later) = (freePort(), freePort())
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "hold_timeout": .duration(.seconds(20))])])
+        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(later)")
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let client = Task { await onOwnThread { serverPort(through: port, timeout: 30) } }
+        let waiting = await eventuallyAsync(timeout: .seconds(10)) { await rig.counters("p1").current == 1 }
+        XCTAssertTrue(waiting)
+        try await Task.sleep(for: .seconds(1))  // refused many times by now
+        XCTAssertFalse(canConnect(port: later), "nothing listens at node1's address yet")
+        let listening = try TestProcess(name: "listening", executable: "/usr/bin/socat",
+                                        arguments: ["TCP-LISTEN:\(later),bind=127.0.0.1,reuseaddr,fork", "TCP:127.0.0.1:\(a.port)"],
+                                        logDirectory: rig.etcd.directory.path)
+        defer { listening.stop() }
+        let result = await client.value
+        XCTAssertEqual(try result.get(), "\(a.port)", "served once node1 listens")
+        let counters = await rig.counters("p1")
+        XCTAssertEqual(counters.refused, 0)
         await rig.stop()
     }
 
@@ -388,7 +417,8 @@ final class BuiltinModeTests: XCTestCase {
     /// counts neither as a session cut nor as a client started again.
     func testAClientBeingRefusedWhenTheLeaderMovesIsNeitherCutNorStartedAgain() async throws {
         let (port, dead) = (freePort(), freePort())
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
+                                               "hold_timeout": .duration(.milliseconds(200))])])
         try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(dead)")
         try await rig.node("node2", location: "dc1", server: a)
         try await rig.leader("dc1", "node1")

@@ -12,7 +12,8 @@ import Glibc
 final class PatroniTests: XCTestCase {
     /// harp-proxy with one builtin instance following scope dc1, and its config folder.
     /// Keep the folder for as long as the process runs: it goes with the last reference to it.
-    func startProxy(etcd: EtcdCluster, port: Int, holdTimeout: String = "15s", extra: String = "") throws -> (TestProcess, TemporaryDirectory) {
+    func startProxy(etcd: EtcdCluster, port: Int, holdTimeout: String = "15s", checkDSN: String? = nil,
+                    extra: String = "") throws -> (TestProcess, TemporaryDirectory) {
         let dir = TemporaryDirectory()
         dir.write("config.yml", """
             cluster: {name: harp}
@@ -20,6 +21,7 @@ final class PatroniTests: XCTestCase {
               driver: etcd
               endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]
               leader_source: patroni
+              patroni_check_dsn: '\(checkDSN ?? "")'
             control: {socket: \(dir.path)/control.sock}
             proxy:
               name: p1
@@ -36,13 +38,14 @@ final class PatroniTests: XCTestCase {
 
     /// Scenarios 1 to 3: clients reach Patroni's leader; a switchover cuts the old sessions and
     /// new clients reach the new leader; a crash of the leader is followed once Patroni fails over.
+    /// With `patroni_check_dsn`: the new leader itself says when it has left recovery.
     func testClientsFollowPatronisLeaderThroughASwitchoverAndACrash() async throws {
         let etcd = try EtcdCluster()
         let patroni = try PatroniCluster(etcd: etcd)
         defer { patroni.stop(); etcd.stop() }
         let (pg1, pg2) = (patroni.members[0].pgPort, patroni.members[1].pgPort)
         let port = freePort()
-        let (proxy, dir) = try startProxy(etcd: etcd, port: port)
+        let (proxy, dir) = try startProxy(etcd: etcd, port: port, checkDSN: "user=postgres dbname=postgres")
         defer { proxy.stop(); withExtendedLifetime(dir) {} }
 
         // 1. The proxy routes to the member Patroni's leader key names.
@@ -70,6 +73,8 @@ final class PatroniTests: XCTestCase {
         let (written, failures) = writer.counts
         XCTAssertEqual(failures.filter { $0.contains("read-only") }, [], "no write reached pg2 while it was still promoting")
         XCTAssertTrue(proxy.log.contains("not yet accepting writes") || proxy.log.contains("leader=\"pg2"), proxy.log)
+        XCTAssertTrue(proxy.log.split(separator: "\n").contains { $0.contains("lead master pg2 takes writes") && $0.contains("PostgreSQL: pg_is_in_recovery() is false") },
+                      "pg2 itself said so:\n\(proxy.log)")
         let onPg2 = try PostgresServer.psql(host: "127.0.0.1", port: pg2, "SELECT count(*) FROM writes WHERE port = \(pg2)")
         XCTAssertGreaterThan(Int(onPg2) ?? 0, 50, "\(written) written, \(failures.count) failed: \(failures.prefix(3))")
         let cut = await session.run("SELECT 1")
@@ -109,7 +114,9 @@ final class PatroniTests: XCTestCase {
     }
 
     /// Scenario 5: pgbouncer mode follows a Patroni switchover, and a transaction-pooled client
-    /// keeps its connection to PgBouncer: its next transaction runs on the new leader.
+    /// keeps its connection to PgBouncer: its next transaction runs on the new leader. With a
+    /// `patroni_check_dsn` whose user PostgreSQL does not know: a WARNING says why, and Patroni's
+    /// REST API says when the new leader has left recovery.
     func testPgBouncerModeFollowsAPatroniSwitchoverAndKeepsTheClient() async throws {
         let etcd = try EtcdCluster()
         let patroni = try PatroniCluster(etcd: etcd)
@@ -121,7 +128,8 @@ final class PatroniTests: XCTestCase {
         let port = freePort()
         dir.write("config.yml", """
             cluster: {name: harp}
-            dcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], leader_source: patroni}
+            dcs: {driver: etcd, endpoints: [127.0.0.1:\(etcd.members[0].clientPort)], leader_source: patroni,
+                  patroni_check_dsn: 'user=no_such_role dbname=postgres password=s3cret'}
             control: {socket: \(dir.path)/control.sock}
             proxy:
               name: pgb
@@ -149,6 +157,11 @@ final class PatroniTests: XCTestCase {
                       "the same client connection, its next transaction on pg2:\n\(proxy.log)")
         XCTAssertEqual(try client.query("SELECT pg_is_in_recovery()::text"), "false")
         XCTAssertTrue(client.isOpen)
+        let lines = proxy.log.split(separator: "\n")
+        XCTAssertTrue(lines.contains { $0.contains("cannot ask lead master pg2 itself") && $0.contains("no_such_role") && $0.contains("REST API is asked meanwhile") },
+                      proxy.log)
+        XCTAssertTrue(lines.contains { $0.contains("lead master pg2 takes writes") && $0.contains("Patroni's REST API: role master") }, proxy.log)
+        XCTAssertFalse(proxy.log.contains("s3cret"), "the password is never logged")
     }
 
     /// Bad values in Patroni's keys: logged, treated as no leader, never a crash or a guess.

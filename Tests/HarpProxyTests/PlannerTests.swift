@@ -137,7 +137,7 @@ final class PlannerTests: XCTestCase {
         let held = Planner.plan(i)
         XCTAssertNil(held.plans["p1"]?.routing.target)
         XCTAssertEqual(held.plans["p1"]?.routing, .noLeader(reason: "lead master pg2 named, not yet accepting writes (still promoting)"))
-        XCTAssertEqual(held.uncheckedLeaders, ["dc1|pg2|7": "http://10.0.0.2:8008/patroni"])
+        XCTAssertEqual(held.uncheckedLeaders.mapValues(\.primaryCheckURL), ["dc1|pg2|7": "http://10.0.0.2:8008/patroni"])
 
         i.writable = ["dc1|pg2|7"]
         let released = Planner.plan(i)

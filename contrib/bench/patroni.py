@@ -32,10 +32,14 @@ def query(port, sql, timeout=2):
 
 
 def probe(port, want_port, deadline, pipe):
-    """The first moment a new connection through `port` is answered by `want_port`, out of recovery."""
+    """The first moment a new connection through `port` is answered by `want_port`, out of recovery.
+    A connection waits up to 10 s for its answer: harp-proxy holds a client from the moment the old
+    leader stops listening until the new one takes writes (over a second), and a client that gave
+    up sooner, just as it was being served, would count a connection setup that no real client
+    (libpq waits without limit by default) pays."""
     while time.monotonic() < deadline:
         try:
-            rows = query(port, "SELECT current_setting('port') || ' ' || pg_is_in_recovery()", timeout=1)
+            rows = query(port, "SELECT current_setting('port') || ' ' || pg_is_in_recovery()", timeout=10)
             if rows and rows[0] == f"{want_port} false":
                 pipe.send(time.monotonic())
                 return

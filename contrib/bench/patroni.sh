@@ -6,6 +6,8 @@
 # Times run from the later of: the leader key naming the new member (an etcd watcher sees it),
 # and that member accepting writes; to the first new client it serves through each proxy.
 #   contrib/bench/patroni.sh [SWITCHOVERS]      (default 20)
+# harp-proxy asks the new leader itself whether it is out of recovery (dcs.patroni_check_dsn, as
+# Patroni's superuser here); PATRONI_CHECK=api leaves that out, so that only Patroni's REST API is asked.
 source "$(dirname "$0")/../lib.sh"
 switchovers=${1:-20}
 command -v haproxy >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq haproxy >/dev/null; }
@@ -67,9 +69,11 @@ for _ in $(seq 300); do [ "$("$pgbin/psql" -h 127.0.0.1 -p "$pg2" -U postgres -A
 echo "== Patroni: pg1 on $pg1 leading, pg2 on $pg2 streaming" >&2
 
 harp_port=$(free_port 26432)
+check=", patroni_check_dsn: 'user=postgres dbname=postgres'"
+[ "${PATRONI_CHECK:-dsn}" = api ] && check=""
 cat >"$work/config.yml" <<YAML
 cluster: {name: bench}
-dcs: {driver: etcd, endpoints: [127.0.0.1:$etcd_port], leader_source: patroni}
+dcs: {driver: etcd, endpoints: [127.0.0.1:$etcd_port], leader_source: patroni$check}
 control: {socket: $work/control.sock}
 log_level: ${HARP_LOG_LEVEL:-warning}
 proxy: {name: bench, location: dc1, listen_address: 127.0.0.1, listen_port: $harp_port, max_client_conn: 1000, hold_timeout: 30s}

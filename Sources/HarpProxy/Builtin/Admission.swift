@@ -45,6 +45,7 @@ extension BuiltinMode {
 
     func admission(_ target: LeaderTarget, _ plan: InstancePlan) -> Admission {
         Admission(target: target, connectTimeout: .milliseconds(max(1, plan.directives.connectTimeout.milliseconds)),
+                  holdTimeout: .milliseconds(plan.directives.holdTimeout.milliseconds),
                          // TCP_KEEPIDLE and TCP_KEEPINTVL take 1 to 32767 s; beyond that setsockopt fails and so would every connect.
                          keepaliveSeconds: Int(min(32767, max(1, plan.directives.keepalive.milliseconds / 1000))),
                          generation: generation)

@@ -34,6 +34,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     struct Admission: Sendable {
         var target: LeaderTarget
         var connectTimeout: TimeAmount
+        /// How long a client waits for a lead master that refuses connections (its postmaster
+        /// is stopping or starting) before it is refused itself: `hold_timeout`.
+        var holdTimeout: TimeAmount
         var keepaliveSeconds: Int
         /// The instance's count of lead-master moves when this was given: a client told that the
         /// lead master moved later than this starts again (see `startAgain`).

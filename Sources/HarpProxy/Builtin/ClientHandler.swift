@@ -15,7 +15,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private enum State { case admitting, connecting, refusing, handedOver }
+    private enum State { case admitting, connecting, waitingToRetry, refusing, handedOver }
 
     /// More than this before the lead master is connected is not a PostgreSQL client.
     static let maximumBuffered = 64 * 1024
@@ -36,6 +36,9 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The latest move of the lead master this client was told of: an admission given before it
     /// (on its way here when the word came) is not used.
     private var movedAt: UInt64 = 0
+    /// A lead master that refused the connect is asked again until then (`hold_timeout`).
+    private var retryUntil: NIODeadline?
+    private var retry: Scheduled<Void>?
 
     init(mode: BuiltinMode) { self.mode = mode }
 
@@ -73,6 +76,11 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             return .startsAgain  // `connect` looks at `movedAt`
         case .refusing:
             return .beingRefused
+        case .waitingToRetry:
+            retry?.cancel()
+            retry = nil
+            restart(context: context)
+            return .startsAgain
         case .connecting:
             guard admittedGeneration < generation else { return .startsAgain }
             restart(context: context)
@@ -192,11 +200,45 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.restart(context: context)
                     return
                 }
+                if Self.isRefused(error), handler.retryLater(context: context, admission) { return }
                 let reason = Self.connectFailure(error, timeout: admission.connectTimeout)
                 mode.connectFailed(reason, target: admission.target)
                 handler.refuse(context: context, .cannotConnect(leader: "\(admission.target)", error: reason))
             }
         }
+    }
+
+    /// A lead master whose postmaster refuses the connect (nothing listens: it is stopping, as
+    /// Patroni's does for a switchover before the key moves, or starting again) is asked again
+    /// every 10 to 100 ms for up to `hold_timeout`: the client waits, as it would for a lead
+    /// master to be named, and is not refused in a burst. A move of the lead master meanwhile
+    /// sends it to the new one at once (`startAgain`). False once the time is up.
+    private func retryLater(context: ChannelHandlerContext, _ admission: BuiltinMode.Admission) -> Bool {
+        let now = NIODeadline.now()
+        if retryUntil == nil { retryUntil = now + admission.holdTimeout }
+        guard let until = retryUntil, now < until, context.channel.isActive else { return false }
+        state = .waitingToRetry
+        retryDelay = retryDelay == .zero ? .milliseconds(10) : min(retryDelay * 2, .milliseconds(100))
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        retry = context.eventLoop.scheduleTask(deadline: min(now + retryDelay, until)) {
+            let (handler, context) = bound.value
+            guard handler.state == .waitingToRetry else { return }
+            handler.retry = nil
+            handler.state = .admitting
+            handler.connect(context: context, admission)
+        }
+        return true
+    }
+    private var retryDelay = TimeAmount.zero
+
+    /// The connect was refused: nothing listens at the address (or no socket file for a Unix socket).
+    static func isRefused(_ error: any Error) -> Bool {
+        var underlying = error
+        if let connection = error as? NIOConnectionError, let first = connection.connectionErrors.first?.error {
+            underlying = first
+        }
+        guard let io = underlying as? IOError else { return false }
+        return io.errnoCode == ECONNREFUSED || io.errnoCode == ENOENT
     }
 
     /// The reason in a few words a client can show ("Connection refused"), not NIO's error dump.
