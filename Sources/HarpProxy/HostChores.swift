@@ -74,7 +74,7 @@ extension ProxyHost {
                 for await answer in group {
                     guard let answer else { continue }
                     stop.set()
-                    await self.leaderWritable(check, answer: answer)
+                    await self.leaderWritable(check, answer: answer, stop)
                     return
                 }
             }
@@ -82,7 +82,8 @@ extension ProxyHost {
         }
     }
 
-    func leaderWritable(_ check: WritabilityCheck, answer: String) {
+    func leaderWritable(_ check: WritabilityCheck, answer: String, _ stop: CheckFlag) {
+        guard writableChecks[check.key] === stop else { return }  // no longer waited for
         writableChecks[check.key] = nil
         writable.insert(check.key)
         if writable.count > 1000 { writable = [check.key] }

@@ -10,17 +10,19 @@ import Glibc
 /// leader key. Plain HTTP only; an HTTPS API, or none, leaves the member record as the word.
 enum PatroniAPI {
     /// Asks `url` again and again until an answer says primary (true), or `stop` is set or the
-    /// deadline passes (false). Requests overlap: a new one starts every `every` while fewer than
-    /// `atMost` are unanswered, so that one Patroni is slow to answer does not hold up the next
-    /// (its REST API asks PostgreSQL on the connection its HA loop shares; around a promotion one
-    /// answer can take hundreds of ms while the next takes a few). Each request gets `timeout`.
-    /// One thread of its own, non-blocking sockets and poll(2).
+    /// deadline passes (false). A request starts at most every `every`, once the one before has
+    /// been answered or has waited `overlapAfter`: then it overlaps, up to `atMost` unanswered,
+    /// so that one Patroni is slow to answer does not hold up the next (its REST API asks
+    /// PostgreSQL on the connection its HA loop shares; around a promotion one answer can take
+    /// hundreds of ms while the next takes a few), and Patroni, promoting, is not asked more
+    /// than that. Each request gets `timeout`. One thread of its own, non-blocking sockets and poll(2).
     static func waitForPrimary(_ url: String, stop: CheckFlag, deadline: ContinuousClock.Instant,
-                               every: Duration = .milliseconds(3), atMost: Int = 8,
+                               every: Duration = .milliseconds(3), overlapAfter: Duration = .milliseconds(15), atMost: Int = 8,
                                timeout: Duration = .milliseconds(500)) async -> Bool {
         await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
-                continuation.resume(returning: ask(url, stop: stop, deadline: deadline, every: every, atMost: atMost, timeout: timeout))
+                continuation.resume(returning: ask(url, stop: stop, deadline: deadline, every: every, overlapAfter: overlapAfter,
+                                                   atMost: atMost, timeout: timeout))
             }
         }
     }
@@ -53,7 +55,7 @@ enum PatroniAPI {
     }
 
     private static func ask(_ url: String, stop: CheckFlag, deadline: ContinuousClock.Instant,
-                            every: Duration, atMost: Int, timeout: Duration) -> Bool {
+                            every: Duration, overlapAfter: Duration, atMost: Int, timeout: Duration) -> Bool {
         guard let (host, port, path) = parse(url) else { return false }
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -73,7 +75,7 @@ enum PatroniAPI {
                 close(r.fd)
                 return true
             }
-            if now >= nextStart, requests.count < atMost {
+            if now >= nextStart, requests.count < atMost, requests.last.map({ now - $0.started >= overlapAfter }) ?? true {
                 nextStart = now + every
                 let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
                 if fd >= 0 {
@@ -85,7 +87,7 @@ enum PatroniAPI {
                 }
             }
             var fds = requests.map { pollfd(fd: $0.fd, events: Int16($0.sent ? POLLIN : POLLOUT), revents: 0) }
-            let wait = max(1, min((nextStart - now).milliseconds, 10))
+            let wait = max(1, min((nextStart - now).milliseconds, 5))
             guard poll(&fds, nfds_t(fds.count), Int32(wait)) > 0 else { continue }
             for i in fds.indices.reversed() where fds[i].revents != 0 {
                 var done = false

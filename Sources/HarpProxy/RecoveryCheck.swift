@@ -64,14 +64,16 @@ enum RecoveryCheck {
     }
 
     /// The configured settings, then the member's address over them; `target_session_attrs`
-    /// any, since a node still in recovery is what this connection is for.
+    /// any, since a node still in recovery is what this connection is for. A connect is given
+    /// 2 s, and a peer that stops acknowledging 2 s as well (`tcp_user_timeout`), where the DSN
+    /// says nothing else.
     private static func connect(_ check: DirectCheck) -> OpaquePointer? {
         let host: String, port: Int
         switch check.address {
         case .tcp(let h, let p): (host, port) = (h, p)
         case .unixSocket(let directory, let p): (host, port) = (directory, p)
         }
-        let settings = [("application_name", "harp-proxy recovery check"), ("connect_timeout", "2"),
+        let settings = [("application_name", "harp-proxy recovery check"), ("connect_timeout", "2"), ("tcp_user_timeout", "2000"),
                         ("dbname", check.conninfo), ("host", host), ("port", String(port)), ("target_session_attrs", "any")]
         let keywords = settings.map { strdup($0.0).map { UnsafePointer($0) } } + [nil]
         let values = settings.map { strdup($0.1).map { UnsafePointer($0) } } + [nil]

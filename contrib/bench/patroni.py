@@ -33,20 +33,33 @@ def query(port, sql, timeout=2):
 
 def probe(port, want_port, deadline, pipe):
     """The first moment a new connection through `port` is answered by `want_port`, out of recovery.
-    A connection waits up to 10 s for its answer: harp-proxy holds a client from the moment the old
-    leader stops listening until the new one takes writes (over a second), and a client that gave
-    up sooner, just as it was being served, would count a connection setup that no real client
-    (libpq waits without limit by default) pays."""
-    while time.monotonic() < deadline:
+    Connections follow one another every 2 ms, as new clients keep coming. One that is held (as
+    harp-proxy holds a client from the moment the old leader stops listening until the new one takes
+    writes, over a second) or stuck (in a proxy's queue) waits up to 10 s for its answer, and after
+    200 ms the next one starts beside it: so neither a client that gave up just as it was being
+    served nor one stuck behind a dead server hides the moment a newly arriving client is served."""
+    import threading
+    served, lock = [], threading.Lock()
+
+    def attempt():
         try:
             rows = query(port, "SELECT current_setting('port') || ' ' || pg_is_in_recovery()", timeout=10)
             if rows and rows[0] == f"{want_port} false":
-                pipe.send(time.monotonic())
-                return
+                with lock:
+                    served.append(time.monotonic())
         except Exception:
             pass
+
+    while time.monotonic() < deadline:
+        with lock:
+            if served:
+                break
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(0.2)
         time.sleep(0.002)
-    pipe.send(None)
+    with lock:
+        pipe.send(min(served) if served else None)
 
 
 def streams(port):
@@ -137,7 +150,10 @@ def main():
             else:
                 line.append(f"{name} timeout")
         print("  " + "  ".join(line), flush=True)
-        time.sleep(2)  # let Patroni settle the old leader as a replica
+        # Let Patroni settle the old leader as a replica, and HAProxy with the template timing
+        # mark it down (3 failed checks, 3 s apart): until then it still sends clients there, and
+        # one that lands on the next new leader before it is promoted is served early by chance.
+        time.sleep(10)
     stop.set()
     ok, readonly, other = results.get(timeout=30)
     print()
