@@ -39,6 +39,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// A lead master that refused the connect is asked again until then (`hold_timeout`).
     private var retryUntil: NIODeadline?
     private var retry: Scheduled<Void>?
+    private var retryDelay = TimeAmount.zero
 
     init(mode: BuiltinMode) { self.mode = mode }
 
@@ -229,24 +230,21 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         return true
     }
-    private var retryDelay = TimeAmount.zero
 
     /// The connect was refused: nothing listens at the address (or no socket file for a Unix socket).
     static func isRefused(_ error: any Error) -> Bool {
-        var underlying = error
-        if let connection = error as? NIOConnectionError, let first = connection.connectionErrors.first?.error {
-            underlying = first
-        }
-        guard let io = underlying as? IOError else { return false }
+        guard let io = underlying(error) as? IOError else { return false }
         return io.errnoCode == ECONNREFUSED || io.errnoCode == ENOENT
+    }
+
+    /// The first address's error of a failed connect, not NIO's wrapper around them all.
+    private static func underlying(_ error: any Error) -> any Error {
+        (error as? NIOConnectionError)?.connectionErrors.first?.error ?? error
     }
 
     /// The reason in a few words a client can show ("Connection refused"), not NIO's error dump.
     static func connectFailure(_ error: any Error, timeout: TimeAmount) -> String {
-        var underlying = error
-        if let connection = error as? NIOConnectionError, let first = connection.connectionErrors.first?.error {
-            underlying = first
-        }
+        let underlying = underlying(error)
         if let io = underlying as? IOError { return String(cString: strerror(io.errnoCode)) }
         if case ChannelError.connectTimeout = underlying { return "no answer within \(timeout.nanoseconds / 1_000_000) ms (timeout)" }
         return "\(underlying)"
