@@ -18,6 +18,19 @@ final class BuiltinModeTests: XCTestCase {
         try await ProxyRig.routing(port: port, extra, node1: a, node2: b)
     }
 
+    /// p1 on `port`, routing to node1 at 127.0.0.1:`nodePort`, where nothing may listen.
+    private func rig(port: Int, node1At nodePort: Int, _ extra: [String: DirectiveValue]) async throws -> ProxyRig {
+        var directives = extra
+        directives["listen_address"] = .string("127.0.0.1")
+        directives["listen_port"] = .integer(port)
+        let rig = try ProxyRig([("p1", "dc1", directives)])
+        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(nodePort)")
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        return rig
+    }
+
     func testTwoInstancesFollowTheirLocations() async throws {
         let (p1, p2) = (freePort(), freePort())
         let rig = try ProxyRig([("proxy-dc1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(p1)]),
@@ -301,12 +314,7 @@ final class BuiltinModeTests: XCTestCase {
     func testALeaderThatDoesNotAnswerGives08006NamingItsAddress() async throws {
         let port = freePort()
         let dead = freePort()  // nothing listens there
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "hold_timeout": .duration(.milliseconds(300))])])
-        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(dead)")
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
+        let rig = try await rig(port: port, node1At: dead, ["hold_timeout": .duration(.milliseconds(300))])
         guard case .failure(let error) = serverPort(through: port) else { return XCTFail("no server listens at the leader's address") }
         XCTAssertTrue(error.description.contains("cannot connect to the lead master node1 (127.0.0.1:\(dead)): Connection refused"), error.description)
         XCTAssertFalse(error.description.contains("SingleConnectionFailure"), "a DBA reads a reason, not an error dump: \(error)")
@@ -326,12 +334,7 @@ final class BuiltinModeTests: XCTestCase {
     /// meanwhile waits, is served once the lead master listens, and is not refused.
     func testAClientWaitsForALeadMasterThatRefusesConnectionsUntilItListens() async throws {
         let (port, later) = (freePort(), freePort())
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "hold_timeout": .duration(.seconds(20))])])
-        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(later)")
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
+        let rig = try await rig(port: port, node1At: later, ["hold_timeout": .duration(.seconds(20))])
         let client = Task { await onOwnThread { serverPort(through: port, timeout: 30) } }
         let waiting = await eventuallyAsync(timeout: .seconds(10)) { await rig.counters("p1").current == 1 }
         XCTAssertTrue(waiting)
@@ -353,12 +356,7 @@ final class BuiltinModeTests: XCTestCase {
     func testALeaderThatNeverAnswersTheConnectGives08006AfterTimeout() async throws {
         let port = freePort()
         let silent = try SilentHost()
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "timeout": .duration(.milliseconds(600))])])
-        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(silent.port)")
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
+        let rig = try await rig(port: port, node1At: silent.port, ["timeout": .duration(.milliseconds(600))])
         let started = Date()
         let fields = refusal(through: port).fields
         XCTAssertGreaterThan(Date().timeIntervalSince(started), 0.5, "refused only once the timeout passed")
@@ -417,13 +415,8 @@ final class BuiltinModeTests: XCTestCase {
     /// counts neither as a session cut nor as a client started again.
     func testAClientBeingRefusedWhenTheLeaderMovesIsNeitherCutNorStartedAgain() async throws {
         let (port, dead) = (freePort(), freePort())
-        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),
-                                               "hold_timeout": .duration(.milliseconds(200))])])
-        try await rig.node("node1", location: "dc1", dsn: "host=127.0.0.1 port=\(dead)")
+        let rig = try await rig(port: port, node1At: dead, ["hold_timeout": .duration(.milliseconds(200))])
         try await rig.node("node2", location: "dc1", server: a)
-        try await rig.leader("dc1", "node1")
-        let routed = await rig.waitUntilRouting("p1", to: "node1")
-        XCTAssertTrue(routed)
         guard let fd = connectedLoopbackSocket(port: port) else { return XCTFail("cannot connect to the proxy") }
         defer { close(fd) }
         writeAll(fd, wireMessage(nil, [0x04, 0xD2, 0x16, 0x2F]))  // SSLRequest
