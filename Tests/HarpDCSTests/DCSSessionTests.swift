@@ -49,7 +49,10 @@ final class DCSSessionTests: XCTestCase {
         var snapshots = session.snapshots().makeAsyncIterator()
         _ = await snapshots.next()  // the current one
         for i in 0..<3 { try await client.put("/harp/c/proxies/p1/status", "\(i)") }
-        try await Task.sleep(for: .milliseconds(700))  // two resyncs too
+        // Two resyncs too: neither may take the ignored writes for news.
+        let resyncs = session.statistics.resyncs
+        let resynced = await eventuallyAsync(timeout: .seconds(5)) { session.statistics.resyncs >= resyncs + 2 }
+        XCTAssertTrue(resynced, "\(session.statistics)")
         try await client.put("/harp/c/nodes/node2", "two")
         let next = await snapshots.next()
         XCTAssertEqual(next?["/harp/c/nodes/node2"]?.value, "two", "the next snapshot is the one a relevant write made")
@@ -92,7 +95,7 @@ final class DCSSessionTests: XCTestCase {
         var written = false
         for _ in 0..<50 where !written {
             written = (try? await after.put("/harp/c/b", "after-kill")) != nil
-            if !written { try await Task.sleep(for: .milliseconds(100)) }
+            if !written { try await Task.sleep(for: .milliseconds(100)) }  // pacing while the survivors elect a leader
         }
         XCTAssertTrue(written)
         let seen = await session.waitForSnapshot(timeout: .seconds(10)) { $0["/harp/c/b"]?.value == "after-kill" }
@@ -171,7 +174,7 @@ final class DCSSessionTests: XCTestCase {
         etcd.kill(0)
         let down = await session.waitForSnapshot(timeout: .seconds(10)) { !$0.reachable }
         XCTAssertNotNil(down?.unreachableSince)
-        try await Task.sleep(for: .seconds(2))  // many failed retries meanwhile
+        try await Task.sleep(for: .seconds(2))  // many failed retries meanwhile, none of which may log again
         XCTAssertEqual(capture.messages(at: .warning).filter { $0.message.contains("DCS unreachable") }.count, 1)
 
         try etcd.restart(0)

@@ -2,7 +2,7 @@ import Foundation
 import HarpCluster
 import HarpConfig
 import HarpDCS
-import HarpProxy
+@testable import HarpProxy
 import HarpTestFixtures
 import XCTest
 
@@ -17,6 +17,7 @@ final class FencingTests: XCTestCase {
                                                     "dcs_failure_policy": .string(policy), "hold_timeout": .duration(.milliseconds(500))]
         directives.merge(extra) { $1 }
         let rig = try ProxyRig([("p1", "dc1", directives)], requestTimeout: .milliseconds(200), resyncInterval: .milliseconds(300))
+        stopAtTeardown(rig)
         try await rig.node("node1", location: "dc1", server: Self.pg)
         let lease = leased ? try await rig.client.leaseGrant(ttl: 2).id : 0
         try await rig.leader("dc1", "node1", lease: lease)
@@ -24,13 +25,18 @@ final class FencingTests: XCTestCase {
         let keeper = Task {
             while leased, !Task.isCancelled {
                 _ = try? await client.leaseKeepAlive(lease)
-                try? await Task.sleep(for: .milliseconds(400))
+                try? await Task.sleep(for: .milliseconds(400))  // renewals well within the 2 s TTL
             }
         }
+        addTeardownBlock { keeper.cancel() }
         let routed = await rig.waitUntilRouting("p1", to: "node1")
         XCTAssertTrue(routed)
-        // Let the host learn the lease's TTL before the outage.
-        try await Task.sleep(for: .milliseconds(300))
+        if leased {
+            // The host learns the lease's TTL before the outage (without it, it would assume leader_lease_duration).
+            let host = rig.host
+            let learned = await eventuallyAsync(timeout: .seconds(5)) { await host.leaseTTLs[lease] != nil }
+            XCTAssertTrue(learned, "the host looked the lease's TTL up")
+        }
         return (rig, keeper)
     }
 
@@ -47,7 +53,7 @@ final class FencingTests: XCTestCase {
 
     func testFenceClosesConnectionsAfterTheLeaseTTLAndRoutingRecovers() async throws {
         let port = freePort()
-        let (rig, keeper) = try await rig(policy: "fence", port: port)
+        let (rig, _) = try await rig(policy: "fence", port: port)
         let (closed, session) = try fenceAfterKillingEtcd(rig, port: port, tag: "fence")
         guard let closedAfter = closed else { return XCTFail("fenced: connections close once the outage outlasts the lease") }
         XCTAssertGreaterThanOrEqual(closedAfter, 1.5, "not before the lease could have expired")
@@ -64,8 +70,6 @@ final class FencingTests: XCTestCase {
         let recovered = await rig.waitUntilRouting("p1", to: "node1", timeout: .seconds(15))
         XCTAssertTrue(recovered, "routing resumes when the DCS is back")
         XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)")
-        keeper.cancel()
-        await rig.stop()
     }
 
     /// A leader key without a lease: the proxy assumes `leader_lease_duration`.
@@ -80,17 +84,17 @@ final class FencingTests: XCTestCase {
         XCTAssertLessThan(closedAfter, 5, "leader_lease_duration is 1 s here, not the default 6 s")
         let warning = rig.capture.messages(at: .warning).first { $0.message.contains("fencing") }
         XCTAssertEqual(warning?.metadata["lease_s"].flatMap(Double.init), 1, "\(warning?.metadata ?? [:])")
-        await rig.stop()
     }
 
     func testKeepRoutesToTheLastKnownLeaderThroughAnOutage() async throws {
         let port = freePort()
-        let (rig, keeper) = try await rig(policy: "keep", port: port)
+        let (rig, _) = try await rig(policy: "keep", port: port)
         let session = try openSession(through: port, tag: "keep", logDirectory: rig.etcd.directory.path)
+        defer { session.killNow() }
         XCTAssertTrue(waitForActivity(on: Self.pg, "keep"))
 
         rig.etcd.kill(0)
-        try await Task.sleep(for: .seconds(4))
+        try await Task.sleep(for: .seconds(4))  // past the 2 s lease, when fencing would have cut the session
         XCTAssertTrue(session.isRunning, "keep: the session survives an outage longer than the lease")
         XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg.port)", "and new clients still reach the last known leader")
         XCTAssertTrue(rig.capture.messages(at: .warning).contains { $0.message.contains("dcs_failure_policy is keep") })
@@ -98,8 +102,5 @@ final class FencingTests: XCTestCase {
         try rig.etcd.restart(0)
         let recovered = await rig.waitUntilRouting("p1", to: "node1", timeout: .seconds(15))
         XCTAssertTrue(recovered)
-        session.killNow()
-        keeper.cancel()
-        await rig.stop()
     }
 }

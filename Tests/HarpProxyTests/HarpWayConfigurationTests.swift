@@ -67,6 +67,7 @@ final class HarpWayConfigurationTests: XCTestCase {
 
     func testTheDocumentationsExampleStartsAndFollowsTheOnlyLocation() async throws {
         let etcd = try EtcdCluster()
+        defer { etcd.stop() }
         let dir = TemporaryDirectory()
         // HARP Proxy's "functional example" of config.yml, unchanged but for its endpoints.
         dir.write("config.yml", """
@@ -93,6 +94,7 @@ final class HarpWayConfigurationTests: XCTestCase {
                       "--check says what the DCS decides:\n\(check.output)")
 
         let proxy = try startProxy(dir)
+        defer { proxy.stop() }
         XCTAssertTrue(eventually(timeout: 15) { (try? serverPort(through: port).get()) == "\(Self.pg1.port)" }, proxy.log)
         XCTAssertTrue(proxy.log.contains("following location dc1: the only one the DCS holds"), proxy.log)
         let recorded = await eventuallyAsync { (await Self.statusRecord(etcd, cluster: "mycluster", "proxy1"))["location"] as? String == "dc1" }
@@ -111,19 +113,19 @@ final class HarpWayConfigurationTests: XCTestCase {
         XCTAssertEqual(ambiguous.status, 1)
         XCTAssertTrue(ambiguous.output.contains("holds several (dc1, dc2): name one"), ambiguous.output)
         XCTAssertTrue(proxy.isRunning)
-        proxy.stop()
-        etcd.stop()
     }
 
     // MARK: - Where the location comes from
 
     func testNoLocationWaitsForTheFirstOneThatAppears() async throws {
         let etcd = try EtcdCluster()
+        defer { etcd.stop() }
         let dir = TemporaryDirectory()
         dir.write("config.yml", stanzas("w", etcd, dir) + "proxy: {name: p, listen_address: 127.0.0.1}\n")
         let port = freePort()
         try harpctl(dir, "set", "proxy", "p", "listen_port=\(port)", "hold_timeout=300ms")
         let proxy = try startProxy(dir)
+        defer { proxy.stop() }
         XCTAssertTrue(eventually(timeout: 10) { self.controlStatus(dir, "p")["state"] as? String == "no-location" }, proxy.log)
         XCTAssertTrue((controlStatus(dir, "p")["reason"] as? String)?.contains("no location in the DCS yet") == true, "\(controlStatus(dir, "p"))")
         let refused = serverPort(through: port)
@@ -133,12 +135,11 @@ final class HarpWayConfigurationTests: XCTestCase {
         try harpctl(dir, "promote", "node1")
         XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) == "\(Self.pg1.port)" }, proxy.log)
         XCTAssertEqual(controlStatus(dir, "p")["location"] as? String, "dc1")
-        proxy.stop()
-        etcd.stop()
     }
 
     func testSeveralLocationsAndNoneConfiguredStaysDownUntilTheTopLevelLocationIsSet() async throws {
         let etcd = try EtcdCluster()
+        defer { etcd.stop() }
         let dir = TemporaryDirectory()
         let header = stanzas("s", etcd, dir)
         dir.write("config.yml", header)
@@ -150,6 +151,7 @@ final class HarpWayConfigurationTests: XCTestCase {
         try harpctl(dir, "promote", "node2")
 
         let proxy = try startProxy(dir)
+        defer { proxy.stop() }
         XCTAssertTrue(eventually(timeout: 10) { self.controlStatus(dir, "p")["state"] as? String == "no-location" }, proxy.log)
         let reason = controlStatus(dir, "p")["reason"] as? String ?? ""
         XCTAssertTrue(reason.contains("several locations (dc1, dc2)") && reason.contains("proxy.location"), reason)
@@ -170,14 +172,13 @@ final class HarpWayConfigurationTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) == "\(Self.pg2.port)" }, proxy.log)
         XCTAssertEqual(controlStatus(dir, "p")["state"] as? String, "routing")
         XCTAssertEqual(controlStatus(dir, "p")["location"] as? String, "dc2")
-        proxy.stop()
-        etcd.stop()
     }
 
     // MARK: - Listeners from the DCS
 
     func testPortsFromTheDCSAndAClashAtRunTimeStayWithTheirInstance() async throws {
         let etcd = try EtcdCluster()
+        defer { etcd.stop() }
         let dir = TemporaryDirectory()
         dir.write("config.yml", stanzas("ports", etcd, dir) + "proxy:\n  name: p1\n  location: dc1\n")
         dir.write("conf.d/p2.yml", "proxy:\n  name: p2\n  location: dc1\n")
@@ -189,10 +190,12 @@ final class HarpWayConfigurationTests: XCTestCase {
         try harpctl(dir, "set", "proxy", "p2", "listen_port=\(b)")
 
         let proxy = try startProxy(dir)
+        defer { proxy.stop() }
         XCTAssertTrue(eventually(timeout: 15) {
             (try? serverPort(through: a).get()) == "\(Self.pg1.port)" && (try? serverPort(through: b).get()) == "\(Self.pg1.port)"
         }, "both instances listen where the DCS says:\n\(proxy.log)")
         let onP1 = try openSession(through: a, tag: "clash-p1", logDirectory: dir.path)
+        defer { onP1.killNow() }
         XCTAssertTrue(waitForActivity(on: Self.pg1, "clash-p1"))
 
         // p2 is moved onto p1's port: p1 keeps it, p2 says why it cannot have it.
@@ -235,9 +238,6 @@ final class HarpWayConfigurationTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 5) { self.controlStatus(dir, "p2")["state"] as? String == "routing" })
         XCTAssertTrue(onP1.isRunning, "p1 was never disturbed")
         XCTAssertTrue(proxy.isRunning)
-        onP1.killNow()
-        proxy.stop()
-        etcd.stop()
     }
 
     /// A pgbouncer instance moved by the DCS onto a builtin instance's port: the builtin one
@@ -246,6 +246,7 @@ final class HarpWayConfigurationTests: XCTestCase {
     /// PgBouncer's port is the one that says why.
     func testAPgBouncerInstanceMovedOntoAnotherInstancesPortKeepsItsListener() async throws {
         let etcd = try EtcdCluster()
+        defer { etcd.stop() }
         let dir = TemporaryDirectory("harp-pgb")
         chmod(dir.path, 0o755)
         let users = dir.write("users.txt", "\"postgres\" \"\"\n")
@@ -288,6 +289,7 @@ final class HarpWayConfigurationTests: XCTestCase {
 
     func testTwoInstancesWithTheDefaultPortStartAndTheSecondSaysWhyItDoesNotListen() async throws {
         let etcd = try EtcdCluster()
+        defer { etcd.stop() }
         let dir = TemporaryDirectory()
         // Neither file sets a port, and the DCS sets none either: both want the default.
         let port = freePort()
@@ -297,6 +299,7 @@ final class HarpWayConfigurationTests: XCTestCase {
         try harpctl(dir, "promote", "node1")
         try harpctl(dir, "set", "proxy", "global", "listen_address=127.0.0.1", "listen_port=\(port)")
         let proxy = try startProxy(dir)
+        defer { proxy.stop() }
         XCTAssertTrue(eventually(timeout: 15) { (try? serverPort(through: port).get()) == "\(Self.pg1.port)" }, proxy.log)
         XCTAssertTrue(eventually(timeout: 5) { self.controlStatus(dir, "p2")["state"] as? String == "listen-failed" }, "\(controlStatus(dir, "p2"))")
         XCTAssertEqual(controlStatus(dir, "p1")["state"] as? String, "routing", "the instance defined first gets the address")
@@ -307,14 +310,13 @@ final class HarpWayConfigurationTests: XCTestCase {
         try harpctl(dir, "set", "proxy", "p2", "listen_port=\(p2port)")
         XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: p2port).get()) == "\(Self.pg1.port)" }, proxy.log)
         XCTAssertEqual(try serverPort(through: port).get(), "\(Self.pg1.port)")
-        proxy.stop()
-        etcd.stop()
     }
 
     // MARK: - Readiness without credentials
 
     func testReadinessNeedsNoCredentials() async throws {
         let etcd = try EtcdCluster()
+        defer { etcd.stop() }
         let dir = TemporaryDirectory()
         let (port, http) = (freePort(), freePort())
         dir.write("config.yml", stanzas("r", etcd, dir) + "http: {enable: true, host: 127.0.0.1, port: \(http)}\n"
@@ -325,10 +327,10 @@ final class HarpWayConfigurationTests: XCTestCase {
         // at all (libpq then takes the OS user: root in CI, which has no role either).
         for environment in [["PGUSER": "no_such_role_here"], [:]] {
             let proxy = try startProxy(dir, environment: environment)
+            defer { proxy.stop() }  // at the end of each pass: the next one listens on the same ports
             XCTAssertTrue(eventually(timeout: 15) { httpGet(http, "/health/is-ready").status == 200 },
                           "\(environment): \(httpGet(http, "/health/is-ready"))\n\(proxy.log)")
             XCTAssertEqual(httpGet(http, "/health/is-ready").body, "true")
-            proxy.stop()
         }
 
         // A lead master that does not answer is not ready, and the reason says so.
@@ -337,10 +339,9 @@ final class HarpWayConfigurationTests: XCTestCase {
         try harpctl(dir, "apply", dir.file("boot-dead.yml"))
         try harpctl(dir, "promote", "node9")
         let proxy = try startProxy(dir, environment: ["PGUSER": "no_such_role_here"])
+        defer { proxy.stop() }
         XCTAssertTrue(eventually(timeout: 15) { httpGet(http, "/health/is-ready").status == 500 }, "\(httpGet(http, "/health/is-ready"))\n\(proxy.log)")
         let body = httpGet(http, "/health/is-ready").body
         XCTAssertTrue(body.contains("cannot connect to the lead master"), body)
-        proxy.stop()
-        etcd.stop()
     }
 }

@@ -16,11 +16,13 @@ final class LiveDirectiveTests: XCTestCase {
     func testANewListenPortRebindsAndExistingConnectionsStay() async throws {
         let (first, second) = (freePort(), freePort())
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(first)])])
+        stopAtTeardown(rig)
         try await rig.node("node1", location: "dc1", server: Self.pg)
         try await rig.leader("dc1", "node1")
         let routed = await rig.waitUntilRouting("p1", to: "node1")
         XCTAssertTrue(routed)
         let session = try openSession(through: first, tag: "rebind", logDirectory: rig.etcd.directory.path)
+        defer { session.killNow() }
         XCTAssertTrue(waitForActivity(on: Self.pg, "rebind"))
 
         try await rig.client.put(rig.layout.proxyConfig("p1"), #"{"listen_port": \#(second)}"#)
@@ -28,18 +30,18 @@ final class LiveDirectiveTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 5) { !canConnect(port: first) }, "the old port is closed")
         XCTAssertTrue(session.isRunning, "the session opened on the old port stays")
         XCTAssertEqual(sessions(on: Self.pg, tagged: "rebind"), 1)
-        session.killNow()
-        await rig.stop()
     }
 
     func testMovingToAnotherAddressOnTheSamePort() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("0.0.0.0"), "listen_port": .integer(port)])])
+        stopAtTeardown(rig)
         try await rig.node("node1", location: "dc1", server: Self.pg)
         try await rig.leader("dc1", "node1")
         let routed = await rig.waitUntilRouting("p1", to: "node1")
         XCTAssertTrue(routed)
         let session = try openSession(through: port, tag: "move", logDirectory: rig.etcd.directory.path)
+        defer { session.killNow() }
         XCTAssertTrue(waitForActivity(on: Self.pg, "move"))
 
         // The wildcard listener holds the port: the move must free it first, not retry forever.
@@ -49,8 +51,6 @@ final class LiveDirectiveTests: XCTestCase {
         let through = Result { try PostgresServer.psql(host: "127.0.0.2", port: port, "SELECT current_setting('port')") }
         XCTAssertEqual(try through.get(), "\(Self.pg.port)")
         XCTAssertTrue(session.isRunning, "the established session stays")
-        session.killNow()
-        await rig.stop()
     }
 
     func testAListenerThatCannotBindIsRetriedWhileOtherInstancesRun() async throws {
@@ -58,6 +58,7 @@ final class LiveDirectiveTests: XCTestCase {
         let squatter = try listen(on: taken)
         let rig = try ProxyRig([("blocked", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(taken)]),
                                 ("fine", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(free)])])
+        stopAtTeardown(rig)
         try await rig.node("node1", location: "dc1", server: Self.pg)
         try await rig.leader("dc1", "node1")
         let fineRouted = await rig.waitUntilRouting("fine", to: "node1")
@@ -71,17 +72,18 @@ final class LiveDirectiveTests: XCTestCase {
         XCTAssertTrue(blockedRouted, "bound once the port is free")
         XCTAssertEqual(try serverPort(through: taken).get(), "\(Self.pg.port)")
         XCTAssertEqual(rig.capture.messages(at: .error).filter { $0.message.contains("cannot listen") }.count, 1, "one ERROR, not one per retry")
-        await rig.stop()
     }
 
     func testMaxClientConnChangesApplyToNewClients() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
+        stopAtTeardown(rig)
         try await rig.node("node1", location: "dc1", server: Self.pg)
         try await rig.leader("dc1", "node1")
         let routed = await rig.waitUntilRouting("p1", to: "node1")
         XCTAssertTrue(routed)
         let session = try openSession(through: port, tag: "limit", logDirectory: rig.etcd.directory.path)
+        defer { session.killNow() }
         XCTAssertTrue(waitForActivity(on: Self.pg, "limit"))
 
         try await rig.client.put(rig.layout.globalProxyConfig, #"{"max_client_conn": 1}"#)
@@ -90,8 +92,6 @@ final class LiveDirectiveTests: XCTestCase {
         guard case .failure(let error) = serverPort(through: port) else { return XCTFail("the limit did not apply") }
         XCTAssertTrue(error.description.contains("too many connections for proxy p1"), error.description)
         XCTAssertTrue(session.isRunning, "the client already in stays")
-        session.killNow()
-        await rig.stop()
     }
 
     func testMaxClientConnIsLoweredToWhatDescriptorsAllow() {

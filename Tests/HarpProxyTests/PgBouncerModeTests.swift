@@ -33,7 +33,7 @@ final class PgBouncerModeTests: XCTestCase {
         let users = dir.write("userlist.txt", "\"postgres\" \"\"\n")
         let rig = try ProxyRig([("pgb", "dc1", directives(port: port, ["auth_file": .string(users)].merging(extra) { $1 }))], configDirectory: dir.path)
         rig.keepAlive.append(dir)
-        addTeardownBlock { await rig.stop() }
+        stopAtTeardown(rig)
         try await rig.node("node1", location: "dc1", server: a)
         try await rig.node("node2", location: "dc1", server: b)
         try await rig.leader("dc1", "node1")
@@ -102,7 +102,7 @@ final class PgBouncerModeTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 5) { self.logged(rig, "PgBouncer paused") }, logText(rig))
         let issued = ContinuousClock.now
         async let answer = client.run("SELECT current_setting('port')")
-        try await Task.sleep(for: .seconds(2))
+        try await Task.sleep(for: .seconds(2))  // the two-second gap the test is about
         try await rig.leader("dc1", "node1")
         let result = await answer
         let waited = ContinuousClock.now - issued
@@ -150,7 +150,7 @@ final class PgBouncerModeTests: XCTestCase {
         try await rig.leader("dc1", "node2")
         let planned = await rig.waitUntilRouting("pgb", to: "node2")
         XCTAssertTrue(planned)
-        try await Task.sleep(for: .milliseconds(500))
+        try await Task.sleep(for: .milliseconds(500))  // time for a wrong PAUSE or repoint, which must not come
         XCTAssertEqual(try serverPort(through: port).get(), "\(a.port)", "unmanaged: PgBouncer still points where it did")
         XCTAssertFalse(logged(rig, "PAUSE: in-flight"), "no PAUSE while unmanaged:\n\(logText(rig))")
 
@@ -189,7 +189,7 @@ final class PgBouncerModeTests: XCTestCase {
         rig.etcd.kill(0)
         XCTAssertTrue(eventually(timeout: 10) { self.logged(rig, "PgBouncer paused") }, "fence means PAUSE:\n\(logText(rig))")
         async let answer = client.run("SELECT current_setting('port')")
-        try await Task.sleep(for: .seconds(1))
+        try await Task.sleep(for: .seconds(1))  // the outage goes on a while, with the query held in it
         try rig.etcd.restart(0)
         let result = await answer
         XCTAssertEqual(try result.get(), "\(a.port)", "the held query runs once the DCS confirms the lead master:\n\(logText(rig))")
@@ -409,18 +409,17 @@ final class PgBouncerDaemonTests: XCTestCase {
             pid_t((try? String(contentsOfFile: dir.file("pgbouncer-pg1.d/pgbouncer.pid"), encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
         }
         let first = try start()
+        defer { first.stop() }
         XCTAssertTrue(eventually(timeout: 20) { (try? serverPort(through: port, timeout: 3).get()) == "\(self.a.port)" }, first.log)
         let pid = try XCTUnwrap(pgbouncerPID())
+        defer { kill(pid, SIGTERM) }  // PgBouncer outlives a harp-proxy killed with -9
         let held = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres sslmode=disable")
         XCTAssertEqual(try held.query("SELECT 1"), "1")
 
         first.killNow()
         XCTAssertEqual(kill(pid, 0), 0, "PgBouncer outlives a harp-proxy killed with -9")
         let second = try start()
-        defer {
-            second.stop()
-            kill(pid, SIGTERM)
-        }
+        defer { second.stop() }
         // The second harp-proxy's own lines (both write to one log): the adopted PgBouncer already
         // points at the lead master, so no PAUSE, which would wait on the held session until KILL.
         func secondLines() -> String { second.log.components(separatedBy: "adopted the running PgBouncer").dropFirst().joined() }

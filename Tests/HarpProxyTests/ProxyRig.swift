@@ -74,6 +74,7 @@ final class ProxyRig: @unchecked Sendable {
         await host.status().first { $0.name == instance }?.clients ?? ClientCounters()
     }
 
+    /// Stops the host, its DCS session and its event loops; a second call does nothing.
     func stop() async {
         guard let routing else { return }
         self.routing = nil
@@ -82,6 +83,33 @@ final class ProxyRig: @unchecked Sendable {
         await host.shutdown()
         session.shutdown()
         try? await group.shutdownGracefully()
+    }
+}
+
+extension XCTestCase {
+    /// Stops `rig` once the test has ended, however it ended (an assertion failed, a step threw,
+    /// a guard returned early): `stop` is async, which a `defer` cannot call. The block then lets
+    /// go of the rig, so that its etcd stops too (XCTest keeps a test's teardown blocks until the
+    /// run ends). A rig the test stopped itself is left as it is.
+    func stopAtTeardown(_ rig: ProxyRig) {
+        let held = HeldRig(rig)
+        addTeardownBlock { await held.take()?.stop() }
+    }
+}
+
+/// A rig a teardown block holds until it stops it (`stopAtTeardown`).
+final class HeldRig: @unchecked Sendable {
+    private let lock = NSLock()
+    private var rig: ProxyRig?
+
+    init(_ rig: ProxyRig) { self.rig = rig }
+
+    func take() -> ProxyRig? {
+        lock.withLock {
+            let taken = rig
+            rig = nil
+            return taken
+        }
     }
 }
 
@@ -94,9 +122,14 @@ extension ProxyRig {
         var directives: [String: DirectiveValue] = ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)]
         directives.merge(extra) { $1 }
         let rig = try ProxyRig([("p1", "dc1", directives)])
-        try await rig.node("node1", location: "dc1", server: node1)
-        try await rig.node("node2", location: "dc1", server: node2)
-        try await rig.leader("dc1", "node1")
+        do {
+            try await rig.node("node1", location: "dc1", server: node1)
+            try await rig.node("node2", location: "dc1", server: node2)
+            try await rig.leader("dc1", "node1")
+        } catch {
+            await rig.stop()  // the caller never gets it: nothing else would stop it
+            throw error
+        }
         let routed = await rig.waitUntilRouting("p1", to: "node1")
         XCTAssertTrue(routed, file: file, line: line)
         return rig
@@ -162,29 +195,32 @@ func sessionsCutBetweenMessagesAreToldWhy(rig: ProxyRig, port: Int, node1: Postg
     XCTAssertTrue(error.description.contains("57P01: terminating connection because proxy p1 is stopping"), "\(error)", file: file, line: line)
 }
 
-/// A TLS session (verify-full) through `port` to a TLS-enabled PostgreSQL, cut when the leader
-/// moves to `newLeader`: its end must be a clean end of the TLS stream, with nothing added in
-/// the clear. `directives` are the instance's beyond its listener; `joined` looks at the
-/// instance's counters while the session is open.
-func tlsSessionPassesThroughAndIsCutWithNothingAdded(port: Int, newLeader: PostgresServer, _ directives: [String: DirectiveValue] = [:],
-                                                     joined: (ClientCounters) -> Void = { _ in },
-                                                     file: StaticString = #filePath, line: UInt = #line) async throws {
-    let tls = try PostgresServer()
-    defer { tls.stop() }
-    let certificates = try TestCertificates.make(in: tls.directory.path)
-    try tls.enableTLS(certificates)
-    let rig = try await ProxyRig.routing(port: port, directives, node1: tls, node2: newLeader, file: file, line: line)
-    let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=verify-full sslrootcert=\(certificates.caFile) gssencmode=disable")
-    XCTAssertEqual(try session.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "t", "TLS from the client to PostgreSQL", file: file, line: line)
-    joined(await rig.counters("p1"))
-    try await rig.leader("dc1", "node2")
-    let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
-    XCTAssertTrue(cut, file: file, line: line)
-    let result = await session.run("SELECT 1")
-    guard case .failure(let error) = result else { return XCTFail("the session was cut", file: file, line: line) }
-    XCTAssertTrue(error.description.contains("SSL SYSCALL error: EOF detected") || error.description.contains("server closed the connection unexpectedly"),
-                  "a clean end of the TLS stream, not a corrupted one: \(error)", file: file, line: line)
-    await rig.stop()
+extension XCTestCase {
+    /// A TLS session (verify-full) through `port` to a TLS-enabled PostgreSQL, cut when the leader
+    /// moves to `newLeader`: its end must be a clean end of the TLS stream, with nothing added in
+    /// the clear. `directives` are the instance's beyond its listener; `joined` looks at the
+    /// instance's counters while the session is open.
+    func tlsSessionPassesThroughAndIsCutWithNothingAdded(port: Int, newLeader: PostgresServer, _ directives: [String: DirectiveValue] = [:],
+                                                         joined: (ClientCounters) -> Void = { _ in },
+                                                         file: StaticString = #filePath, line: UInt = #line) async throws {
+        let tls = try PostgresServer()
+        defer { tls.stop() }
+        let certificates = try TestCertificates.make(in: tls.directory.path)
+        try tls.enableTLS(certificates)
+        let rig = try await ProxyRig.routing(port: port, directives, node1: tls, node2: newLeader, file: file, line: line)
+        stopAtTeardown(rig)
+        let session = try PGSession("host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=verify-full sslrootcert=\(certificates.caFile) gssencmode=disable")
+        XCTAssertEqual(try session.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "t", "TLS from the client to PostgreSQL", file: file, line: line)
+        joined(await rig.counters("p1"))
+        try await rig.leader("dc1", "node2")
+        let cut = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(cut, file: file, line: line)
+        let result = await session.run("SELECT 1")
+        guard case .failure(let error) = result else { return XCTFail("the session was cut", file: file, line: line) }
+        XCTAssertTrue(error.description.contains("SSL SYSCALL error: EOF detected") || error.description.contains("server closed the connection unexpectedly"),
+                      "a clean end of the TLS stream, not a corrupted one: \(error)", file: file, line: line)
+        await rig.stop()
+    }
 }
 
 /// An unplanned failover: the lead master's host is down (connects to it hang), and six clients
@@ -202,6 +238,7 @@ func clientsConnectingToADownLeaderGoToTheNewOne(rig: ProxyRig, port: Int, newLe
     let clients = (0..<6).map { _ in Task { await onOwnThread { serverPort(through: port, timeout: 30) } } }
     let waiting = await eventuallyAsync(timeout: .seconds(10)) { await rig.counters("p1").current == 6 }
     XCTAssertTrue(waiting, "six clients wait on their connects to the node that is down", file: file, line: line)
+    // The outage the test is about: the connects hang a while before the new leader is named.
     try await Task.sleep(for: .milliseconds(300))
     try await rig.leader("dc1", newLeader)
     for client in clients {
@@ -248,7 +285,7 @@ func halfCloseThenReadLate(rig: ProxyRig, port: Int, size: Int = 20 << 20,
 
     writeAll(fd, Array("go\n".utf8))
     shutdown(fd, CInt(SHUT_WR))
-    try await Task.sleep(for: .seconds(2))
+    try await Task.sleep(for: .seconds(2))  // reading late is the point: the answer piles up meanwhile
     let (received, _) = readToEnd(fd, atMost: size + 1)
     assertWhole(received, payload, file: file, line: line)
 }
@@ -405,7 +442,7 @@ func echoBack(_ payload: [UInt8], readAfter: Duration, fd: CInt, echo: TestProce
         shutdown(fd, CInt(SHUT_WR))
     }
     writer.start()
-    try await Task.sleep(for: readAfter)
+    try await Task.sleep(for: readAfter)  // a late reader, on purpose: the echo backs up meanwhile
     let received = readToEOF(fd, atMost: payload.count + 1)
     if assertWhole(received, payload, file: file, line: line) {
         var byte: UInt8 = 0
