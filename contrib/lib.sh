@@ -29,6 +29,8 @@ cleanup() {
     sleep 0.1
   done
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  # Anything a benchmark started again itself (a restarted Patroni) names the work folder.
+  pkill -9 -f "$work/" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -9,35 +9,73 @@ public protocol LeaderView: Sendable {
     var locations: Set<String> { get }
     /// Values that were not what the source expects; each is treated as absent.
     var problems: [RecordProblem] { get }
-    /// Whether the lead master of `location` is known to accept writes: nil when the source
-    /// names a leader only once it does (HARP's); else a check the host makes before routing.
+    /// How to tell whether the lead master of `location` takes writes: nil when the source
+    /// names a leader only once it does, and never leaves one named that does not (HARP's).
     func writability(of location: String) -> WritabilityCheck?
 }
 
-/// A named lead master that may still be promoting (Patroni takes its leader key before
-/// `pg_ctl promote` has finished): clients are held until it accepts writes.
+/// A named lead master that may not take writes at every moment it is named: Patroni takes its
+/// leader key before `pg_ctl promote` has finished, restarts a crashed leader read-only before
+/// promoting it again, and a standby cluster's leader never takes writes. New clients are held
+/// while it may not; the host asks the node itself (`probes`) when it may again.
 public struct WritabilityCheck: Sendable, Equatable {
-    /// Names this leadership: the location, the member and the leader key's revision, so that
-    /// a new election of the same member is checked again.
+    /// Names this leadership: the location and the member. The same member named again (its
+    /// manager restarted under a new lease) is the same leadership, and keeps its sessions.
     public var key: String
+    public var location: String
     /// The member's name, for the log.
     public var member: String
-    /// The member's record says it is the running primary, and there is no way to ask (Patroni
-    /// writes that record as it takes the key, before the promotion has finished).
-    public var recordSaysPrimary: Bool
-    /// Where to ask whether it is the primary now (Patroni's REST API, `GET /patroni`: its
-    /// `role` comes from `pg_is_in_recovery()`).
-    public var primaryCheckURL: String?
-    /// How to ask PostgreSQL itself (`pg_is_in_recovery()` on a connection of the proxy's own),
-    /// when the configuration gives credentials for it.
-    public var direct: DirectCheck?
+    /// What the leader's own record says of it now.
+    public var record: RecordSays
+    /// The revision of that record: one written after the node was seen to take writes, that
+    /// says it may not, makes the host ask again.
+    public var recordRevision: Int64
+    /// Ways to ask the node itself, the first preferred; none: the record alone decides.
+    public var probes: [WritabilityProbe]
 
-    public init(key: String, member: String = "", recordSaysPrimary: Bool, primaryCheckURL: String?, direct: DirectCheck? = nil) {
-        self.key = key
+    public enum RecordSays: Sendable, Equatable {
+        /// The running primary (Patroni writes this as it takes the key, before the promotion
+        /// has finished: with a probe, the node itself has the last word).
+        case writable
+        /// Not now: restarting, starting, crashed, in recovery; why, in a few words.
+        case notWritable(String)
+        /// Never, by design (a standby cluster's leader): new clients are refused at once.
+        case neverWritable(String)
+    }
+
+    public init(location: String, member: String, record: RecordSays, recordRevision: Int64 = 0, probes: [WritabilityProbe] = []) {
+        key = "\(location)|\(member)"
+        self.location = location
         self.member = member
-        self.recordSaysPrimary = recordSaysPrimary
-        self.primaryCheckURL = primaryCheckURL
-        self.direct = direct
+        self.record = record
+        self.recordRevision = recordRevision
+        self.probes = probes
+    }
+}
+
+/// One way to ask a node whether it takes writes, knowing no particular leader source.
+public enum WritabilityProbe: Sendable, Equatable {
+    /// `SELECT pg_is_in_recovery()` on a connection of the proxy's own.
+    case postgres(DirectCheck)
+    /// `GET url` (plain HTTP) whose JSON body has, for each field, one of the listed values;
+    /// `label` names the endpoint in the log ("Patroni's REST API").
+    case httpJSON(url: String, expect: [String: [String]], label: String)
+
+    /// What asks, for the log.
+    public var label: String {
+        switch self {
+        case .postgres: return "PostgreSQL"
+        case .httpJSON(_, _, let label): return label
+        }
+    }
+
+    /// What a yes from this probe is, for the log.
+    public var answer: String {
+        switch self {
+        case .postgres: return "PostgreSQL: pg_is_in_recovery() is false"
+        case .httpJSON(_, let expect, let label):
+            return "\(label): " + expect.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.joined(separator: "|"))" }.joined(separator: ", ")
+        }
     }
 }
 

@@ -58,22 +58,27 @@ public struct PatroniState: LeaderView {
         locations = scopes
     }
 
+    /// The leader's record, read on every change, and the ways to ask the node itself. The
+    /// leadership is (scope, member): Patroni restarted under a new lease is the same one.
     public func writability(of scope: String) -> WritabilityCheck? {
         guard let record = leaders[scope], let member = members[scope]?[record.name] else { return nil }
-        let primary = (member.role == "master" || member.role == "primary") && (member.state ?? "running") == "running"
+        var probes: [WritabilityProbe] = []
+        // With credentials, PostgreSQL is asked itself, at the address the plan routes to.
+        if let dsn = checkDSN, let address = try? DSN.address(member.connURL).get() {
+            probes.append(.postgres(DirectCheck(address: address, conninfo: dsn)))
+        }
         // api_url (http://host:8008/patroni) answers with the role PostgreSQL itself reports:
         // `replica` while it is in recovery. (`/primary` answers 200 as soon as Patroni holds the
         // key, before the promotion has finished.)
-        let api = member.apiURL.flatMap { $0.hasPrefix("http://") ? $0 : nil }
-        // With credentials, PostgreSQL is asked itself, at the address the plan routes to.
-        let direct = checkDSN.flatMap { dsn in
-            (try? DSN.address(member.connURL).get()).map { DirectCheck(address: $0, conninfo: dsn) }
+        if let api = member.apiURL, api.hasPrefix("http://") {
+            probes.append(.httpJSON(url: api, expect: ["role": Self.primaryRoles, "state": ["running"]], label: "Patroni's REST API"))
         }
-        // Patroni writes role master as it takes the key, before `pg_ctl promote` has finished:
-        // the record is the word only where there is no way to ask PostgreSQL.
-        return WritabilityCheck(key: "\(scope)|\(record.name)|\(record.modRevision)", member: record.name,
-                                recordSaysPrimary: api == nil && direct == nil && primary, primaryCheckURL: api, direct: direct)
+        return WritabilityCheck(location: scope, member: record.name, record: member.says,
+                                recordRevision: member.modRevision, probes: probes)
     }
+
+    /// `master` in Patroni 3, `primary` in Patroni 4.
+    static let primaryRoles = ["master", "primary"]
 
     public func leaderKey(_ scope: String) -> String { "\(namespace)/\(scope)/leader" }
     public func memberKey(_ scope: String, _ name: String) -> String { "\(namespace)/\(scope)/members/\(name)" }
@@ -100,6 +105,19 @@ public struct PatroniMember: Sendable, Equatable {
     public var state: String?
     /// Patroni's REST API of the member (`http://host:8008/patroni`).
     public var apiURL: String?
+    /// The record's `mod_revision`.
+    public var modRevision: Int64 = 0
+
+    /// Whether the member, as leader, takes writes by its record.
+    var says: WritabilityCheck.RecordSays {
+        let role = role ?? "unknown", state = state ?? "running"
+        if role == "standby_leader" {
+            return .neverWritable("a standby cluster's leader (role standby_leader): it replicates from another cluster and takes no writes")
+        }
+        guard PatroniState.primaryRoles.contains(role) else { return .notWritable("its record says role \(role), state \(state)") }
+        guard state == "running" else { return .notWritable("its record says state \(state)") }
+        return .writable
+    }
 
     static func decode(_ kv: KeyValue) -> Result<PatroniMember, RecordProblem> {
         RecordDecoding.object(kv).flatMap { o in
@@ -112,7 +130,8 @@ public struct PatroniMember: Sendable, Equatable {
             if let role = o["role"], !(role is String) {
                 return .failure(RecordProblem(key: kv.key, reason: "\"role\" must be a string"))
             }
-            return .success(PatroniMember(connURL: url, role: o["role"] as? String, state: o["state"] as? String, apiURL: o["api_url"] as? String))
+            return .success(PatroniMember(connURL: url, role: o["role"] as? String, state: o["state"] as? String, apiURL: o["api_url"] as? String,
+                                          modRevision: kv.modRevision))
         }
     }
 }

@@ -7,14 +7,38 @@ public struct InstancePlan: Sendable, Equatable {
     public enum Routing: Sendable, Equatable {
         /// Send clients to this lead master.
         case leader(LeaderTarget)
+        /// This is the lead master, and its sessions stay; but it may not take writes now (still
+        /// promoting, or restarted read-only after a crash): new clients wait up to `hold_timeout`
+        /// until it does.
+        case waitingForWrites(LeaderTarget, reason: String)
         /// No lead master known: hold new clients up to `hold_timeout`.
         case noLeader(reason: String)
+        /// The lead master never takes writes (a standby cluster's leader): new clients are
+        /// refused at once, saying so.
+        case readOnlyLeader(name: String, reason: String)
         /// The DCS has been unreachable longer than the lease: route nowhere until it is back.
         case fenced(reason: String)
 
+        /// The lead master whose sessions these are: the one served, or waited for.
         public var target: LeaderTarget? {
+            switch self {
+            case .leader(let t), .waitingForWrites(let t, _): return t
+            case .noLeader, .readOnlyLeader, .fenced: return nil
+            }
+        }
+
+        /// Where new clients go now: the lead master, once it takes writes.
+        public var serving: LeaderTarget? {
             if case .leader(let t) = self { return t }
             return nil
+        }
+
+        /// Why new clients are not sent anywhere now; nil while they are.
+        public var reason: String? {
+            switch self {
+            case .leader: return nil
+            case .waitingForWrites(_, let r), .noLeader(let r), .readOnlyLeader(_, let r), .fenced(let r): return r
+            }
         }
     }
 
@@ -53,6 +77,8 @@ public struct InstancePlan: Sendable, Equatable {
         if !managed { return "unmanaged" }
         switch routing {
         case .leader: return "routing"
+        case .waitingForWrites: return "waiting-for-writes"
+        case .readOnlyLeader: return "standby-leader"
         case .noLeader: return location == nil ? "no-location" : "no-leader"
         case .fenced: return "fenced"
         }

@@ -13,6 +13,12 @@ enum PlanLog {
         var metadata: Logger.Metadata = ["state": "\(new.stateName)"]
         switch new.routing {
         case .leader(let t): metadata["leader"] = "\(t)"
+        case .waitingForWrites(let t, let reason):
+            metadata["leader"] = "\(t)"
+            metadata["reason"] = "\(reason)"
+        case .readOnlyLeader(let name, let reason):
+            metadata["leader"] = "\(name)"
+            metadata["reason"] = "\(reason)"
         case .noLeader(let reason), .fenced(let reason): metadata["reason"] = "\(reason)"
         }
         logger.info("plan", metadata: metadata)

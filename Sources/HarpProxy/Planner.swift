@@ -6,6 +6,14 @@ import HarpConfig
 /// and the time. No I/O and no clock inside: the host gathers the inputs, calls `plan`, and
 /// applies the result (level-triggered: a missed or repeated event cannot leave an instance on
 /// a wrong leader, since the next plan is computed from the whole current state).
+/// What the host has seen of a leadership's writability.
+enum LeaderReadiness: Equatable {
+    /// The node said it takes writes; the revision of the leader's record then.
+    case takesWrites(recordRevision: Int64)
+    /// Since then, a reason to think it may not (it refused a connection): ask again.
+    case doubted(String)
+}
+
 enum Planner {
     struct Input {
         var instances: [InstanceConfiguration]
@@ -28,8 +36,9 @@ enum Planner {
         var previous: [String: InstancePlan] = [:]
         /// When the DCS change behind this plan was seen.
         var observedAt: ContinuousClock.Instant
-        /// Leaderships (`WritabilityCheck.key`) seen to accept writes.
-        var writable: Set<String> = []
+        /// What the host has seen of each leadership (`WritabilityCheck.key`): that it takes
+        /// writes, or a reason to doubt it since.
+        var readiness: [String: LeaderReadiness] = [:]
     }
 
     struct Output {
@@ -40,8 +49,12 @@ enum Planner {
         var unknownLeases: Set<Int64> = []
         /// `max_client_conn` wanted and granted, for instances whose wish did not fit.
         var lowered: [String: (wanted: Int, granted: Int)] = [:]
-        /// Named lead masters not yet known to accept writes, by check key: how to ask.
+        /// Lead masters new clients wait for, by check key: how to ask whether they take writes.
         var uncheckedLeaders: [String: WritabilityCheck] = [:]
+        /// The leaderships and leader leases that plans follow now: what the host remembers of
+        /// any other is forgotten.
+        var liveLeaderships: Set<String> = []
+        var liveLeases: Set<Int64> = []
     }
 
     static func plan(_ input: Input) -> Output {
@@ -89,12 +102,13 @@ enum Planner {
                 fenceClock = clock
                 dcsUnreachable = !input.reachable
                 if let deadline { output.nextDeadline = min(output.nextDeadline ?? deadline, deadline) }
-                if let target = routing.target, target.lease != 0, input.reachable, input.leaseTTLs[target.lease] == nil {
-                    output.unknownLeases.insert(target.lease)
+                if let lease = input.leaders.leader(of: location).target?.lease, lease != 0 {
+                    output.liveLeases.insert(lease)
+                    if input.reachable, input.leaseTTLs[lease] == nil { output.unknownLeases.insert(lease) }
                 }
-                if routing.target == nil, let check = input.leaders.writability(of: location), !check.recordSaysPrimary,
-                   !input.writable.contains(check.key) {
-                    output.uncheckedLeaders[check.key] = check
+                if let check = input.leaders.writability(of: location) {
+                    output.liveLeaderships.insert(check.key)
+                    if case .waitingForWrites = routing, !check.probes.isEmpty { output.uncheckedLeaders[check.key] = check }
                 }
             }
             var plan = InstancePlan(location: location, directives: d, managed: state.isManaged(instance.name), routing: routing,
@@ -121,10 +135,12 @@ enum Planner {
         case .none: routing = .noLeader(reason: "no lead master")
         case .unresolvable(_, let reason): routing = .noLeader(reason: reason)
         }
-        if let target = resolution.target, let check = input.leaders.writability(of: location),
-           !check.recordSaysPrimary, !input.writable.contains(check.key) {
-            // Named, but maybe still promoting: new clients wait (hold_timeout) until it takes writes.
-            routing = .noLeader(reason: "lead master \(target.name) named, not yet accepting writes (still promoting)")
+        if let target = resolution.target, let check = input.leaders.writability(of: location) {
+            switch writability(check, seen: input.readiness[check.key]) {
+            case .writable: break
+            case .notNow(let why): routing = .waitingForWrites(target, reason: "lead master \(target.name) \(why)")
+            case .never(let why): routing = .readOnlyLeader(name: target.name, reason: "lead master \(target.name) of \(location) is \(why)")
+            }
         }
         guard !input.reachable else { return (routing, nil, nil) }
         let outage = input.lastContactAt.map { input.now - $0 } ?? .seconds(1_000_000)
@@ -134,6 +150,28 @@ enum Planner {
             return (.fenced(reason: "DCS unreachable for \(seconds(outage)) s, longer than the \(seconds(lease)) s lease"), nil, (outage, lease))
         }
         return (routing, input.now + (lease - outage), (outage, lease))
+    }
+
+    enum Writability: Equatable { case writable, notNow(String), never(String) }
+
+    /// Whether a named lead master takes writes: by its record alone where there is no way to ask
+    /// the node; else once the node has said so, until a later record says it may not (a crash,
+    /// a restart in place) or the host has another reason to doubt it (a refused connect): then
+    /// it is asked again.
+    static func writability(_ check: WritabilityCheck, seen: LeaderReadiness?) -> Writability {
+        switch check.record {
+        case .neverWritable(let why): return .never(why)
+        case .writable where check.probes.isEmpty: return .writable
+        case .notWritable(let why) where check.probes.isEmpty: return .notNow("does not take writes now: \(why)")
+        case .writable, .notWritable:
+            switch seen {
+            case nil: return .notNow("named, not yet accepting writes (still promoting)")
+            case .doubted(let why)?: return .notNow("does not take writes now: \(why)")
+            case .takesWrites(let revision)?:
+                if case .notWritable(let why) = check.record, check.recordRevision > revision { return .notNow("does not take writes now: \(why)") }
+                return .writable
+            }
+        }
     }
 
     static func seconds(_ d: Duration) -> String {

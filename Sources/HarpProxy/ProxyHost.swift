@@ -9,8 +9,8 @@ import NIOCore
 ///
 /// On each DCS snapshot (and when a fencing deadline passes) it gathers what the `Planner`
 /// needs, has it compute every instance's plan, and hands each changed plan to the instance's
-/// mode. Its status records (`StatusReports.swift`) and its timers and lookups
-/// (`HostChores.swift`) live beside it.
+/// mode. Its status records (`StatusReports.swift`), its timers and lookups (`HostTasks.swift`)
+/// and its questions to lead masters about writes (`LeaderReadiness/`) live beside it.
 public actor ProxyHost {
     var instances: [InstanceConfiguration]
     let session: DCSSession
@@ -64,9 +64,10 @@ public actor ProxyHost {
     /// Leases whose TTL is being asked for: one request per lease, however many instances see it.
     var leaseLookups: Set<Int64> = []
     var fenceTimer: Task<Void, Never>?
-    /// Named lead masters seen to take writes, and those being asked (`checkWritable`).
-    var writable: Set<String> = []
-    var writableChecks: [String: CheckFlag] = [:]
+    /// What was seen of each followed leadership's writability, and the checks under way
+    /// (`LeaderReadiness/ReadinessChecks.swift`).
+    var readiness: [String: LeaderReadiness] = [:]
+    var readinessChecks: [String: StopSignal] = [:]
     var latest: DCSSnapshot?
 
     /// - Parameters:
@@ -155,6 +156,7 @@ public actor ProxyHost {
     /// `hostLoop` once the caller shuts the event loops down.
     public func shutdown() async {
         shuttingDown = true
+        stopReadinessChecks()
         fenceTimer?.cancel()
         for chore in chores.values { chore.cancel() }
         for chore in Array(chores.values) { await chore.value }
@@ -174,6 +176,12 @@ public actor ProxyHost {
 
     // MARK: - Reconcile
 
+    /// The lead masters as the latest snapshots say.
+    func currentLeaders() -> (any LeaderView)? {
+        guard let snapshot = latest else { return nil }
+        return leaderSource.leaders(cluster: ClusterState(snapshot: snapshot, layout: layout), own: latestOwn ?? DCSSnapshot(revision: 0, values: [:], synced: false))
+    }
+
     func reconcile(observedAt: ContinuousClock.Instant) {
         guard let snapshot = latest else { return }
         let state = view.state(of: snapshot)
@@ -191,7 +199,7 @@ public actor ProxyHost {
         let output = Planner.plan(Planner.Input(
             instances: instances, state: state, leaders: leaders, synced: synced, reachable: reachable, now: .now,
             lastContactAt: lastContactAt, leaseTTLs: leaseTTLs, descriptorLimit: descriptorLimit,
-            previous: running.compactMapValues(\.plan), observedAt: observedAt, writable: writable))
+            previous: running.compactMapValues(\.plan), observedAt: observedAt, readiness: readiness))
 
         for (name, (wanted, granted)) in output.lowered where lowered[name] != granted {
             running[name]?.logger.warning("max_client_conn lowered to what the process can hold",
@@ -199,7 +207,8 @@ public actor ProxyHost {
         }
         lowered = output.lowered.mapValues(\.granted)
         for lease in output.unknownLeases { lookUpLease(lease) }
-        updateChecks(output.uncheckedLeaders)
+        if synced { leaseTTLs = leaseTTLs.filter { output.liveLeases.contains($0.key) } }
+        updateReadinessChecks(wanted: output.uncheckedLeaders, live: output.liveLeaderships)
 
         for instance in instances {
             guard var r = running[instance.name], let plan = output.plans[instance.name] else { continue }
@@ -248,7 +257,12 @@ public actor ProxyHost {
             return
         }
         r.unavailableMode = nil
-        r.mode = type.init(instance: instance, group: group, loop: hostLoop, logger: r.logger)
+        let mode = type.init(instance: instance, group: group, loop: hostLoop, logger: r.logger)
+        let name = instance.name
+        mode.onLeaderRefusedConnection { [weak self] target in
+            Task { await self?.leaderRefusedConnection(instance: name, target: target) }
+        }
+        r.mode = mode
     }
 
 }

@@ -1,3 +1,4 @@
+import HarpCluster
 import HarpConfig
 import Logging
 import NIOCore
@@ -31,10 +32,17 @@ public protocol ProxyMode: AnyObject, Sendable {
 
     /// Stop accepting and close every connection.
     func shutdown() async
+
+    /// Where the mode connects to the lead master itself: `report` is called when a connect is
+    /// refused (nothing listens: its postmaster died, or is stopping or starting), so that the
+    /// host can hold new clients until the node takes writes again. Set once, before any plan.
+    func onLeaderRefusedConnection(_ report: @escaping @Sendable (LeaderTarget) -> Void)
 }
 
 extension ProxyMode {
     public func report() async -> ModeReport { ModeReport() }
+    /// A mode whose connections to the lead master are made by another process sees no refusal.
+    public func onLeaderRefusedConnection(_ report: @escaping @Sendable (LeaderTarget) -> Void) {}
 }
 
 /// A mode's own part of its instance's status: fields of the status record and gauges for

@@ -36,10 +36,7 @@ public struct StatusRecord: Sendable {
         maxClientConn = status.plan?.maxClientConn ?? 0
         since = status.since
         modeFields = status.report.fields
-        switch status.plan?.routing {
-        case .noLeader(let r)?, .fenced(let r)?: reason = r
-        default: reason = nil
-        }
+        reason = status.plan?.routing.reason
     }
 
     /// The JSON object, as the DCS record and the control socket show it.

@@ -74,9 +74,19 @@ struct Daemon {
         services.append(ReloadService(signals: hangups) {
             current.value = await Self.reload(current.value, host: host, logger: logger)
         })
-        let lifecycle = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "harp.lifecycle")))
-        try await lifecycle.run()
+        var lifecycle = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "harp.lifecycle"))
+        // A stop is bounded whatever is under way (a DCS that does not answer, a PgBouncer slow to
+        // stop): well within systemd's TimeoutStopSec (90 s). Writability checks are not waited
+        // for at all: a stop ends them at once.
+        lifecycle.maximumGracefulShutdownDuration = .seconds(10)
+        lifecycle.maximumCancellationDuration = .seconds(2)
+        do {
+            try await ServiceGroup(configuration: lifecycle).run()
+        } catch {
+            // Something still runs on the event loops: shutting them down under it would trap.
+            logger.warning("stop took longer than its bound: exiting with what is still under way", metadata: ["error": "\(error)"])
+            return
+        }
         try? await group.shutdownGracefully()
         logger.info("stopped")
     }

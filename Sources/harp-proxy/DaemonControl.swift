@@ -87,11 +87,8 @@ struct DaemonHealth: HealthChecks {
             guard let plan = status.plan else { result[status.name] = "stopped"; continue }
             if !plan.managed { continue }  // an unmanaged instance is the operator's, not the probe's
             if let error = status.listenError { result[status.name] = error; continue }
-            guard plan.routing.target != nil else {
-                switch plan.routing {
-                case .noLeader(let reason), .fenced(let reason): result[status.name] = "\(plan.stateName): \(reason)"
-                case .leader: break
-                }
+            if let reason = plan.routing.reason {
+                result[status.name] = "\(plan.stateName): \(reason)"
                 continue
             }
             let dsn = configured.first { $0.name == status.name }?.endpoint ?? defaultProbeDSN(listen: status.listen)

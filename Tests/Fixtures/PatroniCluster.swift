@@ -23,11 +23,17 @@ public final class PatroniCluster: @unchecked Sendable {
     public private(set) var members: [Member] = []
     private let etcdEndpoint: String
 
+    /// Where a standby cluster replicates from (`bootstrap.dcs.standby_cluster`), if it is one.
+    private let standbyOf: (host: String, port: Int)?
+
     /// Starts `count` members: the first alone until it has initialized the cluster, then the
-    /// others, and returns once the first leads and every other streams from it.
-    public init(etcd: EtcdCluster, scope: String = "dc1", namespace: String = "/service", members count: Int = 2) throws {
+    /// others, and returns once the first leads and every other streams from it. With
+    /// `standbyOf`, a standby cluster of that PostgreSQL: its leader is a `standby_leader`.
+    public init(etcd: EtcdCluster, scope: String = "dc1", namespace: String = "/service", members count: Int = 2,
+                standbyOf: (host: String, port: Int)? = nil) throws {
         self.scope = scope
         self.namespace = namespace
+        self.standbyOf = standbyOf
         directory = TemporaryDirectory("harp-patroni")
         chmod(directory.path, 0o755)
         etcdEndpoint = "127.0.0.1:\(etcd.members[0].clientPort)"
@@ -40,7 +46,7 @@ public final class PatroniCluster: @unchecked Sendable {
             members.append(member)
         }
         try start(0)
-        guard eventually(timeout: 60, { self.leader() == "pg1" && self.accepts(0, writes: true) }) else {
+        guard eventually(timeout: 60, { self.leader() == "pg1" && self.accepts(0, writes: standbyOf == nil) }) else {
             throw FixtureError("Patroni pg1 did not become the leader:\n\(members[0].process?.log ?? "")")
         }
         for i in 1..<count {
@@ -74,6 +80,7 @@ public final class PatroniCluster: @unchecked Sendable {
               parameters:
                 wal_retrieve_retry_interval: 500ms
                 fsync: 'off'
+        \(standbyOf.map { "    standby_cluster: {host: \($0.host), port: \($0.port), create_replica_methods: [basebackup]}\n" } ?? "")
           initdb:
           - encoding: UTF8
           - no-sync
@@ -104,10 +111,12 @@ public final class PatroniCluster: @unchecked Sendable {
         """
     }
 
-    /// Starts (or restarts) member `index`'s Patroni, which starts its PostgreSQL.
-    public func start(_ index: Int) throws {
+    /// Starts (or restarts) member `index`'s Patroni, which starts its PostgreSQL, or finds it
+    /// running (`postgresRuns`: Patroni alone was stopped or killed).
+    public func start(_ index: Int, postgresRuns: Bool = false) throws {
         // A postmaster.pid left by a kill -9 may name a live process by now: PIDs wrap quickly.
-        unlink(members[index].dataDirectory + "/postmaster.pid")
+        // (Never under a running postmaster, which shuts down when its lock file goes.)
+        if !postgresRuns { unlink(members[index].dataDirectory + "/postmaster.pid") }
         let command = PostgresServer.isRoot
             ? ["/usr/bin/setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--reset-env", "/usr/bin/patroni", members[index].config]
             : ["/usr/bin/patroni", members[index].config]
@@ -140,6 +149,39 @@ public final class PatroniCluster: @unchecked Sendable {
                                     environment: ["PATH": "/usr/bin:/bin", "HOME": directory.path])
         guard result.status == 0 else { throw FixtureError("patronictl switchover failed: \(result.output)") }
         return result.output
+    }
+
+    /// The leader key's `mod_revision`: it changes when a restarted Patroni writes the key again.
+    public func leaderRevision() -> Int? {
+        let result = try? runCommand("/usr/bin/etcdctl", ["--endpoints=\(etcdEndpoint)", "get", "-w", "json", "\(namespace)/\(scope)/leader"],
+                                     environment: ["ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"])
+        guard let text = result?.output, let range = text.range(of: #""mod_revision":[0-9]+"#, options: .regularExpression) else { return nil }
+        return Int(text[range].split(separator: ":")[1])
+    }
+
+    /// `patronictl pause --wait` or `resume --wait`: Patroni's maintenance mode.
+    public func maintenance(_ on: Bool) throws {
+        let result = try runCommand("/usr/bin/patronictl", ["-c", members[0].config, on ? "pause" : "resume", "--wait", scope],
+                                    environment: ["PATH": "/usr/bin:/bin", "HOME": directory.path])
+        guard result.status == 0 else { throw FixtureError("patronictl \(on ? "pause" : "resume") failed: \(result.output)") }
+    }
+
+    /// Member `index`'s Patroni stopped (SIGTERM; paused, it leaves PostgreSQL running) or killed
+    /// (SIGKILL; PostgreSQL runs on), then started again at once.
+    public func restartPatroni(_ index: Int, kill hard: Bool) throws {
+        guard let process = members[index].process else { throw FixtureError("pg\(index + 1)'s Patroni is not running") }
+        if hard { process.killNow() } else { process.signal(SIGTERM) }
+        guard eventually(timeout: 30, { !process.isRunning }) else { throw FixtureError("Patroni did not stop:\n\(process.log)") }
+        try start(index, postgresRuns: true)
+    }
+
+    /// kill -9 of member `index`'s postmaster alone: Patroni finds PostgreSQL gone on its next
+    /// loop and starts it again (read-only first, for a leader).
+    public func killPostmaster(_ index: Int) {
+        let pidFile = members[index].dataDirectory + "/postmaster.pid"
+        if let pid = (try? String(contentsOfFile: pidFile, encoding: .utf8))?.split(separator: "\n").first.flatMap({ pid_t($0) }) {
+            kill(pid, SIGKILL)
+        }
     }
 
     /// kill -9 of member `index`'s Patroni and its postmaster: a crash.

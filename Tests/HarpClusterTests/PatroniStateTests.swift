@@ -61,12 +61,29 @@ final class PatroniStateTests: XCTestCase {
     func testTheRecordIsTakenAtItsWordOnlyWithoutAnAPIToAsk() {
         let withAPI = state(["dc1/leader": "pg1", "dc1/members/pg1": pg1])
         let check = withAPI.writability(of: "dc1")
-        XCTAssertEqual(check?.recordSaysPrimary, false, "Patroni writes role master before the promotion has finished")
-        XCTAssertEqual(check?.primaryCheckURL, "http://127.0.0.1:8008/patroni")
-        XCTAssertTrue(check?.key.hasPrefix("dc1|pg1|") == true)
+        XCTAssertEqual(check?.record, .writable)
+        XCTAssertEqual(check?.probes, [.httpJSON(url: "http://127.0.0.1:8008/patroni", expect: ["role": ["master", "primary"], "state": ["running"]],
+                                                 label: "Patroni's REST API")], "Patroni writes role master before the promotion has finished: ask")
+        XCTAssertEqual(check?.key, "dc1|pg1", "the leadership is the scope and the member, whatever the key's revision or lease")
         let noAPI = state(["dc1/leader": "pg2", "dc1/members/pg2": pg2])
-        XCTAssertEqual(noAPI.writability(of: "dc1")?.recordSaysPrimary, true, "Patroni 4's primary, no api_url")
-        XCTAssertNil(noAPI.writability(of: "dc1")?.primaryCheckURL)
+        XCTAssertEqual(noAPI.writability(of: "dc1")?.record, .writable, "Patroni 4's primary")
+        XCTAssertEqual(noAPI.writability(of: "dc1")?.probes, [], "no api_url")
         XCTAssertNil(state([:]).writability(of: "dc1"))
+    }
+
+    /// The leader's record is read for what it says of the node now: Patroni restarting a crashed
+    /// leader writes role replica, state starting; a standby cluster's leader is standby_leader.
+    func testTheLeadersRecordSaysWhetherItMayTakeWrites() {
+        func says(_ record: String) -> WritabilityCheck.RecordSays? {
+            state(["dc1/leader": "pg1", "dc1/members/pg1": record]).writability(of: "dc1")?.record
+        }
+        let url = #""conn_url":"postgres://127.0.0.1:5432/postgres""#
+        XCTAssertEqual(says(#"{\#(url),"role":"replica","state":"starting"}"#), .notWritable("its record says role replica, state starting"))
+        XCTAssertEqual(says(#"{\#(url),"role":"master","state":"restarting"}"#), .notWritable("its record says state restarting"))
+        XCTAssertEqual(says(#"{\#(url),"role":"primary","state":"running"}"#), .writable)
+        guard case .neverWritable(let why)? = says(#"{\#(url),"role":"standby_leader","state":"running"}"#) else { return XCTFail() }
+        XCTAssertTrue(why.contains("standby"), why)
+        let check = state(["dc1/leader": "pg1", "dc1/members/pg1": #"{\#(url),"role":"master"}"#]).writability(of: "dc1")
+        XCTAssertEqual(check?.recordRevision, 2, "the member record's own revision (the leader key is 1)")
     }
 }

@@ -119,15 +119,18 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(out.lowered["b"]?.granted, 1008)
     }
 
-    /// A source whose leader may still be promoting (Patroni's): held until seen to take writes.
+    /// A source whose leader may not take writes (Patroni's): its record, and what the host has seen.
     struct Promoting: LeaderView {
+        var record = WritabilityCheck.RecordSays.writable
+        var recordRevision: Int64 = 7
+        var probes: [WritabilityProbe] = [.httpJSON(url: "http://10.0.0.2:8008/patroni", expect: ["role": ["master"]], label: "API")]
         var problems: [RecordProblem] = []
         var locations: Set<String> = ["dc1"]
         func leader(of location: String) -> LeaderResolution {
-            .leader(LeaderTarget(name: "pg2", address: .tcp(host: "10.0.0.2", port: 5432)))
+            .leader(LeaderTarget(name: "pg2", address: .tcp(host: "10.0.0.2", port: 5432), lease: 99))
         }
         func writability(of location: String) -> WritabilityCheck? {
-            WritabilityCheck(key: "dc1|pg2|7", recordSaysPrimary: false, primaryCheckURL: "http://10.0.0.2:8008/patroni")
+            WritabilityCheck(location: location, member: "pg2", record: record, recordRevision: recordRevision, probes: probes)
         }
     }
 
@@ -135,25 +138,74 @@ final class PlannerTests: XCTestCase {
         var i = input([instance("p1", "dc1")], state([:]))
         i.leaders = Promoting()
         let held = Planner.plan(i)
-        XCTAssertNil(held.plans["p1"]?.routing.target)
-        XCTAssertEqual(held.plans["p1"]?.routing, .noLeader(reason: "lead master pg2 named, not yet accepting writes (still promoting)"))
-        XCTAssertEqual(held.uncheckedLeaders.mapValues(\.primaryCheckURL), ["dc1|pg2|7": "http://10.0.0.2:8008/patroni"])
+        XCTAssertNil(held.plans["p1"]?.routing.serving)
+        XCTAssertEqual(held.plans["p1"]?.routing.target?.name, "pg2", "its sessions are pg2's")
+        XCTAssertEqual(held.plans["p1"]?.routing.reason, "lead master pg2 named, not yet accepting writes (still promoting)")
+        XCTAssertEqual(Array(held.uncheckedLeaders.keys), ["dc1|pg2"])
+        XCTAssertEqual(held.liveLeaderships, ["dc1|pg2"])
+        XCTAssertEqual(held.liveLeases, [99])
 
-        i.writable = ["dc1|pg2|7"]
+        i.readiness = ["dc1|pg2": .takesWrites(recordRevision: 7)]
         let released = Planner.plan(i)
-        XCTAssertEqual(released.plans["p1"]?.routing.target?.name, "pg2")
+        XCTAssertEqual(released.plans["p1"]?.routing.serving?.name, "pg2")
         XCTAssertTrue(released.uncheckedLeaders.isEmpty)
     }
 
-    func testPatronisAPIAnswerIsReadForTheRolePostgreSQLReports() {
+    /// A crash in place: the leader's record, written after it was seen to take writes, says it
+    /// is a replica starting; new clients wait (its sessions stay its own), the node is asked
+    /// again. A record as old as the answer, or one that says primary, does not hold anyone.
+    func testALaterRecordThatSaysNotWritableHoldsNewClientsUntilTheNodeSaysSoAgain() {
+        var i = input([instance("p1", "dc1")], state([:]))
+        var view = Promoting(record: .notWritable("its record says role replica, state starting"), recordRevision: 9)
+        i.leaders = view
+        i.readiness = ["dc1|pg2": .takesWrites(recordRevision: 7)]
+        let held = Planner.plan(i)
+        guard case .waitingForWrites(let target, let reason)? = held.plans["p1"]?.routing else { return XCTFail("\(String(describing: held.plans["p1"]))") }
+        XCTAssertEqual(target.name, "pg2")
+        XCTAssertEqual(reason, "lead master pg2 does not take writes now: its record says role replica, state starting")
+        XCTAssertEqual(held.plans["p1"]?.stateName, "waiting-for-writes")
+        XCTAssertEqual(Array(held.uncheckedLeaders.keys), ["dc1|pg2"])
+
+        i.readiness = ["dc1|pg2": .takesWrites(recordRevision: 9)]
+        XCTAssertEqual(Planner.plan(i).plans["p1"]?.routing.serving?.name, "pg2", "the node said so after that record")
+        view.record = .writable
+        view.recordRevision = 12
+        i.leaders = view
+        i.readiness = ["dc1|pg2": .takesWrites(recordRevision: 9)]
+        XCTAssertEqual(Planner.plan(i).plans["p1"]?.routing.serving?.name, "pg2")
+
+        i.readiness = ["dc1|pg2": .doubted("it refused a connection")]
+        XCTAssertEqual(Planner.plan(i).plans["p1"]?.routing.reason, "lead master pg2 does not take writes now: it refused a connection")
+    }
+
+    /// With no way to ask the node, its record decides alone; a standby cluster's leader never
+    /// takes writes, and clients are not held for it.
+    func testTheRecordDecidesWithoutProbesAndAStandbyLeaderIsRefused() {
+        var i = input([instance("p1", "dc1")], state([:]))
+        i.leaders = Promoting(record: .writable, probes: [])
+        XCTAssertEqual(Planner.plan(i).plans["p1"]?.routing.serving?.name, "pg2")
+        i.leaders = Promoting(record: .notWritable("its record says state starting"), probes: [])
+        XCTAssertEqual(Planner.plan(i).plans["p1"]?.stateName, "waiting-for-writes")
+        XCTAssertTrue(Planner.plan(i).uncheckedLeaders.isEmpty, "nothing to ask with")
+        i.leaders = Promoting(record: .neverWritable("a standby cluster's leader"))
+        let standby = Planner.plan(i)
+        XCTAssertEqual(standby.plans["p1"]?.routing, .readOnlyLeader(name: "pg2", reason: "lead master pg2 of dc1 is a standby cluster's leader"))
+        XCTAssertEqual(standby.plans["p1"]?.stateName, "standby-leader")
+        XCTAssertNil(standby.plans["p1"]?.routing.target, "sessions of the lead master before it are cut")
+        XCTAssertTrue(standby.uncheckedLeaders.isEmpty)
+    }
+
+    func testAnHTTPAnswerIsReadForTheExpectedFields() {
         let head = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
-        XCTAssertTrue(PatroniAPI.primary(inResponse: head + #"{"state": "running", "role": "master", "timeline": 2}"#))
-        XCTAssertTrue(PatroniAPI.primary(inResponse: head + #"{"state": "running", "role": "primary"}"#))
-        XCTAssertFalse(PatroniAPI.primary(inResponse: head + #"{"state": "running", "role": "replica"}"#), "still in recovery")
-        XCTAssertFalse(PatroniAPI.primary(inResponse: "HTTP/1.0 503 Service Unavailable\r\n\r\n" + #"{"state": "stopped", "role": "master"}"#))
-        XCTAssertFalse(PatroniAPI.primary(inResponse: head + "not json"))
-        XCTAssertEqual(PatroniAPI.parse("http://127.0.0.1:8008/patroni")?.port, "8008")
-        XCTAssertEqual(PatroniAPI.parse("http://[::1]:8008/patroni")?.host, "::1")
-        XCTAssertNil(PatroniAPI.parse("https://10.0.0.1:8008/patroni"))
+        let primary = ["role": ["master", "primary"], "state": ["running"]]
+        XCTAssertTrue(HTTPProbe.answers(head + #"{"state": "running", "role": "master", "timeline": 2}"#, primary))
+        XCTAssertTrue(HTTPProbe.answers(head + #"{"state": "running", "role": "primary"}"#, primary))
+        XCTAssertFalse(HTTPProbe.answers(head + #"{"state": "running", "role": "replica"}"#, primary), "still in recovery")
+        XCTAssertFalse(HTTPProbe.answers("HTTP/1.0 503 Service Unavailable\r\n\r\n" + #"{"state": "stopped", "role": "master"}"#, primary))
+        XCTAssertFalse(HTTPProbe.answers(head + #"{"role": "master"}"#, primary), "a field missing is not a yes")
+        XCTAssertFalse(HTTPProbe.answers(head + "not json", primary))
+        XCTAssertEqual(HTTPProbe.parse("http://127.0.0.1:8008/patroni")?.port, "8008")
+        XCTAssertEqual(HTTPProbe.parse("http://[::1]:8008/patroni")?.host, "::1")
+        XCTAssertNil(HTTPProbe.parse("https://10.0.0.1:8008/patroni"))
     }
 }

@@ -7,9 +7,12 @@ import XCTest
 import Glibc
 #endif
 
-/// The two ways of asking whether a named lead master has left recovery: Patroni's REST API,
-/// with requests that overlap, and PostgreSQL itself over a connection of the proxy's own.
+/// The two ways of asking whether a named lead master takes writes: an HTTP endpoint (Patroni's
+/// REST API), with requests that overlap, and PostgreSQL itself over a connection of the proxy's
+/// own. Each runs on a thread of its own and ends within milliseconds of its stop.
 final class PromotionCheckTests: XCTestCase {
+
+
     /// An HTTP listener on loopback that never answers its first `silent` connections (as
     /// Patroni's API may not, around a promotion) and answers every later one with `body`.
     final class SlowAPI: @unchecked Sendable {
@@ -63,10 +66,9 @@ final class PromotionCheckTests: XCTestCase {
     func testAnAPIRequestLeftUnansweredDoesNotHoldUpTheNext() async throws {
         let api = try SlowAPI(silent: 2, body: #"{"state": "running", "role": "master"}"#)
         defer { api.stop() }
-        let stop = CheckFlag()
+        let stop = StopSignal()
         let asking = Task {
-            await PatroniAPI.waitForPrimary("http://127.0.0.1:\(api.port)/patroni", stop: stop, deadline: .now + .seconds(120),
-                                            timeout: .seconds(60))
+            await offThread { HTTPProbe.run("http://127.0.0.1:\(api.port)/patroni", expect: patroniPrimary, stop: stop, timeout: .seconds(60)) }
         }
         let answered = await eventuallyAsync(timeout: .seconds(20)) { api.accepted >= 3 }
         XCTAssertTrue(answered, "a third request was made while two were unanswered")
@@ -83,8 +85,8 @@ final class PromotionCheckTests: XCTestCase {
     func testAReplicaAnswerKeepsItAskingUntilStopped() async throws {
         let api = try SlowAPI(silent: 0, body: #"{"state": "running", "role": "replica"}"#)
         defer { api.stop() }
-        let stop = CheckFlag()
-        let asking = Task { await PatroniAPI.waitForPrimary("http://127.0.0.1:\(api.port)/patroni", stop: stop, deadline: .now + .seconds(120)) }
+        let stop = StopSignal()
+        let asking = Task { await offThread { HTTPProbe.run("http://127.0.0.1:\(api.port)/patroni", expect: patroniPrimary, stop: stop) } }
         let many = await eventuallyAsync(timeout: .seconds(20)) { api.accepted >= 10 }
         XCTAssertTrue(many, "asked again after each replica answer")
         stop.set()
@@ -98,18 +100,18 @@ final class PromotionCheckTests: XCTestCase {
         let server = SharedPostgres.first
         let address = DatabaseAddress.tcp(host: "127.0.0.1", port: server.port)
         let good = DirectCheck(address: address, conninfo: "user=postgres dbname=postgres")
-        let outcome = await RecoveryCheck.wait(good, stop: CheckFlag(), deadline: .now + .seconds(30)) { XCTFail("no failure expected: \($0)") }
+        let outcome = await offThread { PostgresProbe.run(good, stop: StopSignal()) { XCTFail("no failure expected: \($0)") } }
         XCTAssertEqual(outcome, .outOfRecovery)
 
         let bad = DirectCheck(address: address, conninfo: "user=no_such_role dbname=postgres password=s3cret")
         let failures = Failures()
-        let stop = CheckFlag()
-        let asking = Task { await RecoveryCheck.wait(bad, stop: stop, deadline: .now + .seconds(60)) { failures.add($0) } }
+        let stop = StopSignal()
+        let asking = Task { await offThread { PostgresProbe.run(bad, stop: stop) { failures.add($0) } } }
         let failed = await eventuallyAsync(timeout: .seconds(20)) { !failures.all.isEmpty }
         XCTAssertTrue(failed)
-        try await Task.sleep(for: .milliseconds(300))
+        try await Task.sleep(for: .milliseconds(300))  // more failed attempts meanwhile, none of which may be said again
         stop.set()
-        guard case .ended(let last) = await asking.value else { return XCTFail("it cannot have connected") }
+        guard case .stopped(let last) = await asking.value else { return XCTFail("it cannot have connected") }
         XCTAssertEqual(failures.all.count, 1, "said once: \(failures.all)")
         XCTAssertTrue(failures.all.first?.contains(#"role "no_such_role" does not exist"#) ?? false, "\(failures.all)")
         XCTAssertFalse(failures.all.joined().contains("s3cret"))
@@ -122,4 +124,41 @@ final class PromotionCheckTests: XCTestCase {
         func add(_ s: String) { lock.withLock { list.append(s) } }
         var all: [String] { lock.withLock { list } }
     }
+
+    /// A node that accepts connections and never answers (a paused postmaster, a link gone
+    /// silent): the probe does not block on it, and its stop ends it within milliseconds, both
+    /// while connecting and while waiting for a query's answer.
+    func testAProbeOfASilentNodeEndsAtOnceWhenStopped() async throws {
+        let silent = try SlowAPI(silent: 1_000_000, body: "")
+        defer { silent.stop() }
+        let failures = Failures()
+        for probe in ["postgresql", "http"] {
+            let stop = StopSignal()
+            let check = DirectCheck(address: .tcp(host: "127.0.0.1", port: silent.port), conninfo: "user=postgres dbname=postgres")
+            let before = silent.accepted
+            let asking = Task {
+                await offThread {
+                    probe == "http" ? HTTPProbe.run("http://127.0.0.1:\(silent.port)/patroni", expect: patroniPrimary, stop: stop)
+                        : PostgresProbe.run(check, stop: stop) { failures.add($0) } == .outOfRecovery
+                }
+            }
+            let connected = await eventuallyAsync(timeout: .seconds(10)) { silent.accepted > before }
+            XCTAssertTrue(connected, probe)
+            let stoppedAt = ContinuousClock.now
+            stop.set()
+            let answer = await asking.value
+            XCTAssertFalse(answer, probe)
+            XCTAssertLessThan(ContinuousClock.now - stoppedAt, .milliseconds(500), "\(probe): ended at its stop, not at a timeout")
+        }
+    }
 }
+
+/// Runs a blocking probe on a thread of its own, as the host does.
+private func offThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: body()) }.start()
+    }
+}
+
+/// What Patroni's REST API says of a primary.
+private let patroniPrimary = ["role": ["master", "primary"], "state": ["running"]]

@@ -6,10 +6,17 @@
 # Times run from the later of: the leader key naming the new member (an etcd watcher sees it),
 # and that member accepting writes; to the first new client it serves through each proxy.
 #   contrib/bench/patroni.sh [SWITCHOVERS]      (default 20)
+#   contrib/bench/patroni.sh crash [N]          N crashes of the leader's postmaster (default 10):
+#                                               writes that fail as read-only (patroni_node.py)
+#   contrib/bench/patroni.sh restart [N]        N pause/restart/resume cycles of the leader's Patroni,
+#                                               then N kill -9 restarts: sessions cut, clients refused
 # harp-proxy asks the new leader itself whether it is out of recovery (dcs.patroni_check_dsn, as
 # Patroni's superuser here); PATRONI_CHECK=api leaves that out, so that only Patroni's REST API is asked.
 source "$(dirname "$0")/../lib.sh"
+scenario=switchover
+case "${1:-}" in crash|restart) scenario=$1; shift ;; esac
 switchovers=${1:-20}
+[ "$scenario" = switchover ] || switchovers=${1:-10}
 command -v haproxy >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq haproxy >/dev/null; }
 command -v patroni >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq patroni >/dev/null; }
 python=/usr/bin/python3   # Debian's, beside patroni's own modules
@@ -81,6 +88,14 @@ YAML
 "$bin/harp-proxy" -f "$work/config.yml" >"$work/harp-proxy.log" 2>&1 &
 harp_pid=$!
 pids+=($harp_pid)
+
+if [ "$scenario" != switchover ]; then
+  for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" && break; sleep 0.1; done
+  echo "== $scenario x $switchovers, $(nproc) cores, harp-proxy ${PATRONI_CHECK:-dsn}"
+  "$python" contrib/bench/patroni_node.py "$scenario" "$switchovers" "$etcd_port" /service dc1 \
+    "pg1=$work/pg1:$pg1,pg2=$work/pg2:$pg2" "$harp_port"
+  exit 0
+fi
 
 template=$(free_port $(( harp_port + 1 ))); fast=$(free_port $(( template + 1 )))
 cat >"$work/haproxy.cfg" <<CFG

@@ -7,7 +7,7 @@ import NIOCore
 /// unreachable), and every refusal is counted and logged without flooding the log.
 extension BuiltinMode {
     func publishRoute() {
-        let admission = target.flatMap { target in plan.map { self.admission(target, $0) } }
+        let admission = admitting ? target.flatMap { target in plan.map { self.admission(target, $0) } } : nil
         // Unmanaged too: the instance keeps routing new clients to the target it had.
         let route = Route(admission: stopped ? nil : admission, generation: generation,
                           maxClientConn: plan?.maxClientConn ?? 0, stopped: stopped)
@@ -93,9 +93,14 @@ extension BuiltinMode {
         clients[id] = entry
         clientCounters.total += 1
         channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: channel) } }
-        if let target {
+        if let target, admitting {
             entry.target = target
             return loop.makeSucceededFuture(admission(target, plan))
+        }
+        if case .readOnlyLeader(_, let reason) = plan.routing {
+            // Never writable (a standby cluster's leader): waiting would not help.
+            noteRefusal("the lead master takes no writes", reason: "read_only_leader", ["location": "\(plan.location ?? "none")"])
+            return loop.makeFailedFuture(Refusal.readOnlyLeader(reason, instance: self.instance.name))
         }
         return hold(entry, plan)
     }
@@ -106,6 +111,7 @@ extension BuiltinMode {
         let reason: String
         switch plan.routing {
         case .fenced(let r): reason = ": fenced, \(r)"
+        case .waitingForWrites(_, let r): reason = ": \(r)"
         case .noLeader(let r) where plan.location == nil: reason = ": \(r)"
         default: reason = ""
         }
@@ -129,9 +135,13 @@ extension BuiltinMode {
                   entry.server == nil, entry.waiter == nil else {
                 return self.loop.makeFailedFuture(Refusal.shuttingDown)
             }
-            if let target = self.target {
+            if let target = self.target, self.admitting {
                 entry.target = target
                 return self.loop.makeSucceededFuture(self.admission(target, plan))
+            }
+            if case .readOnlyLeader(_, let reason) = plan.routing {
+                self.noteRefusal("the lead master takes no writes", reason: "read_only_leader", ["location": "\(plan.location ?? "none")"])
+                return self.loop.makeFailedFuture(Refusal.readOnlyLeader(reason, instance: self.instance.name))
             }
             return self.hold(entry, plan)
         }

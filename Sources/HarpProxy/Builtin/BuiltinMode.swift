@@ -86,6 +86,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// Clients admitted and not yet gone, for `max_client_conn`: `clients` plus admissions on
     /// their way to `loop`. Taken by any loop, given back on `loop` when an entry leaves.
     let admitted = Atomic<Int>(0)
+    /// Whether new clients are sent to `target` now (it takes writes), or wait.
+    var admitting = false
+    /// The host's ear for a lead master that refused a connect (`onLeaderRefusedConnection`).
+    let refusedConnection = Mutex<(@Sendable (LeaderTarget) -> Void)?>(nil)
 
     convenience init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger) {
         let traffic = Traffic()
@@ -131,6 +135,15 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         try? await loop.flatSubmit { self.stop() }.get()
     }
 
+    func onLeaderRefusedConnection(_ report: @escaping @Sendable (LeaderTarget) -> Void) {
+        refusedConnection.withLock { $0 = report }
+    }
+
+    /// A client's connect to `target` was refused (any loop).
+    func leaderRefused(_ target: LeaderTarget) {
+        refusedConnection.withLock { $0 }?(target)
+    }
+
     // MARK: - Reconcile
 
     func reconcile(_ plan: InstancePlan) {
@@ -140,17 +153,26 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         listenSocket.reconcile(plan)
         // Unmanaged: keep the current target and every connection, whatever the DCS says.
         guard plan.managed else { return }
+        // `next` is where sessions belong; new clients go there only once it takes writes.
         let next = plan.routing.target
         let moved = leaderMoved(from: target, to: next)
         let previous = target
+        let stopsAdmitting = admitting && plan.routing.serving == nil
         target = next  // if it did not move: the same node, its lease may be new
-        if moved { generation += 1 }
+        admitting = plan.routing.serving != nil
+        if moved || stopsAdmitting { generation += 1 }
         // Published first: from here on a new client goes to `next` (or waits for one), and one
         // admitted to `previous` just before is turned away by `attach` or `enter`. Then the
         // waiters: a waiter's connect can finish on its own loop before this returns, and
         // `attach` checks it against the published route.
         publishRoute()
-        if moved { closeConnections(from: previous, to: next, observedAt: plan.observedAt) }
-        if let next { admitWaiters(to: next, plan: plan) }
+        if moved {
+            closeConnections(from: previous, to: next, observedAt: plan.observedAt)
+        } else if stopsAdmitting {
+            // The same lead master, which may not take writes now (restarted read-only after a
+            // crash): its sessions stay, clients still connecting to it wait with the new ones.
+            holdClientsNotJoined()
+        }
+        if let serving = plan.routing.serving { admitWaiters(to: serving, plan: plan) }
     }
 }

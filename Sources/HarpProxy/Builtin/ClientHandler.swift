@@ -216,7 +216,10 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// sends it to the new one at once (`startAgain`). False once the time is up.
     private func retryLater(context: ChannelHandlerContext, _ admission: BuiltinMode.Admission) -> Bool {
         let now = NIODeadline.now()
-        if retryUntil == nil { retryUntil = now + admission.holdTimeout }
+        if retryUntil == nil {
+            retryUntil = now + admission.holdTimeout
+            mode.leaderRefused(admission.target)  // maybe its postmaster died: the host asks the node
+        }
         guard let until = retryUntil, now < until, context.channel.isActive else { return false }
         state = .waitingToRetry
         retryDelay = retryDelay == .zero ? .milliseconds(10) : min(retryDelay * 2, .milliseconds(100))

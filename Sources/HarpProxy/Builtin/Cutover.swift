@@ -74,6 +74,15 @@ extension BuiltinMode {
         }
     }
 
+    /// The lead master stays, but new clients wait until it takes writes: those admitted to it and
+    /// still connecting (or asking again after a refused connect) start again, and so wait too.
+    /// Joined sessions stay.
+    func holdClientsNotJoined() {
+        for entry in clients.values where entry.target != nil && entry.server == nil && entry.waiter == nil {
+            _ = startAgain(entry)
+        }
+    }
+
     /// The FATAL 57P01 a session cut by a move from `previous` to `next` reads (see `DataPath.cut`).
     func cutMessage(from previous: LeaderTarget?, to next: LeaderTarget?) -> ByteBuffer {
         let reason: Refusal
@@ -131,7 +140,7 @@ extension BuiltinMode {
         guard !route.stopped, let current = route.admission, current.target.sameRoute(as: target) else { return false }
         loop.execute {
             guard !self.stopped, let entry = self.clients[ObjectIdentifier(client)], target.sameRoute(as: entry.target),
-                  target.sameRoute(as: self.target) else {
+                  target.sameRoute(as: self.target), self.admitting else {
                 // Joined on its loop just before the move reached it: cut like the others.
                 let error = self.cutMessage(from: target, to: self.target)
                 client.eventLoop.execute { self.dataPath.cut(client, with: error) }

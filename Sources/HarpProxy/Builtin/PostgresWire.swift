@@ -75,6 +75,12 @@ struct Refusal: Error, Sendable {
         Refusal(sqlstate: "08006", message: "cannot connect to the lead master \(leader): \(error)")
     }
 
+    /// A lead master that never takes writes (a standby cluster's leader), in PostgreSQL's
+    /// 57P03 words.
+    static func readOnlyLeader(_ reason: String, instance: String) -> Refusal {
+        Refusal(sqlstate: "57P03", message: "the database system is not accepting writes: \(reason) (proxy \(instance))")
+    }
+
     static let shuttingDown = Refusal(sqlstate: "57P01", message: "harp-proxy is shutting down")
 
     /// Why a session is cut, as 57P01 (what PostgreSQL sends a session it terminates, and what

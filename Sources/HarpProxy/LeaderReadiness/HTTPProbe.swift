@@ -4,27 +4,24 @@ import Foundation
 import Glibc
 #endif
 
-/// Asks a Patroni member's REST API whether its PostgreSQL is the running primary: `GET
-/// /patroni` answers with the `role` PostgreSQL reports (`replica` while in recovery, so until
-/// `pg_ctl promote` has finished). Not `/primary`, which says 200 as soon as Patroni holds the
-/// leader key. Plain HTTP only; an HTTPS API, or none, leaves the member record as the word.
-enum PatroniAPI {
-    /// Asks `url` again and again until an answer says primary (true), or `stop` is set or the
-    /// deadline passes (false). A request starts at most every `every`, once the one before has
-    /// been answered or has waited `overlapAfter`: then it overlaps, up to `atMost` unanswered,
-    /// so that one Patroni is slow to answer does not hold up the next (its REST API asks
-    /// PostgreSQL on the connection its HA loop shares; around a promotion one answer can take
-    /// hundreds of ms while the next takes a few), and Patroni, promoting, is not asked more
-    /// than that. Each request gets `timeout`. One thread of its own, non-blocking sockets and poll(2).
-    static func waitForPrimary(_ url: String, stop: CheckFlag, deadline: ContinuousClock.Instant,
-                               every: Duration = .milliseconds(3), overlapAfter: Duration = .milliseconds(15), atMost: Int = 8,
-                               timeout: Duration = .milliseconds(500)) async -> Bool {
-        await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                continuation.resume(returning: ask(url, stop: stop, deadline: deadline, every: every, overlapAfter: overlapAfter,
-                                                   atMost: atMost, timeout: timeout))
-            }
-        }
+/// Asks an HTTP endpoint whether a node takes writes: `GET url` (plain HTTP) until the JSON body
+/// has, for each expected field, one of its values. For Patroni, `GET /patroni` with role
+/// master/primary and state running: its `role` is the one PostgreSQL reports (`replica` while in
+/// recovery, so until `pg_ctl promote` has finished). Not `/primary`, which says 200 as soon as
+/// Patroni holds the leader key.
+enum HTTPProbe {
+    /// Asks `url` again and again, on the calling thread, until an answer has the expected
+    /// values (true) or `stop` is set (false). A request starts at most every `every`, once the
+    /// one before has been answered or has waited `overlapAfter`: then it overlaps, up to
+    /// `atMost` unanswered, so that one slow answer does not hold up the next (Patroni's REST API
+    /// asks PostgreSQL on the connection its HA loop shares; around a promotion one answer can
+    /// take hundreds of ms while the next takes a few), and a promoting node is not asked more
+    /// than that. Each request gets `timeout`. Non-blocking sockets and poll(2), a stop seen
+    /// within 5 ms.
+    static func run(_ url: String, expect: [String: [String]], stop: StopSignal,
+                    every: Duration = .milliseconds(3), overlapAfter: Duration = .milliseconds(15), atMost: Int = 8,
+                    timeout: Duration = .milliseconds(500)) -> Bool {
+        ask(url, expect: expect, stop: stop, every: every, overlapAfter: overlapAfter, atMost: atMost, timeout: timeout)
     }
 
     /// `http://host:port/path` split; nil for anything else.
@@ -54,7 +51,7 @@ enum PatroniAPI {
         var response: [UInt8] = []
     }
 
-    private static func ask(_ url: String, stop: CheckFlag, deadline: ContinuousClock.Instant,
+    private static func ask(_ url: String, expect: [String: [String]], stop: StopSignal,
                             every: Duration, overlapAfter: Duration, atMost: Int, timeout: Duration) -> Bool {
         guard let (host, port, path) = parse(url) else { return false }
         var hints = addrinfo()
@@ -67,16 +64,17 @@ enum PatroniAPI {
         defer { for r in requests { close(r.fd) } }
         var chunk = [UInt8](repeating: 0, count: 16384)
         var nextStart = ContinuousClock.now
+        let started = nextStart
         while !stop.isSet {
             let now = ContinuousClock.now
-            guard now < deadline else { return false }
             requests.removeAll { r in
                 guard now - r.started > timeout else { return false }
                 close(r.fd)
                 return true
             }
             if now >= nextStart, requests.count < atMost, requests.last.map({ now - $0.started >= overlapAfter }) ?? true {
-                nextStart = now + every
+                // A node that stays a replica for long is asked ten times a second after 10 s.
+                nextStart = now + (now - started < .seconds(10) ? every : .milliseconds(100))
                 let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
                 if fd >= 0 {
                     if connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 || errno == EINPROGRESS {
@@ -99,7 +97,7 @@ enum PatroniAPI {
                         let n = chunk.withUnsafeMutableBytes { recv(fds[i].fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                         if n > 0, requests[i].response.count < 65536 { requests[i].response += chunk[0..<n]; continue }
                         if n == 0 {
-                            if primary(inResponse: String(decoding: requests[i].response, as: UTF8.self)) { return true }
+                            if answers(String(decoding: requests[i].response, as: UTF8.self), expect) { return true }
                             done = true
                         } else if n > 0 || (errno != EAGAIN && errno != EWOULDBLOCK) {
                             done = true  // too long to be Patroni's answer, or an error
@@ -116,11 +114,10 @@ enum PatroniAPI {
         return false
     }
 
-    /// Whether an HTTP response's JSON body says role master/primary, state running.
-    static func primary(inResponse text: String) -> Bool {
-        guard let split = text.range(of: "\r\n\r\n"),
-              let body = try? JSONSerialization.jsonObject(with: Data(text[split.upperBound...].utf8)) as? [String: Any] else { return false }
-        let role = body["role"] as? String
-        return (role == "master" || role == "primary") && (body["state"] as? String ?? "running") == "running"
+    /// Whether an HTTP response's JSON body has, for each expected field, one of its values.
+    static func answers(_ response: String, _ expect: [String: [String]]) -> Bool {
+        guard let split = response.range(of: "\r\n\r\n"),
+              let body = try? JSONSerialization.jsonObject(with: Data(response[split.upperBound...].utf8)) as? [String: Any] else { return false }
+        return expect.allSatisfy { field, values in (body[field] as? String).map(values.contains) ?? false }
     }
 }

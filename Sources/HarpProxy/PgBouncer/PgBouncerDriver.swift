@@ -176,7 +176,7 @@ final class PgBouncerDriver: @unchecked Sendable {
             resolved(.settings)
             resolved(.listen)
         }
-        var target = plan.managed ? plan.routing.target : (applied?.target ?? plan.routing.target)
+        var target = plan.managed ? plan.routing.serving : (applied?.target ?? plan.routing.serving)
         if let t = target, let problem = PgBouncerSettings.validate(target: t) {
             report(.target, problem.message + "; treated as no lead master")
             target = nil
