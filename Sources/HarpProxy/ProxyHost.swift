@@ -285,6 +285,8 @@ public struct InstanceStatus: Sendable {
     /// How many times the lead master has changed, and when it last did (or was first known).
     public var leaderChanges = 0
     public var leaderSince: Date? = nil
+    /// The TTL of the lead master's lease, once looked up.
+    public var leaderLeaseTTL: Duration? = nil
 
     /// The state name of status output: the plan's, unless the instance cannot hold the listener
     /// the plan asks for, which no `routing` may hide.

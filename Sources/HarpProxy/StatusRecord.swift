@@ -14,6 +14,9 @@ public struct StatusRecord: Sendable {
     public var listen: String?
     public var listenError: String?
     public var leader: LeaderTarget?
+    /// The TTL of the lead master's lease, once looked up: how long the proxy trusts it with the
+    /// DCS unreachable (`dcs_failure_policy: fence`).
+    public var leaderLeaseTTL: Duration?
     public var state: String
     public var clients: ClientCounters
     public var maxClientConn: Int
@@ -31,6 +34,7 @@ public struct StatusRecord: Sendable {
         listen = status.listen
         listenError = status.listenError
         leader = status.plan?.routing.target
+        leaderLeaseTTL = status.leaderLeaseTTL
         state = status.state
         clients = status.clients
         maxClientConn = status.plan?.maxClientConn ?? 0
@@ -44,14 +48,18 @@ public struct StatusRecord: Sendable {
         var object: [String: Any] = [
             "name": name, "location": location ?? NSNull(), "type": type, "managed": managed,
             "listen": listen ?? NSNull(),
-            "leader": leader.map { ["name": $0.name, "address": "\($0.address)"] as [String: Any] } ?? NSNull(),
+            "leader": leader.map { leader -> [String: Any] in
+                var object: [String: Any] = ["name": leader.name, "address": "\(leader.address)"]
+                if let ttl = leaderLeaseTTL { object["lease_ttl_s"] = ttl.components.seconds }
+                return object
+            } ?? NSNull(),
             "state": state,
             "clients": ["current": clients.current, "total": clients.total, "refused": clients.refused],
             "max_client_conn": maxClientConn,
             "since": since.formatted(Date.ISO8601FormatStyle()),
         ]
         if let listenError { object["listen_error"] = listenError }
-        // Why there is no lead master to route to (no-leader, no-location, fenced).
+        // Why new clients are not sent to a lead master now.
         if let plan = reason { object["reason"] = plan }
         object.merge(modeFields.mapValues(\.json)) { shared, _ in shared }
         return object

@@ -84,6 +84,7 @@ extension ProxyHost {
         let listener = await r.mode?.listener() ?? ListenerStatus()
         return InstanceStatus(name: name, location: r.plan?.location ?? instance.location, type: r.modeName ?? r.plan?.directives.type ?? "builtin",
                               plan: r.plan, listen: listener.listening, listenError: listener.error, clients: await r.mode?.counters() ?? ClientCounters(),
-                              since: r.since, report: await r.mode?.report() ?? ModeReport(), leaderChanges: r.leaderChanges, leaderSince: r.leaderSince)
+                              since: r.since, report: await r.mode?.report() ?? ModeReport(), leaderChanges: r.leaderChanges, leaderSince: r.leaderSince,
+                              leaderLeaseTTL: r.plan?.routing.target.flatMap { leaseTTLs[$0.lease] })
     }
 }

@@ -21,7 +21,7 @@ actor DaemonMetrics {
     /// The series of each instance, so that an instance removed by a reload takes them along.
     private var seriesOfInstance: [String: Set<String>] = [:]
 
-    static let states = ["routing", "no-leader", "no-location", "fenced", "listen-failed", "unmanaged", "stopped"]
+    static let states = ["routing", "waiting-for-writes", "standby-leader", "no-leader", "no-location", "fenced", "listen-failed", "unmanaged", "stopped"]
 
     init(host: ProxyHost, session: DCSSession) {
         self.host = host

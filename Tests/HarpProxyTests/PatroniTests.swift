@@ -102,8 +102,11 @@ final class PatroniTests: XCTestCase {
         let (proxy, dir) = try startProxy(etcd: etcd, port: port, holdTimeout: "500ms")
         defer { proxy.stop(); withExtendedLifetime(dir) {} }
         XCTAssertTrue(eventually(timeout: 15) { (try? serverPort(through: port).get()) == "\(patroni.members[0].pgPort)" }, proxy.log)
-        // The lease's TTL is looked up while etcd answers.
-        try await Task.sleep(for: .seconds(1))
+        // The lease's TTL is looked up while etcd answers: Patroni's ttl.
+        XCTAssertTrue(eventually(timeout: 10) {
+            let status = parseObject((try? control(dir.path + "/control.sock", Array("status p1\n".utf8)))?.first ?? "")
+            return (status["leader"] as? [String: Any])?["lease_ttl_s"] as? Int == 10
+        }, proxy.log)
         etcd.kill(0)
         let killedAt = Date()
         XCTAssertTrue(eventually(timeout: 25) { proxy.log.contains("DCS unreachable longer than the leader lease: fencing") }, proxy.log)
