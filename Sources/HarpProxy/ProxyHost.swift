@@ -15,6 +15,7 @@ public actor ProxyHost {
     var instances: [InstanceConfiguration]
     let session: DCSSession
     private let group: any EventLoopGroup
+    private let relays: RelayGroup
     /// The event loop this actor runs on, and every instance's own bookkeeping with it: a DCS
     /// change goes from the watch thread to one thread, which plans it and starts the closes,
     /// instead of waking a thread of the concurrency pool first and then an event loop (under
@@ -73,14 +74,17 @@ public actor ProxyHost {
     /// - Parameters:
     ///   - leaderSource: where the lead masters come from; HARP's keys by default.
     ///   - ownSession: the session on the source's `ownPrefix`, for a source that has one.
-    public init(instances: [InstanceConfiguration], session: DCSSession, group: any EventLoopGroup, layout: DCSLayout, logger: Logger,
-                leaderSource: any LeaderSource = HarpLeaderSource(setting: .harp), ownSession: DCSSession? = nil) {
+    ///   - relays: the relay threads of the builtin instances' sessions; the caller stops them
+    ///     after `shutdown`.
+    public init(instances: [InstanceConfiguration], session: DCSSession, group: any EventLoopGroup, relays: RelayGroup, layout: DCSLayout,
+                logger: Logger, leaderSource: any LeaderSource = HarpLeaderSource(setting: .harp), ownSession: DCSSession? = nil) {
         self.instances = instances
         self.session = session
         self.leaderSource = leaderSource
         own = ownSession.map { ($0, ClusterView(layout: layout, logger: logger)) }
         self.group = group
         hostLoop = group.next()
+        self.relays = relays
         self.logger = logger
         view = ClusterView(layout: layout, logger: logger)
         self.layout = layout
@@ -257,7 +261,7 @@ public actor ProxyHost {
             return
         }
         r.unavailableMode = nil
-        let mode = type.init(instance: instance, group: group, loop: hostLoop, logger: r.logger)
+        let mode = type.init(instance: instance, context: ModeContext(group: group, loop: hostLoop, relays: relays), logger: r.logger)
         let name = instance.name
         mode.onLeaderRefusedConnection { [weak self] target in
             Task { await self?.leaderRefusedConnection(instance: name, target: target) }

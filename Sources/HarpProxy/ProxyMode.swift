@@ -15,9 +15,7 @@ public protocol ProxyMode: AnyObject, Sendable {
     /// `max_client_conn` must fit its descriptor limit. A mode that drives another process does not.
     static var holdsClientConnections: Bool { get }
 
-    /// - Parameter loop: the loop of the host, which applies plans: the mode's own bookkeeping
-    ///   on it takes no thread hop from the plan.
-    init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger)
+    init(instance: InstanceConfiguration, context: ModeContext, logger: Logger)
 
     /// Level-triggered: called with the full desired state on every change. Must return at once.
     func apply(_ plan: InstancePlan)
@@ -96,6 +94,23 @@ public struct ListenerStatus: Sendable, Equatable {
     public init(listening: String? = nil, error: String? = nil) {
         self.listening = listening
         self.error = error
+    }
+}
+
+/// What the host lends every mode it makes.
+public struct ModeContext: Sendable {
+    /// The event loops connections are set up on.
+    public var group: any EventLoopGroup
+    /// The loop of the host, which applies plans: a mode's own bookkeeping on it takes no
+    /// thread hop from the plan.
+    public var loop: any EventLoop
+    /// The relay threads established builtin sessions pass on (the daemon's, stopped last).
+    public var relays: RelayGroup
+
+    public init(group: any EventLoopGroup, loop: any EventLoop, relays: RelayGroup) {
+        self.group = group
+        self.loop = loop
+        self.relays = relays
     }
 }
 

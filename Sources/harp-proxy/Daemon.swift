@@ -48,7 +48,8 @@ struct Daemon {
         let hangups = await UnixSignalsSequence(trapping: .sighup)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let host = ProxyHost(instances: configuration.instances, session: session, group: group, layout: layout,
+        let relays = RelayGroup(threads: System.coreCount, logger: Logger(label: "harp.relay"))
+        let host = ProxyHost(instances: configuration.instances, session: session, group: group, relays: relays, layout: layout,
                              logger: Logger(label: "harp.proxy"), leaderSource: leaderSource, ownSession: ownSession)
         let control = ControlServer(
             configuration: configuration.control, group: group,
@@ -61,6 +62,7 @@ struct Daemon {
         var services: [any Service] = [DCSSessionService(session: session)]
         if let ownSession { services.append(DCSSessionService(session: ownSession)) }
         services += [
+            RelayService(relays: relays),
             ProxyHostService(host: host, logger: logger),
             ControlService(server: control, path: configuration.control.socketPath, logger: logger),
         ]

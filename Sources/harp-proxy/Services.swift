@@ -24,6 +24,17 @@ struct DCSSessionService: Service {
     }
 }
 
+/// The relay threads of the builtin instances' sessions: stopped once every instance has closed
+/// its sessions (the host is listed after it, and so stops before it).
+struct RelayService: Service {
+    let relays: RelayGroup
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        relays.stop()
+    }
+}
+
 /// Every proxy instance. On shutdown: stop accepting, close every connection, and write each
 /// instance's `stopped` record.
 struct ProxyHostService: Service {

@@ -606,6 +606,47 @@ final class BuiltinModeTests: XCTestCase {
         XCTAssertTrue(gone, "then, its lease no longer renewed, the record goes")
     }
 
+    /// A client pipelines queries with large results (20 MB each), reads none, and dies with a
+    /// reset: PostgreSQL, blocked writing to the proxy, reads nothing more, and the proxy keeps
+    /// the queries it could not pass on. Its backend is
+    /// freed at once (not kept with its transaction and slot for good, as HAProxy keeps it), and
+    /// the proxy holds no descriptor of the session.
+    func testADeadClientsBackendIsFreedAtOnce() async throws {
+        let port = freePort()
+        let rig = try await routingRig(port: port)
+        _ = try serverPort(through: port).get()
+        let warmedUp = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(warmedUp)
+        let before = openDescriptors()
+        let tag = "dead-client-\(port)"
+        let client = connectedLoopbackSocket(port: port)!
+        let startup = wireMessage(nil, [0, 3, 0, 0] + Array("user\0postgres\0database\0postgres\0application_name\0\(tag)\0\0".utf8))
+        let query = wireMessage("Q", Array("SELECT repeat('x', 1000000) FROM generate_series(1, 20)\0".utf8))
+        writeAll(client, startup)
+        // Queries until nothing more is taken: what PostgreSQL does not read is kept by the proxy.
+        _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+        let batch = Array((0..<100).map { _ in query }.joined())
+        var idleSince = ContinuousClock.now, sent = 0
+        while ContinuousClock.now - idleSince < .milliseconds(500) {
+            let n = batch.withUnsafeBytes { send(client, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL)) }
+            if n > 0 { sent += n; idleSince = .now } else { usleep(10_000) }  // pacing while the proxy moves bytes
+        }
+        XCTAssertGreaterThan(sent, 1 << 20, "queries pipelined")
+        func backends() -> Int {
+            Int((try? PostgresServer.psql(host: "127.0.0.1", port: a.port, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(tag)'")) ?? "-1") ?? -1
+        }
+        // PostgreSQL has sent what the proxy and the client's socket hold, and waits to send more.
+        XCTAssertTrue(eventually(timeout: 20) {
+            (try? PostgresServer.psql(host: "127.0.0.1", port: self.a.port,
+                                      "SELECT wait_event FROM pg_stat_activity WHERE application_name = '\(tag)'")) == "ClientWrite"
+        }, "the backend blocks writing results no one reads")
+        resetAndClose(client)
+        XCTAssertTrue(eventually(timeout: 10) { backends() == 0 }, "the backend left pg_stat_activity")
+        let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
+        XCTAssertTrue(drained)
+        XCTAssertTrue(eventually(timeout: 5) { openDescriptors() <= before }, "no descriptor of the session is left: \(openDescriptors()) > \(before)")
+    }
+
     func testNoDescriptorLeakAfterManyConnections() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port),

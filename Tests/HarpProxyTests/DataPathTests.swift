@@ -85,9 +85,12 @@ final class DataPathTests: XCTestCase {
         return done.wait(timeout: .now() + 10) == .success
     }
 
+    /// The relay threads of this suite's sessions.
+    static let relays = RelayGroup(threads: 2)
+
     private func paths() -> [(String, any DataPath)] {
         let traffic = Traffic()
-        return [("relay", RelayDataPath(traffic: traffic, logger: Logger(label: "test"))), ("glue", GlueDataPath(traffic: traffic))]
+        return [("relay", RelayDataPath(traffic: traffic, relays: Self.relays, logger: Logger(label: "test"))), ("glue", GlueDataPath(traffic: traffic))]
     }
 
     /// The kept bytes reach the lead master first; bytes pass both ways; a client's half-close
@@ -162,5 +165,73 @@ final class DataPathTests: XCTestCase {
             XCTAssertTrue(closes(joined.session), name)
             XCTAssertEqual(readToEOF(joined.client, atMost: 4096), [], "\(name): nothing after the partial message")
         }
+    }
+
+    /// Writes to `fd` (made non-blocking) until it takes nothing more for 300 ms: the peer, and
+    /// whatever sits between, hold all they will. The number of bytes taken.
+    private func fill(_ fd: CInt) -> Int {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        let chunk = [UInt8](repeating: 7, count: 65536)
+        var total = 0, idleSince = ContinuousClock.now
+        while ContinuousClock.now - idleSince < .milliseconds(300) {
+            let n = chunk.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL)) }
+            if n > 0 {
+                total += n
+                idleSince = ContinuousClock.now
+            } else {
+                usleep(10_000)  // pacing: the relay moves what it can meanwhile
+            }
+        }
+        return total
+    }
+
+    /// A client that keeps sending and never reads, facing a lead master that keeps answering and
+    /// never reads either (PostgreSQL blocked writing results no one takes), then resets: the
+    /// session ends at once, the lead master's side too, whatever was kept for either side. It
+    /// used to wait for the lead master to read what was kept for it, which it never would: its
+    /// backend stayed, with its locks and its transaction, for good.
+    func testADeadClientFreesItsLeadMastersSideAtOnce() throws {
+        for (name, path) in paths() {
+            let joined = try join(path, kept: startupMessage())
+            defer { close(joined.backend) }
+            let toServer = fill(joined.client)
+            let toClient = fill(joined.backend)
+            XCTAssertGreaterThan(toServer, 0, name)
+            XCTAssertGreaterThan(toClient, 0, name)
+            resetAndClose(joined.client)
+            XCTAssertTrue(closes(joined.session), "\(name): the session ended with its client")
+            // The lead master reads what reached it, then the end (not a 10 s timeout).
+            _ = fcntl(joined.backend, F_SETFL, fcntl(joined.backend, F_GETFL) & ~O_NONBLOCK)
+            var timeout = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(joined.backend, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            var last = 1, error: CInt = 0
+            while last > 0 {
+                last = buffer.withUnsafeMutableBytes { recv(joined.backend, $0.baseAddress, $0.count, 0) }
+                error = errno
+            }
+            XCTAssertTrue(last == 0 || error == ECONNRESET, "\(name): the lead master's side was closed (\(last), \(String(cString: strerror(error))))")
+        }
+    }
+
+    /// The relay group stops its threads, closing any session still on them; a session started
+    /// after that is closed at once.
+    func testStoppingTheRelayEndsItsThreadsAndSessions() throws {
+        func threads(_ prefix: String) -> Int {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return tasks.filter { ((try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8)) ?? "").hasPrefix(prefix) }.count
+        }
+        let relays = RelayGroup(threads: 2, name: "test-relay")
+        XCTAssertTrue(eventually(timeout: 10) { threads("test-relay-") == 2 })
+        let path = RelayDataPath(traffic: Traffic(), relays: relays, logger: Logger(label: "test"))
+        let joined = try join(path, kept: [])
+        defer { close(joined.client); close(joined.backend) }
+        relays.stop()
+        XCTAssertEqual(threads("test-relay-"), 0, "every relay thread has exited")
+        XCTAssertTrue(closes(joined.session), "the session on it was closed")
+        XCTAssertEqual(readToEnd(joined.client, atMost: 16).received, [], "the client's side ends")
+        let late = try join(path, kept: [])
+        defer { close(late.client); close(late.backend) }
+        XCTAssertTrue(closes(late.session), "a session after the stop is closed at once")
     }
 }

@@ -206,7 +206,7 @@ final class PatroniNodeTests: XCTestCase {
     func testSIGTERMDuringACheckExitsPromptly() async throws {
         let etcd = try EtcdCluster()
         defer { etcd.stop() }
-        let silent = try SilentListener()
+        let silent = try LoopbackListener(silent: .max, body: "")
         defer { silent.stop() }
         let client = EtcdClient(configuration: etcd.dcsConfiguration())
         try await client.put("/service/dc1/leader", "pg1")
@@ -220,40 +220,5 @@ final class PatroniNodeTests: XCTestCase {
         let took = ContinuousClock.now - signalled
         XCTAssertLessThan(took, .seconds(2), "stopped in \(took):\n\(proxy.log)")
         XCTAssertTrue(proxy.log.contains("stopped"), proxy.log)
-    }
-}
-
-/// A TCP listener on loopback that accepts every connection and never says a word.
-final class SilentListener: @unchecked Sendable {
-    let fd: Int32
-    let port: Int
-    private let lock = NSLock()
-    private var kept: [Int32] = []
-    var accepted: Int { lock.withLock { kept.count } }
-
-    init() throws {
-        let listening = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var one: Int32 = 1
-        setsockopt(listening, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let chosen = freePort()
-        guard withLoopbackAddress(port: chosen, { bind(listening, $0, $1) }) == 0, listen(listening, 64) == 0 else {
-            close(listening)
-            throw FixtureError("cannot listen on \(chosen)")
-        }
-        fd = listening
-        port = chosen
-        Thread {
-            while true {
-                let client = accept(listening, nil, nil)
-                guard client >= 0 else { return }
-                self.lock.withLock { self.kept.append(client) }
-            }
-        }.start()
-    }
-
-    func stop() {
-        shutdown(fd, Int32(SHUT_RDWR))
-        close(fd)
-        for c in lock.withLock({ kept }) { close(c) }
     }
 }

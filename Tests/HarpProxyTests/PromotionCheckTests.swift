@@ -13,58 +13,11 @@ import Glibc
 final class PromotionCheckTests: XCTestCase {
 
 
-    /// An HTTP listener on loopback that never answers its first `silent` connections (as
-    /// Patroni's API may not, around a promotion) and answers every later one with `body`.
-    final class SlowAPI: @unchecked Sendable {
-        let fd: Int32
-        let port: Int
-        private let lock = NSLock()
-        private var kept: [Int32] = []
-        private var count = 0
-        var accepted: Int { lock.withLock { count } }
-
-        init(silent: Int, body: String) throws {
-            let listening = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var one: Int32 = 1
-            setsockopt(listening, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            let chosen = freePort()
-            guard withLoopbackAddress(port: chosen, { bind(listening, $0, $1) }) == 0, listen(listening, 64) == 0 else {
-                close(listening)
-                throw FixtureError("cannot listen on \(chosen)")
-            }
-            fd = listening
-            port = chosen
-            let response = Array("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n\(body)".utf8)
-            Thread {
-                while true {
-                    let client = accept(self.fd, nil, nil)
-                    guard client >= 0 else { return }
-                    let silentOne = self.lock.withLock {
-                        self.count += 1
-                        if self.count <= silent { self.kept.append(client) }
-                        return self.count <= silent
-                    }
-                    if silentOne { continue }
-                    var request = [UInt8](repeating: 0, count: 4096)
-                    _ = recv(client, &request, request.count, 0)
-                    writeAll(client, response)
-                    close(client)
-                }
-            }.start()
-        }
-
-        func stop() {
-            shutdown(fd, Int32(SHUT_RDWR))
-            close(fd)
-            for c in lock.withLock({ kept }) { close(c) }
-        }
-    }
-
     /// A request that is never answered does not hold up the next: with a per-request timeout of
     /// 60 s, the answer of a later request still comes through (one at a time, it would not
     /// before the 60 s had passed).
     func testAnAPIRequestLeftUnansweredDoesNotHoldUpTheNext() async throws {
-        let api = try SlowAPI(silent: 2, body: #"{"state": "running", "role": "master"}"#)
+        let api = try LoopbackListener(silent: 2, body: #"{"state": "running", "role": "master"}"#)
         defer { api.stop() }
         let stop = StopSignal()
         let asking = Task {
@@ -83,7 +36,7 @@ final class PromotionCheckTests: XCTestCase {
 
     /// A replica's answer keeps it asking; `stop` ends it, false.
     func testAReplicaAnswerKeepsItAskingUntilStopped() async throws {
-        let api = try SlowAPI(silent: 0, body: #"{"state": "running", "role": "replica"}"#)
+        let api = try LoopbackListener(silent: 0, body: #"{"state": "running", "role": "replica"}"#)
         defer { api.stop() }
         let stop = StopSignal()
         let asking = Task { await offThread { HTTPProbe.run("http://127.0.0.1:\(api.port)/patroni", expect: patroniPrimary, stop: stop) } }
@@ -129,7 +82,7 @@ final class PromotionCheckTests: XCTestCase {
     /// silent): the probe does not block on it, and its stop ends it within milliseconds, both
     /// while connecting and while waiting for a query's answer.
     func testAProbeOfASilentNodeEndsAtOnceWhenStopped() async throws {
-        let silent = try SlowAPI(silent: 1_000_000, body: "")
+        let silent = try LoopbackListener(silent: 1_000_000, body: "")
         defer { silent.stop() }
         let failures = Failures()
         for probe in ["postgresql", "http"] {
@@ -162,3 +115,51 @@ private func offThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -
 
 /// What Patroni's REST API says of a primary.
 private let patroniPrimary = ["role": ["master", "primary"], "state": ["running"]]
+
+/// A listener on loopback that accepts every connection, never answers its first `silent` ones (as
+/// Patroni's API may not around a promotion, or a paused node never does), and answers every
+/// later one with an HTTP 200 and `body`.
+final class LoopbackListener: @unchecked Sendable {
+    let fd: Int32
+    let port: Int
+    private let lock = NSLock()
+    private var kept: [Int32] = []
+    private var count = 0
+    var accepted: Int { lock.withLock { count } }
+
+    init(silent: Int, body: String) throws {
+        let listening = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(listening, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let chosen = freePort()
+        guard withLoopbackAddress(port: chosen, { bind(listening, $0, $1) }) == 0, listen(listening, 64) == 0 else {
+            close(listening)
+            throw FixtureError("cannot listen on \(chosen)")
+        }
+        fd = listening
+        port = chosen
+        let response = Array("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n\(body)".utf8)
+        Thread {
+            while true {
+                let client = accept(self.fd, nil, nil)
+                guard client >= 0 else { return }
+                let silentOne = self.lock.withLock {
+                    self.count += 1
+                    if self.count <= silent { self.kept.append(client) }
+                    return self.count <= silent
+                }
+                if silentOne { continue }
+                var request = [UInt8](repeating: 0, count: 4096)
+                _ = recv(client, &request, request.count, 0)
+                writeAll(client, response)
+                close(client)
+            }
+        }.start()
+    }
+
+    func stop() {
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+        for c in lock.withLock({ kept }) { close(c) }
+    }
+}

@@ -15,6 +15,8 @@ final class ProxyRig: @unchecked Sendable {
     let client: EtcdClient
     let session: DCSSession
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    /// The relay threads of its builtin sessions, stopped with it.
+    let relays = RelayGroup(threads: 2)
     let host: ProxyHost
     let capture = LogCapture()
     private var routing: Task<Void, Never>?
@@ -40,7 +42,7 @@ final class ProxyRig: @unchecked Sendable {
             instance.configDirectory = configDirectory
             return instance
         }
-        host = ProxyHost(instances: configs, session: session, group: group, layout: layout, logger: capture.logger("harp.proxy"))
+        host = ProxyHost(instances: configs, session: session, group: group, relays: relays, layout: layout, logger: capture.logger("harp.proxy"))
         session.start()
         let host = self.host
         routing = Task { await host.run() }
@@ -81,6 +83,7 @@ final class ProxyRig: @unchecked Sendable {
         routing.cancel()
         await routing.value  // nothing may come back to the host's event loop once the group stops
         await host.shutdown()
+        relays.stop()
         session.shutdown()
         try? await group.shutdownGracefully()
     }

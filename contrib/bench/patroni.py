@@ -70,7 +70,9 @@ def streams(port):
         return False
 
 
-def writer(port, stop, result):
+def writer(port, stop, result, table="bench_writes", pause=0.0):
+    """Inserts into `table` on one connection; after a failure, a new connection `pause` s later.
+    Puts (writes, failed as read-only, failed otherwise) on `result` when stopped."""
     ok = readonly = other = 0
     s = None
     while not stop.is_set():
@@ -80,19 +82,17 @@ def writer(port, stop, result):
                 params = b"user\0postgres\0database\0postgres\0\0"
                 s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
                 read_until_ready(s)
-            body = b"INSERT INTO bench_writes VALUES (1)\0"
+            body = f"INSERT INTO {table} VALUES (1)\0".encode()
             s.sendall(b"Q" + struct.pack("!i", 4 + len(body)) + body)
             read_until_ready(s)
             ok += 1
-        except ConnectionError as e:
+        except OSError as e:  # ConnectionError included: the server's error text is in it
             if "read-only" in str(e):
                 readonly += 1
             else:
                 other += 1
             s = None
-        except OSError:
-            other += 1
-            s = None
+            time.sleep(pause)
     result.put((ok, readonly, other))
 
 

@@ -18,7 +18,7 @@ import json, multiprocessing, os, signal, subprocess, sys, threading, time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from patroni import query  # noqa: E402
+from patroni import query, writer  # noqa: E402
 
 
 def etcd_get(etcd_port, key):
@@ -34,33 +34,6 @@ def writable(port):
         return query(port, "SELECT pg_is_in_recovery()", timeout=1) == ["f"]
     except Exception:
         return False
-
-
-def writer(port, stop, result):
-    """Inserts on one connection; after a failure, a new connection 2 ms later."""
-    import socket, struct
-    from reaction import read_until_ready
-    ok = readonly = other = 0
-    s = None
-    while not stop.is_set():
-        try:
-            if s is None:
-                s = socket.create_connection(("127.0.0.1", port), timeout=30)
-                params = b"user\0postgres\0database\0postgres\0\0"
-                s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
-                read_until_ready(s)
-            body = b"INSERT INTO node_writes VALUES (1)\0"
-            s.sendall(b"Q" + struct.pack("!i", 4 + len(body)) + body)
-            read_until_ready(s)
-            ok += 1
-        except (ConnectionError, OSError) as e:
-            if "read-only" in str(e):
-                readonly += 1
-            else:
-                other += 1
-            s = None
-            time.sleep(0.002)
-    result.put((ok, readonly, other))
 
 
 def patroni_pid(config):
@@ -80,7 +53,7 @@ def crash(n, etcd_port, ns, scope, members, proxy_port):
     directory, port = members[leader]
     query(port, "CREATE TABLE IF NOT EXISTS node_writes (n int)")
     stop, results = multiprocessing.Event(), multiprocessing.Queue()
-    writers = [multiprocessing.Process(target=writer, args=(proxy_port, stop, results), daemon=True) for _ in range(4)]
+    writers = [multiprocessing.Process(target=writer, args=(proxy_port, stop, results, "node_writes", 0.002), daemon=True) for _ in range(4)]
     for w in writers:
         w.start()
     time.sleep(2)

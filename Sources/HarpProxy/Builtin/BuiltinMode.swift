@@ -91,9 +91,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// The host's ear for a lead master that refused a connect (`onLeaderRefusedConnection`).
     let refusedConnection = Mutex<(@Sendable (LeaderTarget) -> Void)?>(nil)
 
-    convenience init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger) {
+    convenience init(instance: InstanceConfiguration, context: ModeContext, logger: Logger) {
         let traffic = Traffic()
-        self.init(instance: instance, group: group, loop: loop, logger: logger, traffic: traffic, dataPath: RelayDataPath(traffic: traffic, logger: logger))
+        self.init(instance: instance, group: context.group, loop: context.loop, logger: logger, traffic: traffic,
+                  dataPath: RelayDataPath(traffic: traffic, relays: context.relays, logger: logger))
     }
 
     /// - Parameter dataPath: how sessions' bytes pass; counts them in `traffic`.

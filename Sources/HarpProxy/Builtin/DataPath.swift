@@ -85,11 +85,13 @@ final class RelayDataPath: DataPath {
     let traffic: Traffic
     let glue: GlueDataPath
     let logger: Logger
+    let relays: RelayGroup
     private let fallbackLogged = Atomic<Bool>(false)
 
-    init(traffic: Traffic, logger: Logger) {
+    init(traffic: Traffic, relays: RelayGroup, logger: Logger) {
         self.traffic = traffic
         self.logger = logger
+        self.relays = relays
         glue = GlueDataPath(traffic: traffic)
     }
 
@@ -130,7 +132,7 @@ final class RelayDataPath: DataPath {
             keptBytes = Array(kept.readableBytesView)
         }
         let session = RelaySession(client: clientFD, server: serverFD, kept: keptBytes, framing: framing, traffic: traffic,
-                                   closed: client.eventLoop.makePromise())
+                                   relays: relays, closed: client.eventLoop.makePromise())
         return Handover(relay: session, channels: [client, server])
     }
 

@@ -62,10 +62,14 @@ final class GlueHandler {
     private func partnerFlush() { context?.flush() }
     /// The other side's end of input, passed on after every byte before it (see `afterWrites`).
     private func partnerWriteEOF() { afterWrites { $0.close(mode: .output, promise: nil) } }
-    /// The other side is gone: this one closes too, once what it was given has been sent (an
-    /// answer read from the lead master before it closed still reaches a slow client). A leader
-    /// change does not come here: it closes both sides at once.
+    /// The lead master closed cleanly: the client closes too, once what it was given has been
+    /// sent (an answer read from the lead master before it closed still reaches a slow client).
+    /// A leader change does not come here: it closes both sides at once.
     private func partnerCloseFull() { afterWrites { $0.close(promise: nil) } }
+    /// The other side failed, or the client is gone: this one closes at once, dropping what it
+    /// was not sent yet. A lead master whose client is gone would never read it (it blocks
+    /// writing answers no one reads) and would keep its backend for good.
+    private func partnerCloseNow() { context?.close(promise: nil) }
 
     /// Runs `body` once every write already given to this side has been sent: an empty write
     /// completes after all before it. Not at once: when a channel's input has ended too, NIO
@@ -87,10 +91,6 @@ final class GlueHandler {
 
     private var partnerWritable: Bool { context?.channel.isWritable ?? false }
 }
-
-/// An error after which nothing more may pass either way: the partner closes at once, with what
-/// it has not sent yet, instead of after it.
-protocol GlueAbort: Error {}
 
 extension GlueHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
@@ -129,7 +129,7 @@ extension GlueHandler: ChannelDuplexHandler {
         // The client went: its lead-master side closes a step later on this loop, so that a
         // batch of client closes (a leader change) is not held up by the backends they wake.
         let bound = NIOLoopBound(partner, eventLoop: context.eventLoop)
-        context.eventLoop.execute { bound.value.partnerCloseFull() }
+        context.eventLoop.execute { bound.value.partnerCloseNow() }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -140,11 +140,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if error is any GlueAbort {
-            partner?.context?.close(promise: nil)
-        } else {
-            partner?.partnerCloseFull()
-        }
+        partner?.partnerCloseNow()
         context.close(promise: nil)
     }
 

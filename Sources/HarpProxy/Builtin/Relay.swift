@@ -1,5 +1,6 @@
 import CRelay
 import Foundation
+import Logging
 import NIOCore
 import Synchronization
 #if canImport(Glibc)
@@ -15,36 +16,50 @@ import Glibc
 /// Edge-triggered, as nginx does: a socket is registered once for input and output and never
 /// changed. A read shorter than the buffer means the socket had nothing more; new input makes a
 /// new edge.
-final class RelayGroup: Sendable {
-    /// One per core, started with the first session.
-    static let shared = RelayGroup(threads: System.coreCount)
-
+///
+/// The daemon makes one group (a thread per core) and hands it to the builtin instances; it stops
+/// the group's threads last, once every instance has closed its sessions.
+public final class RelayGroup: Sendable {
     private let loops: [RelayLoop]
     private let next = Atomic<Int>(0)
 
-    init(threads: Int) {
-        loops = (0..<max(1, threads)).map { RelayLoop(index: $0) }
+    /// - Parameter name: the threads' names are `name-0`, `name-1`, ... (15 bytes at most kept).
+    public init(threads: Int = System.coreCount, name: String = "harp-relay", logger: Logger = Logger(label: "harp.relay")) {
+        loops = (0..<max(1, threads)).map { RelayLoop(name: "\(name)-\($0)", logger: logger) }
     }
 
     /// The thread a new session goes to: each in turn.
     func pick() -> RelayLoop {
         loops[next.add(1, ordering: .relaxed).oldValue % loops.count]
     }
+
+    /// Ends every thread, closing any session still on it (the instances closed theirs first),
+    /// and returns once they have exited. A session started after this is closed at once.
+    public func stop() {
+        for loop in loops { loop.send(.stop) }
+        for loop in loops { loop.exited.wait() }
+    }
 }
 
 /// One relay thread: its epoll set, its sessions, its buffer. Everything but `inbox` is touched
-/// by that thread alone.
+/// by that thread alone (asserted in debug builds).
 final class RelayLoop: @unchecked Sendable {
     enum Command {
         case add(RelaySession)
         case cut(RelaySession, ByteBuffer)
+        case stop
     }
 
     static let bufferSize = 64 * 1024
 
     private let epoll: CInt
     private let wake: CInt
-    private let inbox = Mutex<[Command]>([])
+    private let inbox = Mutex<(commands: [Command], stopped: Bool)>(([], false))
+    /// Signalled once the thread has exited.
+    let exited = DispatchSemaphore(value: 0)
+    private let logger: Logger
+    /// The thread's own id, for the confinement assertions.
+    private var thread: pthread_t?
     /// Every read of this thread lands here, and is written on from here.
     let buffer: UnsafeMutableRawPointer
     private var sessions: [RelaySession?] = []
@@ -56,7 +71,8 @@ final class RelayLoop: @unchecked Sendable {
     /// before the thread waits, so that one fast stream does not hold up the others.
     fileprivate var again: [RelaySession] = []
 
-    init(index: Int) {
+    init(name: String, logger: Logger) {
+        self.logger = logger
         epoll = epoll_create1(CInt(EPOLL_CLOEXEC))
         wake = eventfd(0, CInt(EFD_CLOEXEC | EFD_NONBLOCK))
         precondition(epoll >= 0 && wake >= 0, "relay: epoll_create1 or eventfd failed: \(String(cString: strerror(errno)))")
@@ -67,36 +83,61 @@ final class RelayLoop: @unchecked Sendable {
         epoll_ctl(epoll, EPOLL_CTL_ADD, wake, &event)
         // Named from inside: a new thread would otherwise keep the name of the NIO thread
         // that made it (Linux copies it), and pass for one of NIO's.
-        let name = "harp-relay-\(index)"
         Thread { [self] in
             _ = harp_relay_name_thread(name)
+            thread = pthread_self()
             run()
+            exited.signal()
         }.start()
     }
 
-    /// From any thread.
+    /// From any thread. After the stop, a session to add is closed at once, and a cut is moot.
     func send(_ command: Command) {
-        let wasEmpty = inbox.withLock { inbox in
-            inbox.append(command)
-            return inbox.count == 1
+        let (wasEmpty, stopped) = inbox.withLock { inbox -> (Bool, Bool) in
+            guard !inbox.stopped else { return (false, true) }
+            if case .stop = command { inbox.stopped = true }
+            inbox.commands.append(command)
+            return (inbox.commands.count == 1, false)
         }
+        if stopped, case .add(let session) = command { session.closeUnstarted() }
         if wasEmpty {
             var one: UInt64 = 1
             _ = write(wake, &one, 8)
         }
     }
 
+    /// In debug builds: the caller runs on this loop's thread.
+    func assertOnThread() {
+        assert(thread.map { pthread_equal($0, pthread_self()) != 0 } ?? false, "relay state touched off its thread")
+    }
+
     private func run() {
         let capacity = 256
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
+        defer {
+            events.deallocate()
+            for case let session? in sessions { session.close() }
+            Glibc.close(epoll)
+            Glibc.close(wake)
+            buffer.deallocate()
+        }
+        var failures = 0
         while true {
             let ready = epoll_wait(epoll, events, CInt(capacity), again.isEmpty ? -1 : 0)
-            if ready < 0 { continue }  // EINTR
+            if ready < 0 {
+                guard errno != EINTR else { continue }
+                // Not expected (the set and the buffer are the thread's own): said once, and
+                // never a spin.
+                if failures == 0 { logger.error("relay: epoll_wait failed", metadata: ["error": "\(String(cString: strerror(errno)))"]) }
+                failures += 1
+                usleep(10_000)
+                continue
+            }
             for i in 0..<Int(ready) {
                 let event = events[i]
                 let key = event.data.u64
                 if key == UInt64.max {
-                    drainInbox()
+                    if !drainInbox() { return }
                     continue
                 }
                 let slot = Int(key >> 1)
@@ -119,12 +160,13 @@ final class RelayLoop: @unchecked Sendable {
         }
     }
 
-    private func drainInbox() {
+    /// False once the loop is to stop.
+    private func drainInbox() -> Bool {
         var count: UInt64 = 0
         _ = read(wake, &count, 8)
         let commands = inbox.withLock { inbox in
-            let taken = inbox
-            inbox.removeAll(keepingCapacity: true)
+            let taken = inbox.commands
+            inbox.commands.removeAll(keepingCapacity: true)
             return taken
         }
         for command in commands {
@@ -134,8 +176,11 @@ final class RelayLoop: @unchecked Sendable {
                 guard !session.isClosed else { continue }
                 session.cutNow(with: error)
                 release(session.slot)
+            case .stop:
+                return false
             }
         }
+        return true
     }
 
     private func add(_ session: RelaySession) {
@@ -199,8 +244,6 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
     private let loop: RelayLoop
     private let buffer: UnsafeMutableRawPointer
     private(set) var isClosed = false
-    /// Close the session once what is kept for the surviving side is sent (the other failed).
-    private var closeAfterPending = false
     /// In its thread's `again` list.
     private var queued = false
     /// Full reads one pump may make before the session waits for its thread's next turn.
@@ -214,7 +257,8 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
     var closed: EventLoopFuture<Void> { closedPromise.futureResult }
 
     /// Takes ownership of both descriptors (non-blocking). `kept` goes to the lead master first.
-    init(client: CInt, server: CInt, kept: [UInt8]?, framing: SessionFraming, traffic: Traffic, closed: EventLoopPromise<Void>) {
+    init(client: CInt, server: CInt, kept: [UInt8]?, framing: SessionFraming, traffic: Traffic, relays: RelayGroup,
+         closed: EventLoopPromise<Void>) {
         self.client = Side(fd: client)
         self.server = Side(fd: server)
         if let kept, !kept.isEmpty {
@@ -224,7 +268,7 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
         self.framing = framing
         self.traffic = traffic
         closedPromise = closed
-        loop = RelayGroup.shared.pick()
+        loop = relays.pick()
         buffer = loop.buffer
     }
 
@@ -239,6 +283,7 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
 
     /// Registered: what was kept goes out, then whatever input is already there.
     fileprivate func begin() {
+        loop.assertOnThread()
         flush(toServer: true)
         resume()
     }
@@ -257,6 +302,7 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
     }
 
     fileprivate func handle(_ events: UInt32, serverSide: Bool) {
+        loop.assertOnThread()
         side(client: !serverSide) {
             if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { $0.readable = true }
             if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { $0.endReported = true }
@@ -280,7 +326,7 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
         while !isClosed {
             let from = fromClient ? client : server
             let to = fromClient ? server : client
-            guard from.readable, !from.ended, to.pending == nil, !closeAfterPending else { return }
+            guard from.readable, !from.ended, to.pending == nil else { return }
             let n = read(from.fd, buffer, size)
             if n > 0 {
                 let bytes = UnsafeRawBufferPointer(start: buffer, count: n)
@@ -347,10 +393,6 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
         }
         if toServer { server = target } else { client = target }
         guard target.pending == nil else { return }
-        if closeAfterPending {
-            close()
-            return
-        }
         closeIfDone()
         pump(fromClient: toServer)
     }
@@ -360,24 +402,33 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
         if client.ended, server.ended, client.pending == nil, server.pending == nil { close() }
     }
 
-    /// One side failed (reset, or gone while written to): nothing more is read; the other side
-    /// closes once what is kept for it is sent, as the glue does.
+    /// One side failed (reset, gone while written to, a keepalive or user timeout): the session
+    /// ends at once, both sides. Bytes kept for the survivor are dropped: a lead master whose
+    /// client is gone would never read what is kept for it (it blocks writing the answers no one
+    /// reads), and would keep its backend, locks and transaction for good; a client whose lead
+    /// master failed has nothing more to wait for.
     private func fail(clientSide: Bool) {
-        side(client: clientSide) { $0.pending = nil }
-        let survivorPending = clientSide ? server.pending : client.pending
-        if survivorPending == nil {
-            close()
-        } else {
-            closeAfterPending = true
-        }
+        close()
     }
 
     /// The proxy ends the session: the ErrorResponse first if the client sits between two of
     /// the lead master's messages and has taken everything before it, then both sides close.
     fileprivate func cutNow(with error: ByteBuffer) {
-        if framing.atBoundary, client.pending == nil {
-            error.withUnsafeReadableBytes { bytes in _ = send(client.fd, bytes.baseAddress!, bytes.count, CInt(MSG_NOSIGNAL)) }
-        }
+        loop.assertOnThread()
+        error.withUnsafeReadableBytes { sayWhole($0) }
+        close()
+    }
+
+    /// Writes an ErrorResponse to the client whole or not at all: only where the client sits
+    /// between two of the lead master's messages and has taken everything before it (nothing
+    /// kept, nothing in its socket's send queue), so that the kernel takes all of it at once.
+    private func sayWhole(_ message: UnsafeRawBufferPointer) {
+        guard framing.atBoundary, client.pending == nil, harp_relay_unsent(client.fd) == 0, let base = message.baseAddress else { return }
+        _ = send(client.fd, base, message.count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
+    }
+
+    /// A session whose relay had stopped before it could start: nothing else holds it.
+    fileprivate func closeUnstarted() {
         close()
     }
 

@@ -12,7 +12,7 @@ public final class PgBouncerMode: ProxyMode {
 
     private let driver: PgBouncerDriver
 
-    public init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger) {
+    public init(instance: InstanceConfiguration, context: ModeContext, logger: Logger) {
         driver = PgBouncerDriver(instance: instance, logger: logger)
     }
 
