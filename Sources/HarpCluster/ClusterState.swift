@@ -107,10 +107,6 @@ public struct ClusterState: Sendable {
             for (name, value) in object.sorted(by: { $0.key < $1.key }) {
                 guard let spec = ProxyDirectives.spec(name) else {
                     if name == "name" { continue }  // HARP's bootstrap repeats the instance name
-                    if let why = ProxyDirectives.retired[name] {
-                        problems.append(RecordProblem(key: kv.key, reason: "'\(name)' is no longer used and is ignored: \(why)"))
-                        continue
-                    }
                     let hint = closestName(to: name, among: ProxyDirectives.names).map { "; did you mean '\($0)'?" } ?? ""
                     problems.append(RecordProblem(key: kv.key, reason: "unknown directive '\(name)'\(hint)"))
                     continue

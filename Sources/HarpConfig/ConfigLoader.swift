@@ -289,13 +289,8 @@ public enum ConfigLoader {
             errors.append(ConfigError(entry.key.location, "missing required key 'proxy.name'"))
             return nil
         }
-        let section = Section(node, name: "'proxy'", known: instanceKeys + ProxyDirectives.names + ProxyDirectives.retired.keys.sorted(), errors: &errors)
+        let section = Section(node, name: "'proxy'", known: instanceKeys + ProxyDirectives.names, errors: &errors)
         guard section.isMapping else { return nil }
-        for (name, why) in ProxyDirectives.retired.sorted(by: { $0.key < $1.key }) {
-            if let retired = section.entries[name] {
-                warnings.append(ConfigWarning(location: retired.key.location, message: "'proxy.\(name)' is no longer used and is ignored: \(why); remove the line"))
-            }
-        }
         let name = section.identifier("name", required: true, errors: &errors)
         // Optional: the top-level `location`, else the only location the DCS holds (see ProxyHost).
         let location = section.identifier("location", errors: &errors)

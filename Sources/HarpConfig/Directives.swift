@@ -187,12 +187,6 @@ public enum ProxyDirectives {
         .init("server_transfer_timeout", .duration(.seconds), .duration(.seconds(30)), .pgbouncer, "PAUSE wait before KILL"),
     ]
 
-    /// Directives earlier versions took and this one ignores, with why: a file or DCS record
-    /// that still sets one keeps working, with a warning.
-    public static let retired: [String: String] = [
-        "data_path": "the kernel data path (data_path: kernel, a BPF sockmap) was removed; bytes always pass in user space",
-    ]
-
     /// A directive's default, as the table above says.
     public static func defaultValue(_ name: String) -> DirectiveValue? { byName[name]?.defaultValue }
 

@@ -45,7 +45,6 @@ struct SetProxy: AsyncParsableCommand {
         var parsed: [(String, DirectiveValue)] = []
         for (key, text) in assignments(settings) {
             guard let spec = ProxyDirectives.spec(key) else {
-                if let why = ProxyDirectives.retired[key] { usage("'\(key)' is no longer used: \(why)") }
                 let hint = closestName(to: key, among: ProxyDirectives.names).map { " (did you mean '\($0)'?)" } ?? ""
                 usage("unknown directive '\(key)'\(hint); valid directives: \(ProxyDirectives.names.joined(separator: ", "))")
             }

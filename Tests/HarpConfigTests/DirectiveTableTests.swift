@@ -17,9 +17,8 @@ final class DirectiveTableTests: XCTestCase {
         }
     }
 
-    func testNamesAreUniqueAndRetiredOnesAreNotInTheTable() {
+    func testNamesAreUnique() {
         XCTAssertEqual(Set(ProxyDirectives.names).count, ProxyDirectives.all.count)
-        for name in ProxyDirectives.retired.keys { XCTAssertNil(ProxyDirectives.spec(name), name) }
     }
 
     func testTheAdditionsAreTheThreeHARPDoesNotHave() {

@@ -353,22 +353,6 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(parsed.types["harp_proxy_clients"], "gauge")
     }
 
-    /// `data_path`, which earlier versions took (the kernel data path, removed), in a file and
-    /// in the DCS: a warning each, and the instance serves in user space.
-    func testARetiredDirectiveIsWarnedAboutAndIgnored() async throws {
-        let etcd = try await cluster()
-        try await EtcdClient(configuration: etcd.dcsConfiguration()).put(DCSLayout(cluster: "d").globalProxyConfig, #"{"data_path":"kernel"}"#)
-        let dir = TemporaryDirectory()
-        let port = freePort()
-        dir.write("conf.d/a.yml", instanceFile("a", "dc1", port) + "  data_path: kernel\n")
-        let proxy = try start(dir, etcd: etcd)
-        defer { proxy.stop() }
-        XCTAssertTrue(eventually(timeout: 10) { (try? serverPort(through: port).get()) == "\(Self.pg.port)" }, proxy.log)
-        XCTAssertTrue(proxy.log.contains("'proxy.data_path' is no longer used and is ignored"), proxy.log)
-        XCTAssertTrue(proxy.log.contains("a.yml:6"), "the warning names the line:\n\(proxy.log)")
-        XCTAssertTrue(eventually(timeout: 5) { proxy.log.contains("'data_path' is no longer used and is ignored") }, "and the DCS value:\n\(proxy.log)")
-    }
-
     /// config.yml given by a relative path, its control socket by a bare file name: the socket is
     /// made beside config.yml (relative paths are config.yml's folder's), and it answers.
     func testAControlSocketNamedByABareFileNameOpens() async throws {

@@ -1,4 +1,4 @@
-// The system interfaces the relay (Sources/HarpProxy/Builtin/Relay.swift) uses and Glibc's
+// The system interfaces the relay (Sources/HarpProxy/Builtin/DataPath/Relay.swift) uses and Glibc's
 // Swift module does not export.
 #include <sys/epoll.h>
 #include <sys/eventfd.h>

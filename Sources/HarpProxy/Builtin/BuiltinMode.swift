@@ -10,11 +10,13 @@ import Synchronization
 /// when it connects; when the lead master changes or goes, every connection to the old one is
 /// closed at once, on both sides, and new clients go to the new one.
 ///
-/// Where things are: the listener (`Listener.swift`); who gets in, waits or is refused
-/// (`Admission.swift`); what a leader change, fencing or a stop does to sessions
-/// (`Cutover.swift`); one client's way in (`ClientHandler.swift`); and the bytes of an
-/// established session (`DataPath.swift`, `GlueHandler.swift`). Calls go one way: a client asks
-/// (admit, attach), the mode answers; the mode tells a client only to start again.
+/// Where things are: the setup, in `Setup/`: the listener (`Listener.swift`); who gets in, waits
+/// or is refused (`Admission.swift`); what a leader change, fencing or a stop does to sessions
+/// (`Cutover.swift`); one client's way in (`ClientHandler.swift`). The bytes of an established
+/// session, in `DataPath/`: the seam (`DataPath.swift`), the relay's threads (`Relay.swift`), the
+/// message boundaries a cut needs (`SessionFraming.swift`), and the NIO glue the relay falls
+/// back to (`GlueHandler.swift`). Calls go one way: a client asks (admit, attach), the mode
+/// answers; the mode tells a client only to start again.
 ///
 /// All mutable state lives on one event loop (`loop`); connections run on every loop of the group.
 final class BuiltinMode: ProxyMode, @unchecked Sendable {

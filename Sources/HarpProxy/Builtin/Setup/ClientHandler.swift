@@ -5,9 +5,9 @@ import NIOPosix
 import Glibc
 #endif
 
-/// One client's way in: admission, connecting to the lead master, then handing the channel over
-/// to a `GlueHandler` pair. Until then the client's bytes (its startup packet, or an SSLRequest)
-/// are kept and passed on unchanged once the lead master is connected.
+/// One client's way in: admission, connecting to the lead master, then handing both over to the
+/// mode's data path (the relay). Until then the client's bytes (its startup packet, or an
+/// SSLRequest) are kept and passed on unchanged once the lead master is connected.
 ///
 /// A client that cannot be served gets an ErrorResponse that libpq shows: an SSLRequest or
 /// GSSENCRequest is answered 'N' first, then the startup message is read and the error sent.

@@ -7,7 +7,8 @@ final class Traffic: Sendable {
     let toClient = Atomic<Int>(0)
 }
 
-/// Joins two channels on one event loop: what one reads, the other writes. The whole data path.
+/// Joins two channels on one event loop: what one reads, the other writes. The data path a
+/// session falls back to when the relay cannot take its sockets over (`RelayDataPath`).
 ///
 /// As in SwiftNIO's connect-proxy example: flush on read-complete, stop reading while the partner
 /// cannot take more (backpressure through writability), pass a half-close on, and close the
