@@ -236,28 +236,34 @@ public struct EffectiveDirectives: Sendable, Equatable {
     /// from the table; the table's default stands in for one that is missing all the same.
     private func value(_ name: String) -> DirectiveValue? { values[name] ?? ProxyDirectives.defaultValue(name) }
 
-    public func string(_ name: String) -> String? {
+    public subscript(_ key: DirectiveKey<String>) -> String? {
+        if case .string(let s) = value(key.name) { return s }
+        return nil
+    }
+
+    public subscript(_ key: DirectiveKey<Int>) -> Int? {
+        if case .integer(let i) = value(key.name) { return i }
+        return nil
+    }
+
+    public subscript(_ key: DirectiveKey<Duration>) -> Duration? {
+        if case .duration(let d) = value(key.name) { return d }
+        return nil
+    }
+
+    /// A string directive named at run time (PgBouncer's pass-through settings, by the table).
+    public func string(named name: String) -> String? {
         if case .string(let s) = value(name) { return s }
-        return nil
-    }
-
-    public func integer(_ name: String) -> Int? {
-        if case .integer(let i) = value(name) { return i }
-        return nil
-    }
-
-    public func duration(_ name: String) -> Duration? {
-        if case .duration(let d) = value(name) { return d }
         return nil
     }
 
     // The directives every mode reads; their defaults are in `ProxyDirectives.all`. Those of one
     // mode are read in that mode (`BuiltinDirectives.swift`, `PgBouncerSettings.swift`).
-    public var type: String { string("type") ?? "" }
-    public var listenAddress: String { string("listen_address") ?? "" }
-    public var listenPort: Int { integer("listen_port") ?? 0 }
-    public var maxClientConn: Int { integer("max_client_conn") ?? 0 }
-    public var dcsFailurePolicy: DCSFailurePolicy { string("dcs_failure_policy").flatMap(DCSFailurePolicy.init) ?? .fence }
-    public var leaderLeaseDuration: Duration { duration("leader_lease_duration") ?? .zero }
-    public var monitorInterval: Duration { duration("monitor_interval") ?? .zero }
+    public var type: String { self[DirectiveKeys.type] ?? "" }
+    public var listenAddress: String { self[DirectiveKeys.listenAddress] ?? "" }
+    public var listenPort: Int { self[DirectiveKeys.listenPort] ?? 0 }
+    public var maxClientConn: Int { self[DirectiveKeys.maxClientConn] ?? 0 }
+    public var dcsFailurePolicy: DCSFailurePolicy { self[DirectiveKeys.dcsFailurePolicy].flatMap(DCSFailurePolicy.init) ?? .fence }
+    public var leaderLeaseDuration: Duration { self[DirectiveKeys.leaderLeaseDuration] ?? .zero }
+    public var monitorInterval: Duration { self[DirectiveKeys.monitorInterval] ?? .zero }
 }

@@ -198,6 +198,47 @@ public enum ProxyDirectives {
     public static func spec(_ name: String) -> DirectiveSpec? { byName[name] }
 }
 
+/// A directive's name with the type of its value, for the code that reads it: a misspelt key
+/// fails to compile, and `DirectiveKeys.all` is checked against the table by a test.
+public struct DirectiveKey<Value>: Sendable {
+    public let name: String
+    init(_ name: String) { self.name = name }
+}
+
+/// The directives the code reads by name.
+public enum DirectiveKeys {
+    public static let type = DirectiveKey<String>("type")
+    public static let listenAddress = DirectiveKey<String>("listen_address")
+    public static let listenPort = DirectiveKey<Int>("listen_port")
+    public static let maxClientConn = DirectiveKey<Int>("max_client_conn")
+    public static let dcsFailurePolicy = DirectiveKey<String>("dcs_failure_policy")
+    public static let leaderLeaseDuration = DirectiveKey<Duration>("leader_lease_duration")
+    public static let monitorInterval = DirectiveKey<Duration>("monitor_interval")
+    // builtin
+    public static let keepalive = DirectiveKey<Duration>("keepalive")
+    public static let timeout = DirectiveKey<Duration>("timeout")
+    public static let holdTimeout = DirectiveKey<Duration>("hold_timeout")
+    // pgbouncer
+    public static let poolMode = DirectiveKey<String>("pool_mode")
+    public static let sessionTransferMode = DirectiveKey<String>("session_transfer_mode")
+    public static let serverTransferTimeout = DirectiveKey<Duration>("server_transfer_timeout")
+    public static let authType = DirectiveKey<String>("auth_type")
+    public static let authFile = DirectiveKey<String>("auth_file")
+    public static let authUser = DirectiveKey<String>("auth_user")
+    public static let databaseName = DirectiveKey<String>("database_name")
+    public static let defaultPoolSize = DirectiveKey<Int>("default_pool_size")
+
+    /// Every key above, with its value type's name, for the check against the table.
+    public static let all: [(name: String, type: String)] = [
+        (type.name, "String"), (listenAddress.name, "String"), (listenPort.name, "Int"), (maxClientConn.name, "Int"),
+        (dcsFailurePolicy.name, "String"), (leaderLeaseDuration.name, "Duration"), (monitorInterval.name, "Duration"),
+        (keepalive.name, "Duration"), (timeout.name, "Duration"), (holdTimeout.name, "Duration"),
+        (poolMode.name, "String"), (sessionTransferMode.name, "String"), (serverTransferTimeout.name, "Duration"),
+        (authType.name, "String"), (authFile.name, "String"), (authUser.name, "String"), (databaseName.name, "String"),
+        (defaultPoolSize.name, "Int"),
+    ]
+}
+
 /// `dcs_failure_policy`: what an instance does once the DCS has been unreachable past the lease.
 public enum DCSFailurePolicy: String, Sendable, CaseIterable {
     /// Route nowhere until the DCS is back: never a write to a node that may no longer lead.

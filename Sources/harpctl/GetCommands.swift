@@ -156,9 +156,9 @@ func proxyRow(_ name: String, _ state: ClusterState, _ snapshot: DCSSnapshot, cl
     ]
     if row["type"] as? String == "pgbouncer" {
         // The running instance's record knows its local directives too; the DCS alone does not.
-        row["pool_mode"] = status?["pool_mode"] ?? effective.string("pool_mode") ?? ""
-        row["auth_type"] = status?["auth_type"] ?? effective.string("auth_type") ?? ""
-        row["default_pool_size"] = status?["default_pool_size"] ?? effective.integer("default_pool_size") ?? 0
+        row["pool_mode"] = status?["pool_mode"] ?? effective[DirectiveKeys.poolMode] ?? ""
+        row["auth_type"] = status?["auth_type"] ?? effective[DirectiveKeys.authType] ?? ""
+        row["default_pool_size"] = status?["default_pool_size"] ?? effective[DirectiveKeys.defaultPoolSize] ?? 0
         if let pool = status?["pool"] { row["pool"] = pool }
     }
     return row

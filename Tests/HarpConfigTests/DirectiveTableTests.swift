@@ -21,6 +21,20 @@ final class DirectiveTableTests: XCTestCase {
         XCTAssertEqual(Set(ProxyDirectives.names).count, ProxyDirectives.all.count)
     }
 
+    /// Every key the code reads names a directive of the table, whose values are of the key's type.
+    func testEveryTypedKeyNamesADirectiveOfItsType() {
+        for (name, type) in DirectiveKeys.all {
+            guard let spec = ProxyDirectives.spec(name) else { XCTFail("\(name) is not in the table"); continue }
+            let expected: String = switch spec.defaultValue ?? .string("") {
+            case .string: "String"
+            case .integer: "Int"
+            case .duration: "Duration"
+            case .boolean: "Bool"
+            }
+            XCTAssertEqual(type, expected, name)
+        }
+    }
+
     func testTheAdditionsAreTheThreeHARPDoesNotHave() {
         XCTAssertEqual(ProxyDirectives.all.filter { !$0.harp }.map(\.name).sorted(), ["dcs_failure_policy", "hold_timeout", "pool_mode"])
         XCTAssertEqual(ProxyDirectives.spec("hold_timeout")?.scope, .builtin)

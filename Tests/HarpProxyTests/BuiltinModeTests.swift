@@ -392,7 +392,7 @@ final class BuiltinModeTests: XCTestCase {
         XCTAssertEqual(refused, 3)
 
         try await rig.client.put(rig.layout.proxyConfig("p1"), #"{"hold_timeout": 4000}"#)
-        let applied = await eventuallyAsync { await rig.host.status().first?.plan?.directives.duration("hold_timeout") == .milliseconds(4000) }
+        let applied = await eventuallyAsync { await rig.host.status().first?.plan?.directives[DirectiveKeys.holdTimeout] == .milliseconds(4000) }
         XCTAssertTrue(applied)
         let fd = connectedLoopbackSocket(port: port)!
         writeAll(fd, startupMessage())

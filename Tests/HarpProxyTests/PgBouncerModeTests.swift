@@ -163,7 +163,7 @@ final class PgBouncerModeTests: XCTestCase {
         // Each value tries to end its line and start a setting or an include of its own.
         let attack = #"{"ignore_startup_parameters": "extra_float_digits\nadmin_users = mallory", "auth_query": "SELECT 1\n%include /etc/passwd", "database_name": "postgres\r\n[databases]\nevil = host=10.0.0.1", "client_tls_ca_file": "/x\u0000y", "default_pool_size": 7}"#
         try await rig.client.put(rig.layout.proxyConfig("pgb"), attack)
-        let seen = await eventuallyAsync { await rig.host.status().first?.plan?.directives.integer("default_pool_size") == 7 }
+        let seen = await eventuallyAsync { await rig.host.status().first?.plan?.directives[DirectiveKeys.defaultPoolSize] == 7 }
         XCTAssertTrue(seen)
         XCTAssertTrue(eventually(timeout: 10) { self.logged(rig, "directives changed: PgBouncer reloaded") }, logText(rig))
         let ini = try String(contentsOfFile: dir.file("pgbouncer-pgb.ini"), encoding: .utf8)

@@ -3,10 +3,10 @@ import HarpConfig
 
 /// The directives only the pgbouncer mode reads (defaults in `ProxyDirectives.all`).
 extension EffectiveDirectives {
-    var poolMode: PoolMode { string("pool_mode").flatMap(PoolMode.init) ?? .session }
-    var sessionTransferMode: SessionTransferMode { string("session_transfer_mode").flatMap(SessionTransferMode.init) ?? .wait }
+    var poolMode: PoolMode { self[DirectiveKeys.poolMode].flatMap(PoolMode.init) ?? .session }
+    var sessionTransferMode: SessionTransferMode { self[DirectiveKeys.sessionTransferMode].flatMap(SessionTransferMode.init) ?? .wait }
     /// `server_transfer_timeout`: how long a PAUSE may wait before KILL.
-    var serverTransferTimeout: Duration { duration("server_transfer_timeout") ?? .zero }
-    var authType: String { string("auth_type") ?? "" }
-    var defaultPoolSize: Int { integer("default_pool_size") ?? 0 }
+    var serverTransferTimeout: Duration { self[DirectiveKeys.serverTransferTimeout] ?? .zero }
+    var authType: String { self[DirectiveKeys.authType] ?? "" }
+    var defaultPoolSize: Int { self[DirectiveKeys.defaultPoolSize] ?? 0 }
 }

@@ -282,7 +282,7 @@ final class PgBouncerDriver: @unchecked Sendable {
 
     /// The `auth_file` directive's user list, read as PgBouncer's user could read it.
     private func userList(_ settings: PgBouncerSettings) -> String? {
-        guard let path = settings.directives.string("auth_file") else { return nil }
+        guard let path = settings.directives[DirectiveKeys.authFile] else { return nil }
         if let text = PrivateFiles.readable(path, by: owner) {
             resolved(.authFile)
             return text

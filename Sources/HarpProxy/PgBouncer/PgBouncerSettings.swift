@@ -54,7 +54,7 @@ public struct PgBouncerSettings: Sendable, Equatable {
 
     public var listenAddress: String { directives.listenAddress }
     public var listenPort: Int { directives.listenPort }
-    public var databaseName: String? { directives.string("database_name") }
+    public var databaseName: String? { directives[DirectiveKeys.databaseName] }
 
     /// Settings PgBouncer reads only at start: a change means restarting it.
     public func needsRestart(from old: PgBouncerSettings) -> Bool {
@@ -70,7 +70,7 @@ public struct PgBouncerSettings: Sendable, Equatable {
             return PgBouncerSettingsError(message: "invalid 'database_name' '\(name)': expected * or letters, digits, '_', '-' and '.'")
         }
         if name == "pgbouncer" { return PgBouncerSettingsError(message: "'database_name' cannot be 'pgbouncer': PgBouncer reserves it for its admin console") }
-        if let user = directives.string("auth_user") {
+        if let user = directives[DirectiveKeys.authUser] {
             if user == Self.adminUser {
                 return PgBouncerSettingsError(message: "'auth_user' cannot be 'pgbouncer': that is the admin console's user, whose password harp-proxy generates")
             }
@@ -149,7 +149,7 @@ public struct PgBouncerSettings: Sendable, Equatable {
         for name in ["auth_user", "auth_query", "ignore_startup_parameters",
                      "client_tls_sslmode", "client_tls_ca_file", "client_tls_cert_file", "client_tls_key_file", "client_tls_protocols",
                      "server_tls_sslmode", "server_tls_ca_file", "server_tls_cert_file", "server_tls_key_file", "server_tls_protocols"] {
-            if let value = directives.string(name) { lines.append("\(name) = \(value)") }
+            if let value = directives.string(named: name) { lines.append("\(name) = \(value)") }
         }
         return lines.joined(separator: "\n") + "\n"
     }
