@@ -7,7 +7,7 @@ packages=(
   libyaml-dev libcurl4-openssl-dev libssl-dev libpq-dev   # C libraries linked in
   etcd-server etcd-client                                 # the DCS the tests start
   postgresql-15 pgbouncer patroni                         # the servers the proxy routes to, and Patroni managing some
-  socat openssl procps curl                               # test tooling: relays, certificates, HTTPS
+  socat openssl procps curl iproute2                      # test tooling: relays, certificates, HTTPS, network namespaces
 )
 
 missing=()

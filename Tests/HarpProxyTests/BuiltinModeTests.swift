@@ -474,6 +474,7 @@ final class BuiltinModeTests: XCTestCase {
         XCTAssertTrue(s1.isRunning && s2.isRunning)
     }
 
+    /// A lead master on a Unix socket (both ends of such a connection look alike from outside).
     func testALeaderWhoseDSNIsAUnixSocket() async throws {
         let port = freePort()
         let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("127.0.0.1"), "listen_port": .integer(port)])])
@@ -483,6 +484,16 @@ final class BuiltinModeTests: XCTestCase {
         let routed = await rig.waitUntilRouting("p1", to: "node1")
         XCTAssertTrue(routed)
         XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)")
+
+        // Two sessions at once, both ends of each relayed: one ended (its backend terminated),
+        // the other goes on, on its own backend.
+        let conninfo = "host=127.0.0.1 port=\(port) dbname=postgres user=postgres connect_timeout=10 sslmode=disable"
+        let (first, second) = (try PGSession(conninfo), try PGSession(conninfo))
+        let firstPID = try first.query("SELECT pg_backend_pid()"), secondPID = try second.query("SELECT pg_backend_pid()")
+        XCTAssertNotEqual(firstPID, secondPID)
+        XCTAssertEqual(try second.query("SELECT pg_terminate_backend(\(firstPID))::text"), "true")
+        XCTAssertTrue(eventually(timeout: 10) { (try? first.query("SELECT 1")) == nil }, "the first session ended")
+        for _ in 0..<20 { XCTAssertEqual(try second.query("SELECT pg_backend_pid()"), secondPID, "the second goes on, on its own backend") }
     }
 
     func testGarbageAndHalfStartedClientsDoNotDisturbOthers() async throws {
@@ -645,6 +656,57 @@ final class BuiltinModeTests: XCTestCase {
         let drained = await eventuallyAsync(timeout: .seconds(5)) { await rig.counters("p1").current == 0 }
         XCTAssertTrue(drained)
         XCTAssertTrue(eventually(timeout: 5) { openDescriptors() <= before }, "no descriptor of the session is left: \(openDescriptors()) > \(before)")
+    }
+
+    /// A client that vanishes without a word (no reset, no FIN: its host gone silent), idle in a
+    /// transaction: TCP keepalive finds it within 10 × `keepalive` (the idle time, then the
+    /// kernel's 9 probes), and its backend is freed at once then. The client sits in a network
+    /// namespace of the test's own, behind a veth pair; the test takes its address away, so that
+    /// every packet to it is dropped unanswered. (A link taken down fails the probes locally,
+    /// and Linux does not count a probe it could not send.)
+    func testAClientGoneSilentIsFoundByKeepaliveAndItsBackendFreed() async throws {
+        guard getuid() == 0 else { throw XCTSkip("network namespaces need root (CI runs as root)") }
+        let id = String(UInt32.random(in: 0..<1_000_000), radix: 36)
+        let (ns, near, far) = ("harp-t-\(id)", "hvn\(id)", "hvf\(id)")
+        let subnet = "10.231.\(Int.random(in: 0..<64) * 4)"
+        func ip(_ arguments: String...) throws {
+            let result = try runCommand("/usr/sbin/ip", arguments)
+            guard result.status == 0 else { throw FixtureError("ip \(arguments.joined(separator: " ")): \(result.output)") }
+        }
+        try ip("netns", "add", ns)
+        defer { _ = try? runCommand("/usr/sbin/ip", ["netns", "delete", ns]); _ = try? runCommand("/usr/sbin/ip", ["link", "delete", near]) }
+        try ip("link", "add", near, "type", "veth", "peer", "name", far, "netns", ns)
+        try ip("addr", "add", "\(subnet).1/30", "dev", near)
+        try ip("link", "set", near, "up")
+        try ip("-n", ns, "addr", "add", "\(subnet).2/30", "dev", far)
+        try ip("-n", ns, "link", "set", far, "up")
+        try ip("-n", ns, "link", "set", "lo", "up")
+
+        let port = freePort()
+        let rig = try ProxyRig([("p1", "dc1", ["listen_address": .string("\(subnet).1"), "listen_port": .integer(port), "keepalive": .duration(.seconds(1))])])
+        stopAtTeardown(rig)
+        try await rig.node("node1", location: "dc1", server: a)
+        try await rig.leader("dc1", "node1")
+        let routed = await rig.waitUntilRouting("p1", to: "node1")
+        XCTAssertTrue(routed)
+        let tag = "vanished-\(id)"
+        // psql in the namespace: a transaction opened, then idle, its input kept open.
+        let client = try TestProcess(name: "psql-\(id)", executable: "/usr/sbin/ip", arguments: [
+            "netns", "exec", ns, "sh", "-c",
+            "(echo 'BEGIN;'; echo 'SELECT 1;'; sleep 600) | \(PostgresServer.binDirectory)/psql -h \(subnet).1 -p \(port) -U postgres -d postgres -v ON_ERROR_STOP=1",
+        ], logDirectory: rig.etcd.directory.path, environment: ["PGAPPNAME": tag, "PGCONNECT_TIMEOUT": "10", "PATH": "/usr/bin:/bin"])
+        defer { client.killNow() }
+        func state() -> String? {
+            try? PostgresServer.psql(host: "127.0.0.1", port: a.port,
+                                     "SELECT coalesce(string_agg(state || ' ' || query, ','), '') FROM pg_stat_activity WHERE application_name = '\(tag)'")
+        }
+        XCTAssertTrue(eventually(timeout: 20) { state() == "idle in transaction SELECT 1;" }, "the session is open: \(state() ?? "?")\n\(client.log)")
+        try ip("-n", ns, "addr", "flush", "dev", far)
+        let downAt = ContinuousClock.now
+        XCTAssertTrue(eventually(timeout: 60) { state() == "" }, "the backend was freed: \(state() ?? "?")")
+        let took = ContinuousClock.now - downAt
+        XCTAssertGreaterThan(took, .seconds(1), "not before keepalive could have found the client gone")
+        print("client gone silent to backend freed: \(took) (keepalive 1 s: at most about 10 s)")
     }
 
     func testNoDescriptorLeakAfterManyConnections() async throws {

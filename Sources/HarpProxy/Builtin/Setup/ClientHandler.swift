@@ -139,8 +139,12 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         _ = context.channel.setOption(.socketOption(.so_keepalive), value: 1)
         // Idle time and probe interval both `keepalive`, as HARP (Go's keepalive period) does: a
         // peer gone silent is found after 10 periods (the kernel's 9 probes), not 11 minutes.
+        // The same bound holds while bytes to it wait for an acknowledgement, when keepalive
+        // does not probe and retransmissions alone would take about 15 minutes (TCP_USER_TIMEOUT).
+        let silence = keepalive * 10 * 1000
         _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
         _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive)
+        _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_USER_TIMEOUT)), value: silence)
 
         var bootstrap = ClientBootstrap(group: context.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -161,6 +165,7 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 .channelOption(.socketOption(.so_keepalive), value: 1)
                 .channelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
                 .channelOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive)
+                .channelOption(.tcpOption(.init(rawValue: TCP_USER_TIMEOUT)), value: silence)
             // An address as written: no resolver (NIO's runs getaddrinfo off the loop and
             // races A and AAAA, a few thread hand-offs per connection); a name: resolved.
             if let address = try? SocketAddress(ipAddress: host, port: port) {
