@@ -219,6 +219,7 @@ final class PatroniNodeTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 30) { !proxy.isRunning }, proxy.log)
         let took = ContinuousClock.now - signalled
         XCTAssertLessThan(took, .seconds(2), "stopped in \(took):\n\(proxy.log)")
+        print("SIGTERM during a check: stopped in \(took)")
         XCTAssertTrue(proxy.log.contains("stopped"), proxy.log)
     }
 }
