@@ -98,7 +98,7 @@ public struct ClientCounters: Sendable, Equatable {
     public var total = 0
     /// Turned away: too many clients, no lead master in time, or the lead master unreachable.
     public var refused = 0
-    /// `refused` by reason: `max_client_conn`, `no_leader`, `leader_unreachable`.
+    /// `refused` by reason: `max_client_conn`, `no_leader`, `leader_unreachable`, `read_only_leader`.
     public var refusedByReason: [String: Int] = [:]
     /// Bytes passed from clients to the lead master, and back.
     public var bytesToServer = 0

@@ -42,7 +42,7 @@ actor DaemonMetrics {
             }
             g("harp_proxy_clients", [], Double(s.clients.current), "Clients connected or waiting now")
             c("harp_proxy_connections_total", [], s.clients.total, "Clients accepted since start")
-            for reason in ["max_client_conn", "no_leader", "leader_unreachable"] {
+            for reason in ["max_client_conn", "no_leader", "leader_unreachable", "read_only_leader"] {
                 c("harp_proxy_refused_total", [("reason", reason)], s.clients.refusedByReason[reason] ?? 0, "Clients turned away, by reason")
             }
             c("harp_proxy_leader_changes_total", [], s.leaderChanges, "Times the lead master changed")

@@ -6,5 +6,6 @@
 /// Names the calling thread (at most 15 bytes are kept), as `ps -L` and /proc show it.
 int harp_relay_name_thread(const char *name);
 
-/// Bytes written to a TCP or Unix stream socket that its peer has not taken yet (SIOCOUTQ); -1 on error.
-int harp_relay_unsent(int fd);
+/// Room left in a stream socket's send buffer: its size (SO_SNDBUF) less the bytes its peer has
+/// not acknowledged or taken yet (SIOCOUTQ); -1 on error.
+int harp_relay_send_room(int fd);

@@ -420,10 +420,12 @@ final class RelaySession: DataPathSession, @unchecked Sendable {
     }
 
     /// Writes an ErrorResponse to the client whole or not at all: only where the client sits
-    /// between two of the lead master's messages and has taken everything before it (nothing
-    /// kept, nothing in its socket's send queue), so that the kernel takes all of it at once.
+    /// between two of the lead master's messages, nothing is kept for it, and its socket's send
+    /// buffer has ample room (a client that keeps up has a near-empty queue; one that stopped
+    /// reading has a full one), so that the kernel takes all of it at once.
     private func sayWhole(_ message: UnsafeRawBufferPointer) {
-        guard framing.atBoundary, client.pending == nil, harp_relay_unsent(client.fd) == 0, let base = message.baseAddress else { return }
+        guard framing.atBoundary, client.pending == nil, harp_relay_send_room(client.fd) > 4 * message.count + 4096,
+              let base = message.baseAddress else { return }
         _ = send(client.fd, base, message.count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
     }
 

@@ -3,8 +3,9 @@ import Logging
 import NIOCore
 
 /// Who gets in: a client is admitted to the lead master at once, held up to `hold_timeout`
-/// while there is none, or refused (`max_client_conn`, no lead master in time, the lead master
-/// unreachable), and every refusal is counted and logged without flooding the log.
+/// while there is none or it does not take writes yet, or refused (`max_client_conn`, no lead
+/// master in time, the lead master unreachable, a standby cluster's leader), and every refusal
+/// is counted and logged without flooding the log.
 extension BuiltinMode {
     func publishRoute() {
         let admission = admitting ? target.flatMap { target in plan.map { self.admission(target, $0) } } : nil
@@ -93,14 +94,19 @@ extension BuiltinMode {
         clients[id] = entry
         clientCounters.total += 1
         channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: channel) } }
+        return assign(entry, plan)
+    }
+
+    /// A client on `loop`: the lead master if it takes writes, a refusal if it never will (a
+    /// standby cluster's leader: waiting would not help), else the hold.
+    private func assign(_ entry: ClientEntry, _ plan: InstancePlan) -> EventLoopFuture<Admission> {
         if let target, admitting {
             entry.target = target
             return loop.makeSucceededFuture(admission(target, plan))
         }
         if case .readOnlyLeader(_, let reason) = plan.routing {
-            // Never writable (a standby cluster's leader): waiting would not help.
             noteRefusal("the lead master takes no writes", reason: "read_only_leader", ["location": "\(plan.location ?? "none")"])
-            return loop.makeFailedFuture(Refusal.readOnlyLeader(reason, instance: self.instance.name))
+            return loop.makeFailedFuture(Refusal.readOnlyLeader(reason, instance: instance.name))
         }
         return hold(entry, plan)
     }
@@ -135,15 +141,7 @@ extension BuiltinMode {
                   entry.server == nil, entry.waiter == nil else {
                 return self.loop.makeFailedFuture(Refusal.shuttingDown)
             }
-            if let target = self.target, self.admitting {
-                entry.target = target
-                return self.loop.makeSucceededFuture(self.admission(target, plan))
-            }
-            if case .readOnlyLeader(_, let reason) = plan.routing {
-                self.noteRefusal("the lead master takes no writes", reason: "read_only_leader", ["location": "\(plan.location ?? "none")"])
-                return self.loop.makeFailedFuture(Refusal.readOnlyLeader(reason, instance: self.instance.name))
-            }
-            return self.hold(entry, plan)
+            return self.assign(entry, plan)
         }
     }
 
