@@ -10,6 +10,12 @@ enum PlanLog {
         location(from: old, to: new, logger: logger)
         dcs(from: old, to: new, logger: logger)
         guard old?.stateName != new.stateName || old?.routing != new.routing else { return }
+        if case .leader(let before)? = old?.routing, case .leader(let after) = new.routing, after.sameRoute(as: before) {
+            // Its manager restarted (Patroni under a new lease, say): nothing changes for clients.
+            logger.info("lead master's key written again under a new lease: sessions and routing stay",
+                        metadata: ["leader": "\(after)", "lease": "\(after.lease)"])
+            return
+        }
         var metadata: Logger.Metadata = ["state": "\(new.stateName)"]
         switch new.routing {
         case .leader(let t): metadata["leader"] = "\(t)"

@@ -171,7 +171,13 @@ public final class PatroniCluster: @unchecked Sendable {
     public func restartPatroni(_ index: Int, kill hard: Bool) throws {
         guard let process = members[index].process else { throw FixtureError("pg\(index + 1)'s Patroni is not running") }
         if hard { process.killNow() } else { process.signal(SIGTERM) }
-        guard eventually(timeout: 30, { !process.isRunning }) else { throw FixtureError("Patroni did not stop:\n\(process.log)") }
+        if !eventually(timeout: 20, { !process.isRunning }) {
+            // Seen once on a loaded machine: a paused Patroni slow to leave. What matters here is
+            // that Patroni is gone while PostgreSQL runs on, which a kill gives as well.
+            print("Patroni did not stop within 20 s of SIGTERM; killing it. Its log:\n\(process.log.suffix(3000))")
+            process.killNow()
+            guard eventually(timeout: 10, { !process.isRunning }) else { throw FixtureError("Patroni did not stop:\n\(process.log)") }
+        }
         try start(index, postgresRuns: true)
     }
 
