@@ -15,3 +15,7 @@ int harp_relay_send_room(int fd) {
     if (ioctl(fd, SIOCOUTQ, &queued) != 0 || getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, &length) != 0) return -1;
     return size - queued;
 }
+
+int harp_relay_accept(int fd) {
+    return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}

@@ -9,11 +9,10 @@ import XCTest
 import Glibc
 #endif
 
-/// Both data paths, on their own, over real sockets: a client's channel accepted by NIO and a
-/// lead-master channel NIO connected, joined by the path under test. The relay must take both
-/// sockets over (TCP, and a lead master on a Unix socket); the NIO glue, which it falls back
-/// to, must behave the same: the kept bytes first, a half-close passed on after every byte
-/// before it, the cut's ErrorResponse between two messages, and `closed` once both sides are.
+/// The relay on its own, over real sockets: a client's socket accepted and one connected to the
+/// lead master (TCP, and a Unix socket), joined by it: the kept bytes first, a half-close passed
+/// on after every byte before it, the cut's ErrorResponse between two messages, and `closed`
+/// once both sides are.
 final class DataPathTests: XCTestCase {
     private var group: MultiThreadedEventLoopGroup!
 
@@ -43,30 +42,26 @@ final class DataPathTests: XCTestCase {
         XCTAssertEqual(listen(listener, 4), 0)
         defer { close(listener) }
 
-        // The proxy's side: NIO accepts the client and connects to the lead master, as the mode does.
-        let accepted = group.next().makePromise(of: (any Channel).self)
-        let server = try ServerBootstrap(group: group)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { channel in
-                accepted.succeed(channel)
-                return channel.eventLoop.makeSucceededVoidFuture()
-            }
-            .bind(host: "127.0.0.1", port: 0).wait()
-        defer { try? server.close().wait() }
-        guard let client = connectedLoopbackSocket(port: server.localAddress!.port!) else { throw FixtureError("no client") }
-        let clientChannel = try accepted.futureResult.wait()
-        let bootstrap = ClientBootstrap(group: group).channelOption(.allowRemoteHalfClosure, value: true)
-        let serverChannel = try (unixBackend ? bootstrap.connect(unixDomainSocketPath: socketPath)
-                                             : bootstrap.connect(host: "127.0.0.1", port: backendPort)).wait()
+        // The proxy's side: the client's socket accepted, and one connected to the lead master,
+        // as the mode makes them.
+        let front = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let frontPort = freePort()
+        XCTAssertEqual(withLoopbackAddress(port: frontPort) { bind(front, $0, $1) }, 0)
+        XCTAssertEqual(listen(front, 4), 0)
+        defer { close(front) }
+        guard let client = connectedLoopbackSocket(port: frontPort) else { throw FixtureError("no client") }
+        let clientSide = accept(front, nil, nil)
+        let serverSide = socket(unixBackend ? AF_UNIX : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let connected = unixBackend ? withUnixAddress(path: socketPath) { connect(serverSide, $0, $1) }
+                                    : withLoopbackAddress(port: backendPort) { connect(serverSide, $0, $1) }
+        XCTAssertEqual(connected, 0)
+        for fd in [clientSide, serverSide] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
         let backend = accept(listener, nil, nil)
         XCTAssertGreaterThanOrEqual(backend, 0)
-        let session = try clientChannel.eventLoop.submit {
-            var buffer = ByteBuffer()
-            buffer.writeBytes(kept)
-            let session = try path.join(client: clientChannel, server: serverChannel, kept: buffer)
-            session.start()
-            return session
-        }.wait()
+        var buffer = ByteBuffer()
+        buffer.writeBytes(kept)
+        let session = path.join(client: clientSide, server: serverSide, kept: buffer, loop: group.next())
+        session.start()
         return Joined(client: client, backend: backend, session: session)
     }
 
@@ -90,7 +85,7 @@ final class DataPathTests: XCTestCase {
 
     private func paths() -> [(String, any DataPath)] {
         let traffic = Traffic()
-        return [("relay", RelayDataPath(traffic: traffic, relays: Self.relays, logger: Logger(label: "test"))), ("glue", GlueDataPath(traffic: traffic))]
+        return [("relay", RelayDataPath(traffic: traffic, relays: Self.relays))]
     }
 
     /// The kept bytes reach the lead master first; bytes pass both ways; a client's half-close
@@ -101,9 +96,6 @@ final class DataPathTests: XCTestCase {
             for unix in [false, true] {
                 let joined = try join(path, kept: Array("kept".utf8), unixBackend: unix)
                 defer { close(joined.client); close(joined.backend) }
-                if name == "relay" {
-                    XCTAssertTrue(joined.session is RelayDataPath.Handover, "the relay took the sockets over (unix: \(unix))")
-                }
                 writeAll(joined.client, Array("hello".utf8))
                 XCTAssertEqual(String(decoding: read(joined.backend, 9), as: UTF8.self), "kepthello", name)
                 let big = indexedBytes(3 << 20)
@@ -223,7 +215,7 @@ final class DataPathTests: XCTestCase {
         }
         let relays = RelayGroup(threads: 2, name: "test-relay")
         XCTAssertTrue(eventually(timeout: 10) { threads("test-relay-") == 2 })
-        let path = RelayDataPath(traffic: Traffic(), relays: relays, logger: Logger(label: "test"))
+        let path = RelayDataPath(traffic: Traffic(), relays: relays)
         let joined = try join(path, kept: [])
         defer { close(joined.client); close(joined.backend) }
         relays.stop()

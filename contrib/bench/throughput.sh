@@ -7,6 +7,8 @@
 #   ROUNDS=5 SECONDS_PER_RUN=20 contrib/bench/throughput.sh
 #   RELAY=1 contrib/bench/throughput.sh    also a minimal C relay (relay.c): the floor of any
 #                                          proxy that passes bytes through user space
+#   CONNECT=1 contrib/bench/throughput.sh  a new connection per transaction (pgbench -C): what a
+#                                          client's setup costs (accept, admission, connect)
 source "$(dirname "$0")/../lib.sh"
 rounds=${ROUNDS:-3}
 duration=${SECONDS_PER_RUN:-10}
@@ -54,8 +56,9 @@ for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$harp_port" \
 
 "$pgbin/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 
+connect_flag=""; [ "${CONNECT:-0}" = 1 ] && connect_flag="-C"
 run() { # run PORT -> tps
-  "$pgbin/pgbench" -S -c 16 -j 2 -T "$duration" -n -h 127.0.0.1 -p "$1" -U postgres postgres 2>/dev/null \
+  "$pgbin/pgbench" -S $connect_flag -c 16 -j 2 -T "$duration" -n -h 127.0.0.1 -p "$1" -U postgres postgres 2>/dev/null \
     | awk '/^tps = / { print $3; exit }'
 }
 latency() { # latency PORT -> average ms of one client
@@ -67,7 +70,7 @@ ticks() { awk '{ print $14 + $15, $14, $15 }' "/proc/$1/stat"; }  # user+system,
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A results cpu cpus latencies
-echo "== $rounds rounds of ${duration}s: pgbench -S -c 16 -j 2 (haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nproc) cores)"
+echo "== $rounds rounds of ${duration}s: pgbench -S $connect_flag -c 16 -j 2 (haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nproc) cores)"
 for round in $(seq "$rounds"); do
   for target in $targets; do
     case $target in

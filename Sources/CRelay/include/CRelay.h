@@ -9,3 +9,7 @@ int harp_relay_name_thread(const char *name);
 /// Room left in a stream socket's send buffer: its size (SO_SNDBUF) less the bytes its peer has
 /// not acknowledged or taken yet (SIOCOUTQ); -1 on error.
 int harp_relay_send_room(int fd);
+
+/// Accepts a connection on a listening socket: the new socket non-blocking and close-on-exec
+/// (accept4, which Glibc's Swift module does not export); -1 with errno as accept4 sets it.
+int harp_relay_accept(int fd);

@@ -12,11 +12,12 @@ import Synchronization
 ///
 /// Where things are: the setup, in `Setup/`: the listener (`Listener.swift`); who gets in, waits
 /// or is refused (`Admission.swift`); what a leader change, fencing or a stop does to sessions
-/// (`Cutover.swift`); one client's way in (`ClientHandler.swift`). The bytes of an established
-/// session, in `DataPath/`: the seam (`DataPath.swift`), the relay's threads (`Relay.swift`), the
-/// message boundaries a cut needs (`SessionFraming.swift`), and the NIO glue the relay falls
-/// back to (`GlueHandler.swift`). Calls go one way: a client asks (admit, attach), the mode
-/// answers; the mode tells a client only to start again.
+/// (`Cutover.swift`); one client's way in (`ClientHandler.swift`); the sockets the proxy makes
+/// itself, accepted and connected on the relay's threads (`Sockets.swift`). The bytes of an
+/// established session, in `DataPath/`: the seam (`DataPath.swift`), the relay's threads
+/// (`Relay.swift`), and the message boundaries a cut needs (`SessionFraming.swift`). Calls go
+/// one way: a client asks (admit, join, leave), the mode answers; the mode tells a client only
+/// to start again.
 ///
 /// All mutable state lives on one event loop (`loop`); connections run on every loop of the group.
 final class BuiltinMode: ProxyMode, @unchecked Sendable {
@@ -29,6 +30,8 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     let logger: Logger
     /// How an established session's bytes pass.
     let dataPath: any DataPath
+    /// The relay's threads: they accept clients, wait for connects, and pass sessions' bytes.
+    let relays: RelayGroup
     /// Bytes each way, added to by the data path on any event loop.
     let traffic: Traffic
 
@@ -52,7 +55,6 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         let channel: any Channel
         /// nil while the client waits for a lead master.
         var target: LeaderTarget?
-        var server: (any Channel)?
         /// Once joined: the session, which ends the entry when it closes.
         var session: (any DataPathSession)?
         var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?
@@ -93,24 +95,30 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     /// The host's ear for a lead master that refused a connect (`onLeaderRefusedConnection`).
     let refusedConnection = Mutex<(@Sendable (LeaderTarget) -> Void)?>(nil)
 
-    convenience init(instance: InstanceConfiguration, context: ModeContext, logger: Logger) {
+    init(instance: InstanceConfiguration, context: ModeContext, logger: Logger) {
+        self.instance = instance
+        group = context.group
+        self.logger = logger
+        loop = context.loop
+        relays = context.relays
         let traffic = Traffic()
-        self.init(instance: instance, group: context.group, loop: context.loop, logger: logger, traffic: traffic,
-                  dataPath: RelayDataPath(traffic: traffic, relays: context.relays, logger: logger))
+        self.traffic = traffic
+        dataPath = RelayDataPath(traffic: traffic, relays: relays)
+        listenSocket = Listener(loop: loop, relays: relays, logger: logger) { [unowned self] client in self.accepted(client) }
     }
 
-    /// - Parameter dataPath: how sessions' bytes pass; counts them in `traffic`.
-    init(instance: InstanceConfiguration, group: any EventLoopGroup, loop: any EventLoop, logger: Logger,
-         traffic: Traffic, dataPath: any DataPath) {
-        self.instance = instance
-        self.group = group
-        self.logger = logger
-        self.loop = loop
-        self.traffic = traffic
-        self.dataPath = dataPath
-        listenSocket = Listener(loop: loop, group: group, logger: logger) { [unowned self] channel in
-            try channel.pipeline.syncOperations.addHandler(ClientHandler(mode: self))
-        }
+    /// A client the listener accepted (on a relay thread): its setup runs on NIO, on a
+    /// duplicate of its socket; the socket itself stays the proxy's, for the data path.
+    func accepted(_ client: CInt) {
+        let socket = OwnedSocket(client)
+        let duplicate = fcntl(client, F_DUPFD_CLOEXEC, 0)
+        guard duplicate >= 0 else { return }  // out of descriptors: the client is closed
+        ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(ClientHandler(mode: self, socket: socket)) }
+            }
+            .withConnectedSocket(duplicate)
+            .whenFailure { _ in socket.close() }
     }
 
     // MARK: - ProxyMode

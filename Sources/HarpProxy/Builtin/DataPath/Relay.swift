@@ -28,7 +28,7 @@ public final class RelayGroup: Sendable {
         loops = (0..<max(1, threads)).map { RelayLoop(name: "\(name)-\($0)", logger: logger) }
     }
 
-    /// The thread a new session goes to: each in turn.
+    /// The thread a new session (or a socket of the setup) goes to: each in turn.
     func pick() -> RelayLoop {
         loops[next.add(1, ordering: .relaxed).oldValue % loops.count]
     }
@@ -47,6 +47,10 @@ final class RelayLoop: @unchecked Sendable {
     enum Command {
         case add(RelaySession)
         case cut(RelaySession, ByteBuffer)
+        /// Watches a socket of the setup (a listener, a connect under way) for `events`.
+        case watch(any RelayWatch, events: UInt32)
+        /// Stops watching it; its `unwatched` runs on the thread once it is out of the set.
+        case unwatch(any RelayWatch)
         case stop
     }
 
@@ -70,6 +74,12 @@ final class RelayLoop: @unchecked Sendable {
     /// Sessions that used up their share of reads with input left: read again after the batch,
     /// before the thread waits, so that one fast stream does not hold up the others.
     fileprivate var again: [RelaySession] = []
+    /// The setup's sockets this thread watches, by key (`watchTag` set, then a serial number).
+    private var watches: [UInt64: any RelayWatch] = [:]
+    private var nextWatch: UInt64 = 0
+    /// Keys of the epoll set: a session's are its slot and side (far below this), the wake's is
+    /// all ones, a watch's has this bit.
+    private static let watchTag: UInt64 = 1 << 62
 
     init(name: String, logger: Logger) {
         self.logger = logger
@@ -99,7 +109,13 @@ final class RelayLoop: @unchecked Sendable {
             inbox.commands.append(command)
             return (inbox.commands.count == 1, false)
         }
-        if stopped, case .add(let session) = command { session.closeUnstarted() }
+        if stopped {
+            switch command {
+            case .add(let session): session.closeUnstarted()
+            case .watch(let watch, _), .unwatch(let watch): watch.abandoned()
+            case .cut, .stop: break
+            }
+        }
         if wasEmpty {
             var one: UInt64 = 1
             _ = write(wake, &one, 8)
@@ -117,13 +133,14 @@ final class RelayLoop: @unchecked Sendable {
         defer {
             events.deallocate()
             for case let session? in sessions { session.close() }
+            for watch in watches.values { watch.abandoned() }
             Glibc.close(epoll)
             Glibc.close(wake)
             buffer.deallocate()
         }
         var failures = 0
         while true {
-            let ready = epoll_wait(epoll, events, CInt(capacity), again.isEmpty ? -1 : 0)
+            let ready = epoll_wait(epoll, events, CInt(capacity), again.isEmpty ? waitTimeout() : 0)
             if ready < 0 {
                 guard errno != EINTR else { continue }
                 // Not expected (the set and the buffer are the thread's own): said once, and
@@ -138,6 +155,10 @@ final class RelayLoop: @unchecked Sendable {
                 let key = event.data.u64
                 if key == UInt64.max {
                     if !drainInbox() { return }
+                    continue
+                }
+                if key & Self.watchTag != 0 {
+                    watches[key]?.handle(event.events, on: self)
                     continue
                 }
                 let slot = Int(key >> 1)
@@ -157,7 +178,62 @@ final class RelayLoop: @unchecked Sendable {
                 freeSlots.append(contentsOf: freedInBatch)
                 freedInBatch.removeAll(keepingCapacity: true)
             }
+            expireWatches()
         }
+    }
+
+    /// Milliseconds until the first watch's deadline, -1 if none has one.
+    private func waitTimeout() -> CInt {
+        var first: NIODeadline?
+        for watch in watches.values {
+            if let deadline = watch.deadline, first.map({ deadline < $0 }) ?? true { first = deadline }
+        }
+        guard let first else { return -1 }
+        let nanoseconds = (first - .now()).nanoseconds
+        return nanoseconds <= 0 ? 0 : CInt(min(Int64(60_000), (nanoseconds + 999_999) / 1_000_000))
+    }
+
+    private func expireWatches() {
+        guard !watches.isEmpty else { return }
+        let now = NIODeadline.now()
+        for watch in watches.values {
+            if let deadline = watch.deadline, deadline <= now { watch.expired(on: self) }
+        }
+    }
+
+    // MARK: - Watches (on this thread)
+
+    /// Adds `watch` to the set (level-triggered: what it does not take is reported again).
+    private func startWatching(_ watch: any RelayWatch, events: UInt32) {
+        nextWatch += 1
+        let key = Self.watchTag | nextWatch
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = key
+        guard epoll_ctl(epoll, EPOLL_CTL_ADD, watch.fd, &event) == 0 else {
+            watch.failedToWatch(errno)
+            return
+        }
+        watch.key = key
+        watches[key] = watch
+        watch.watching(on: self)
+    }
+
+    /// Changes the events `watch` is told of (none: paused).
+    func modify(_ watch: any RelayWatch, events: UInt32) {
+        assertOnThread()
+        guard watches[watch.key] != nil else { return }
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = watch.key
+        epoll_ctl(epoll, EPOLL_CTL_MOD, watch.fd, &event)
+    }
+
+    /// Takes `watch` out of the set; its socket is the watch's to close or hand on.
+    func stopWatching(_ watch: any RelayWatch) {
+        assertOnThread()
+        guard watches.removeValue(forKey: watch.key) != nil else { return }
+        epoll_ctl(epoll, EPOLL_CTL_DEL, watch.fd, nil)
     }
 
     /// False once the loop is to stop.
@@ -176,6 +252,11 @@ final class RelayLoop: @unchecked Sendable {
                 guard !session.isClosed else { continue }
                 session.cutNow(with: error)
                 release(session.slot)
+            case .watch(let watch, let events):
+                startWatching(watch, events: events)
+            case .unwatch(let watch):
+                stopWatching(watch)
+                watch.unwatched()
             case .stop:
                 return false
             }
@@ -215,6 +296,26 @@ final class RelayLoop: @unchecked Sendable {
         sessions[slot] = nil
         freedInBatch.append(slot)
     }
+}
+
+/// A socket of the setup that a relay thread watches: a listening socket (`Acceptor`), a connect
+/// to the lead master under way (`LeaderConnect`). Its methods run on that thread.
+protocol RelayWatch: AnyObject, Sendable {
+    var fd: CInt { get }
+    /// Its key in the thread's set, given when it is added.
+    var key: UInt64 { get set }
+    /// When `expired` runs, if ever.
+    var deadline: NIODeadline? { get }
+    /// Added to the thread's set.
+    func watching(on loop: RelayLoop)
+    /// `epoll_ctl` refused it.
+    func failedToWatch(_ error: CInt)
+    func handle(_ events: UInt32, on loop: RelayLoop)
+    func expired(on loop: RelayLoop)
+    /// Out of the set at its own request (`.unwatch`).
+    func unwatched()
+    /// The relay stopped (or was stopped before it could be added): it closes what it holds.
+    func abandoned()
 }
 
 /// One session on the relay: the client's socket and the lead master's, each with what is kept

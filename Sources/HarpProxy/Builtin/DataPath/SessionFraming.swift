@@ -9,8 +9,7 @@ import NIOCore
 /// side is read only until its startup message, to count the SSLRequest and GSSENCRequest
 /// packets whose one-byte answers come first. Once the lead master accepts encryption ('S' or
 /// 'G') the stream is opaque and nothing is ever added to it. Anything that does not look like
-/// PostgreSQL makes it opaque too. Confined to the session's thread (its relay thread, or the
-/// glue's event loop).
+/// PostgreSQL makes it opaque too. Confined to the session's relay thread once it starts.
 final class SessionFraming {
     // The client's side, until its startup message.
     private var clientStarted = false

@@ -71,7 +71,6 @@ extension BuiltinMode {
         let entry = ClientEntry(channel: channel)
         clients[id] = entry
         clientCounters.total += 1
-        channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: channel) } }
         guard !stopped else {
             channel.close(promise: nil)  // `stop` did not see it: closed here
             return
@@ -93,7 +92,6 @@ extension BuiltinMode {
         let entry = ClientEntry(channel: channel)
         clients[id] = entry
         clientCounters.total += 1
-        channel.closeFuture.whenComplete { _ in self.loop.execute { self.remove(id, closing: channel) } }
         return assign(entry, plan)
     }
 
@@ -138,7 +136,7 @@ extension BuiltinMode {
     func readmit(_ channel: any Channel) -> EventLoopFuture<Admission> {
         loop.flatSubmit {
             guard !self.stopped, let plan = self.plan, let entry = self.clients[ObjectIdentifier(channel)],
-                  entry.server == nil, entry.waiter == nil else {
+                  entry.session == nil, entry.waiter == nil else {
                 return self.loop.makeFailedFuture(Refusal.shuttingDown)
             }
             return self.assign(entry, plan)
@@ -153,14 +151,17 @@ extension BuiltinMode {
         loop.execute { self.noteRefusal("cannot connect to the lead master", reason: "leader_unreachable", ["leader": "\(target)", "error": "\(error)"]) }
     }
 
-    func remove(_ id: ObjectIdentifier, closing channel: any Channel) {
-        // A joined session's entry ends with the session, not with NIO's channel.
-        guard clients[id]?.session == nil, let entry = dropClient(id) else { return }
-        if let waiter = entry.waiter {
-            waiter.timeout.cancel()
-            waiter.promise.fail(Refusal.shuttingDown)
+    /// A client gone before it was joined (its handler says so, on the client's loop): its
+    /// entry ends. A joined client's entry ends with its session instead.
+    func left(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        loop.execute {
+            guard self.clients[id]?.session == nil, let entry = self.dropClient(id) else { return }
+            if let waiter = entry.waiter {
+                waiter.timeout.cancel()
+                waiter.promise.fail(Refusal.shuttingDown)
+            }
         }
-        entry.server?.close(promise: nil)
     }
 
     /// Counts a refusal and logs at most one line per five seconds. Refusals within the five

@@ -5,9 +5,10 @@ import NIOPosix
 import Glibc
 #endif
 
-/// One client's way in: admission, connecting to the lead master, then handing both over to the
-/// mode's data path (the relay). Until then the client's bytes (its startup packet, or an
-/// SSLRequest) are kept and passed on unchanged once the lead master is connected.
+/// One client's way in: admission, connecting to the lead master, then handing both sockets
+/// over to the mode's data path (the relay). It runs on NIO, on a duplicate of the client's
+/// socket (`socket` is the proxy's own). Until the hand-over the client's bytes (its startup
+/// packet, or an SSLRequest) are kept and passed on unchanged once the lead master is connected.
 ///
 /// A client that cannot be served gets an ErrorResponse that libpq shows: an SSLRequest or
 /// GSSENCRequest is answered 'N' first, then the startup message is read and the error sent.
@@ -23,6 +24,9 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     static let refusalTimeout: TimeAmount = .seconds(10)
 
     private let mode: BuiltinMode
+    /// The client's socket, the proxy's own (NIO's channel has a duplicate): the data path's
+    /// once joined, closed with the channel otherwise.
+    private let socket: OwnedSocket
     private var state = State.admitting
     private var buffer: ByteBuffer?
     private var refusal: Refusal?
@@ -30,8 +34,8 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Which connect is the current one: one given up (`startAgain`) may still finish, and is
     /// then closed unused.
     private var attempt = 0
-    /// The lead master being connected to, and the admission's count of moves.
-    private var connectingServer: (any Channel)?
+    /// The connect to the lead master under way, and the admission's count of moves.
+    private var connecting: LeaderConnect?
     private var admittedGeneration: UInt64 = 0
     /// The latest move of the lead master this client was told of: an admission given before it
     /// (on its way here when the word came) is not used.
@@ -41,10 +45,27 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var retry: Scheduled<Void>?
     private var retryDelay = TimeAmount.zero
 
-    init(mode: BuiltinMode) { self.mode = mode }
+    init(mode: BuiltinMode, socket: OwnedSocket) {
+        self.mode = mode
+        self.socket = socket
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Gone before it was joined (it hung up, was refused or closed by the mode): the connect
+    /// under way is given up, the proxy's socket closed, and the mode forgets the client. A
+    /// joined client's handler has left the pipeline: its session ends it instead.
+    func channelInactive(context: ChannelHandlerContext) {
+        retry?.cancel()
+        retry = nil
+        attempt += 1
+        connecting?.cancel()
+        connecting = nil
+        socket.close()
+        mode.left(context.channel)
+        context.fireChannelInactive()
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         admitted(context: context, mode.admit(context.channel))
@@ -93,8 +114,8 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func restart(context: ChannelHandlerContext) {
         attempt += 1
-        connectingServer?.close(promise: nil)
-        connectingServer = nil
+        connecting?.cancel()
+        connecting = nil
         state = .admitting
         admitted(context: context, mode.readmit(context.channel))
     }
@@ -113,16 +134,6 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
-    /// A client that hangs up before it is joined to the lead master is gone: close it, or it
-    /// would sit half-closed forever (remote half-closure is on for the data path's sake).
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, case .inputClosed = event {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
     // MARK: - Connect
 
     private func connect(context: ChannelHandlerContext, _ admission: BuiltinMode.Admission) {
@@ -135,66 +146,34 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         attempt += 1
         let thisAttempt = attempt
         admittedGeneration = admission.generation
+        // The client's side as the lead master's (`setKeepalive`), through NIO's duplicate.
         let keepalive = admission.keepaliveSeconds
         _ = context.channel.setOption(.socketOption(.so_keepalive), value: 1)
-        // Idle time and probe interval both `keepalive`, as HARP (Go's keepalive period) does: a
-        // peer gone silent is found after 10 periods (the kernel's 9 probes), not 11 minutes.
-        // The same bound holds while bytes to it wait for an acknowledgement, when keepalive
-        // does not probe and retransmissions alone would take about 15 minutes (TCP_USER_TIMEOUT).
-        let silence = keepalive * 10 * 1000
         _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
         _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive)
-        _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_USER_TIMEOUT)), value: silence)
-
-        var bootstrap = ClientBootstrap(group: context.eventLoop)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .connectTimeout(admission.connectTimeout)
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        bootstrap = bootstrap.channelInitializer { channel in
-            // On the client's loop (the bootstrap's group is that loop alone). A name may be
-            // tried at several addresses, each a channel; the last one is kept for `restart`.
-            guard handler.value.attempt == thisAttempt else { return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
-            handler.value.connectingServer = channel
-            return channel.eventLoop.makeSucceededVoidFuture()
-        }
-        let connecting: EventLoopFuture<any Channel>
-        switch admission.target.address {
-        case .tcp(let host, let port):
-            bootstrap = bootstrap
-                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .channelOption(.socketOption(.so_keepalive), value: 1)
-                .channelOption(.tcpOption(.init(rawValue: TCP_KEEPIDLE)), value: keepalive)
-                .channelOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: keepalive)
-                .channelOption(.tcpOption(.init(rawValue: TCP_USER_TIMEOUT)), value: silence)
-            // An address as written: no resolver (NIO's runs getaddrinfo off the loop and
-            // races A and AAAA, a few thread hand-offs per connection); a name: resolved.
-            if let address = try? SocketAddress(ipAddress: host, port: port) {
-                connecting = bootstrap.connect(to: address)
-            } else {
-                connecting = bootstrap.connect(host: host, port: port)
-            }
-        case .unixSocket(let directory, let port):
-            connecting = bootstrap.connect(unixDomainSocketPath: "\(directory)/.s.PGSQL.\(port)")
-        }
+        _ = context.channel.setOption(.tcpOption(.init(rawValue: TCP_USER_TIMEOUT)), value: keepalive * 10 * 1000)
+        let connect = LeaderConnect.start(admission.target.address, relays: mode.relays, loop: context.eventLoop,
+                                          timeout: admission.connectTimeout, keepaliveSeconds: admission.keepaliveSeconds)
+        connecting = connect
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let mode = self.mode
-        connecting.whenComplete { result in
+        connect.futureResult.whenComplete { result in
             let (handler, context) = bound.value
             guard thisAttempt == handler.attempt else {
-                if case .success(let server) = result { server.close(promise: nil) }  // given up
+                if case .success(let server) = result { close(server) }  // given up
                 return
             }
-            handler.connectingServer = nil
+            handler.connecting = nil
             switch result {
             case .success(let server):
                 guard context.channel.isActive else {
-                    server.close(promise: nil)
+                    close(server)
                     context.close(promise: nil)
                     return
                 }
-                guard mode.attach(context.channel, server: server, target: admission.target) else {
+                guard mode.mayJoin(admission.target) else {
                     // The lead master moved during the connect: nothing was sent to it.
-                    server.close(promise: nil)
+                    close(server)
                     handler.restart(context: context)
                     return
                 }
@@ -206,8 +185,9 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.restart(context: context)
                     return
                 }
-                if Self.isRefused(error), handler.retryLater(context: context, admission) { return }
-                let reason = Self.connectFailure(error, timeout: admission.connectTimeout)
+                let failure = error as? LeaderConnect.Failure ?? .failed(EIO)
+                if failure.isRefused, handler.retryLater(context: context, admission) { return }
+                let reason = failure.reason(timeout: admission.connectTimeout)
                 mode.connectFailed(reason, target: admission.target)
                 handler.refuse(context: context, .cannotConnect(leader: "\(admission.target)", error: reason))
             }
@@ -239,40 +219,20 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         return true
     }
 
-    /// The connect was refused: nothing listens at the address (or no socket file for a Unix socket).
-    static func isRefused(_ error: any Error) -> Bool {
-        guard let io = underlying(error) as? IOError else { return false }
-        return io.errnoCode == ECONNREFUSED || io.errnoCode == ENOENT
-    }
-
-    /// The first address's error of a failed connect, not NIO's wrapper around them all.
-    private static func underlying(_ error: any Error) -> any Error {
-        (error as? NIOConnectionError)?.connectionErrors.first?.error ?? error
-    }
-
-    /// The reason in a few words a client can show ("Connection refused"), not NIO's error dump.
-    static func connectFailure(_ error: any Error, timeout: TimeAmount) -> String {
-        let underlying = underlying(error)
-        if let io = underlying as? IOError { return String(cString: strerror(io.errnoCode)) }
-        if case ChannelError.connectTimeout = underlying { return "no answer within \(timeout.nanoseconds / 1_000_000) ms (timeout)" }
-        return "\(underlying)"
-    }
-
-    /// Joins the client to the lead master through the mode's data path, the kept bytes first,
-    /// and leaves the pipeline. The mode records the session before it starts: the relay closes
-    /// NIO's channels then, and their closing must find the session recorded.
-    private func handOver(context: ChannelHandlerContext, to server: any Channel, target: LeaderTarget) {
-        let session: any DataPathSession
-        do {
-            session = try mode.dataPath.join(client: context.channel, server: server, kept: buffer)
-        } catch {
-            server.close(promise: nil)
+    /// Joins the client to the lead master through the mode's data path, the kept bytes first:
+    /// both sockets go to it, NIO's duplicate of the client's is closed, and the mode records
+    /// the session. Nothing of NIO's is left in it.
+    private func handOver(context: ChannelHandlerContext, to server: CInt, target: LeaderTarget) {
+        guard let client = socket.take() else {
+            close(server)
             context.close(promise: nil)
             return
         }
+        let session = mode.dataPath.join(client: client, server: server, kept: buffer, loop: context.eventLoop)
         state = .handedOver
         buffer = nil
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        context.channel.close(promise: nil)
         mode.joined(context.channel, session, to: target)
         session.start()
     }

@@ -6,56 +6,27 @@ import NIOCore
 /// 57P01 that says why, both sides; the ones still connecting start again with the new lead
 /// master (nothing of theirs reached the old one).
 extension BuiltinMode {
-    /// Closes every connection of a lead master that is no longer the one, both sides: every
-    /// client first, then every lead-master side. Each server-side close wakes a backend that
-    /// exits and competes for the CPU; the clients should not wait behind that. A client still
-    /// connecting has sent nothing to the old one: it starts again instead (`startAgain`).
+    /// Closes every connection of a lead master that is no longer the one, both sides, with a
+    /// 57P01 that says why. A client still connecting has sent nothing to the old one: it starts
+    /// again instead (`startAgain`).
     func closeConnections(from previous: LeaderTarget?, to next: LeaderTarget?, observedAt: ContinuousClock.Instant) {
         var closed: [EventLoopFuture<Void>] = []
         var restarting: [EventLoopFuture<ClientHandler.Restart>] = []
-        var byLoop: [ObjectIdentifier: (loop: any EventLoop, clients: [any Channel], servers: [any Channel])] = [:]
         var sessions: [any DataPathSession] = []
         for entry in clients.values where entry.target != nil {
-            if entry.server == nil {
+            guard let session = entry.session else {
                 restarting.append(startAgain(entry))
                 continue
             }
             entry.target = nil
-            if let session = entry.session {
-                sessions.append(session)
-                closed.append(session.closed)
-                continue
-            }
-            let loop = entry.channel.eventLoop
-            byLoop[ObjectIdentifier(loop), default: (loop, [], [])].clients.append(entry.channel)
-            closed.append(entry.channel.closeFuture)
-            if let server = entry.server {
-                byLoop[ObjectIdentifier(server.eventLoop), default: (server.eventLoop, [], [])].servers.append(server)
-                closed.append(server.closeFuture)
-            }
+            sessions.append(session)
+            closed.append(session.closed)
         }
-        // One task per event loop, its clients first, then its lead-master sides. The other
-        // loops' tasks go out first, so that their threads wake while this one does its share.
         let error = cutMessage(from: previous, to: next)
         for session in sessions { session.cut(with: error) }
-        var own: (clients: [any Channel], servers: [any Channel])?
-        for (loop, clients, servers) in byLoop.values {
-            if loop.inEventLoop {
-                own = (clients, servers)
-            } else {
-                loop.execute {
-                    for client in clients { self.dataPath.cut(client, with: error) }
-                    for server in servers { server.close(promise: nil) }
-                }
-            }
-        }
-        if let own {
-            for client in own.clients { self.dataPath.cut(client, with: error) }
-            for server in own.servers { server.close(promise: nil) }
-        }
         guard previous != nil else { return }
         let metadata: Logger.Metadata = ["from": "\(previous.map { "\($0)" } ?? "none")", "to": "\(next.map { "\($0)" } ?? "none")"]
-        let attached = byLoop.values.reduce(0) { $0 + $1.clients.count } + sessions.count
+        let attached = sessions.count
         let allClosed = EventLoopFuture.andAllComplete(closed, on: loop)
         let restartingCount = restarting.count
         EventLoopFuture.whenAllComplete(restarting, on: loop).and(allClosed).whenComplete { [logger] result in
@@ -78,7 +49,7 @@ extension BuiltinMode {
     /// still connecting (or asking again after a refused connect) start again, and so wait too.
     /// Joined sessions stay.
     func holdClientsNotJoined() {
-        for entry in clients.values where entry.target != nil && entry.server == nil && entry.waiter == nil {
+        for entry in clients.values where entry.target != nil && entry.session == nil && entry.waiter == nil {
             _ = startAgain(entry)
         }
     }
@@ -98,8 +69,9 @@ extension BuiltinMode {
     /// Tells a client admitted to a lead master that has moved, and not joined to it as far as
     /// `loop` knows, to start again: no byte of it has reached the old one, so it goes to the
     /// new one (or waits for one) instead of being cut. In an unplanned failover, a connect to
-    /// the failed node that would hang until `timeout` is dropped at once. A client that was
-    /// joined meanwhile, on its own loop, is closed; one being refused reads its error.
+    /// the failed node that would hang until `timeout` is dropped at once. A client joined
+    /// meanwhile on its own loop is cut when its session is recorded (`joined`); one being
+    /// refused reads its error.
     func startAgain(_ entry: ClientEntry) -> EventLoopFuture<ClientHandler.Restart> {
         entry.target = nil
         let channel = entry.channel
@@ -112,9 +84,11 @@ extension BuiltinMode {
         }
     }
 
-    /// Called on the client's loop once the session is joined, before it starts: the entry
-    /// keeps it, and ends when it closes. A session whose lead master moved, or whose client
-    /// was cut meanwhile (`closeConnections` found it attached, not yet recorded), is cut here.
+    /// Called on the client's loop once it is joined, before its session starts: the entry keeps
+    /// the session, and ends when it closes. A session whose lead master moved or went meanwhile,
+    /// or that the instance's stop did not see, is cut here. One joined to the lead master still
+    /// in place stays, even if that lead master does not take new clients now: sessions of a
+    /// node that is only in doubt are kept.
     func joined(_ client: any Channel, _ session: any DataPathSession, to joinedTarget: LeaderTarget) {
         let id = ObjectIdentifier(client)
         loop.execute {
@@ -124,31 +98,21 @@ extension BuiltinMode {
             }
             entry.session = session
             session.closed.whenComplete { _ in self.loop.execute { self.dropClient(id) } }
-            guard !self.stopped, entry.target != nil, joinedTarget.sameRoute(as: self.target) else {
+            guard !self.stopped, joinedTarget.sameRoute(as: self.target) else {
+                entry.target = nil
                 session.cut(with: self.cutMessage(from: joinedTarget, to: self.target))
                 return
             }
+            entry.target = joinedTarget
         }
     }
 
     /// Called on the client's loop once the connection to `target` is up: false if the lead
-    /// master moved meanwhile, and the caller must close both sides rather than pass a byte. A
-    /// move after this check closes both: `loop` closes the client (whose glue closes the
-    /// server), or finds the server here.
-    func attach(_ client: any Channel, server: any Channel, target: LeaderTarget) -> Bool {
+    /// master moved meanwhile (as published), and the caller must close it rather than pass a
+    /// byte. A move after this check is found by `joined`.
+    func mayJoin(_ target: LeaderTarget) -> Bool {
         let route = route.withLock { $0 }
         guard !route.stopped, let current = route.admission, current.target.sameRoute(as: target) else { return false }
-        loop.execute {
-            guard !self.stopped, let entry = self.clients[ObjectIdentifier(client)], target.sameRoute(as: entry.target),
-                  target.sameRoute(as: self.target), self.admitting else {
-                // Joined on its loop just before the move reached it: cut like the others.
-                let error = self.cutMessage(from: target, to: self.target)
-                client.eventLoop.execute { self.dataPath.cut(client, with: error) }
-                server.close(promise: nil)
-                return
-            }
-            entry.server = server
-        }
         return true
     }
 
@@ -172,14 +136,10 @@ extension BuiltinMode {
                 closing.append(session.closed)
                 continue
             }
-            // The lead-master side only after the client's cut, on the client's loop: closed
-            // first, it would have the glue close the client before the message is written.
+            // Not joined: nothing passed yet, and nothing to say between two messages. One
+            // joined meanwhile is cut by `joined`.
             let channel = entry.channel
-            let server = entry.server
-            channel.eventLoop.execute {
-                self.dataPath.cut(channel, with: stopping)
-                server?.close(promise: nil)
-            }
+            channel.eventLoop.execute { channel.close(promise: nil) }
             closing.append(channel.closeFuture)
         }
         return EventLoopFuture.andAllComplete(closing, on: loop)

@@ -1,15 +1,15 @@
 import HarpConfig
 import Logging
 import NIOCore
-import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// One builtin instance's listening socket: bound where the plan says, moved when the plan
 /// moves it, and retried every second while the address is in use. Existing connections stay
-/// when it moves; the old listener keeps serving until a new one is bound. Confined to `loop`
-/// (hence unchecked Sendable: its own closures run there).
+/// when it moves; the old listener keeps serving until a new one is bound. The socket is the
+/// proxy's own, its clients accepted on a relay thread (`Acceptor`). Confined to `loop` (hence
+/// unchecked Sendable: its own closures run there).
 final class Listener: @unchecked Sendable {
     private struct Address: Equatable, CustomStringConvertible {
         var host: String
@@ -18,12 +18,12 @@ final class Listener: @unchecked Sendable {
     }
 
     private let loop: any EventLoop
-    private let group: any EventLoopGroup
+    private let relays: RelayGroup
     private let logger: Logger
-    /// Sets up each accepted client's pipeline.
-    private let accept: @Sendable (any Channel) throws -> Void
+    /// Takes each accepted client's socket (on a relay thread).
+    private let accept: @Sendable (CInt) -> Void
 
-    private var channel: (any Channel)?
+    private var acceptor: Acceptor?
     private var listeningOn: Address?
     private var binding: Address?
     private var failureLogged: Address?
@@ -33,9 +33,9 @@ final class Listener: @unchecked Sendable {
     /// Why the address the plan asks for is not held (another instance or process has it).
     private(set) var error: String?
 
-    init(loop: any EventLoop, group: any EventLoopGroup, logger: Logger, accept: @escaping @Sendable (any Channel) throws -> Void) {
+    init(loop: any EventLoop, relays: RelayGroup, logger: Logger, accept: @escaping @Sendable (CInt) -> Void) {
         self.loop = loop
-        self.group = group
+        self.relays = relays
         self.logger = logger
         self.accept = accept
     }
@@ -61,44 +61,41 @@ final class Listener: @unchecked Sendable {
         retry?.cancel()
         retry = nil
         binding = address
-        if let old = channel, listeningOn?.port == address.port {
+        var ready = loop.makeSucceededVoidFuture()
+        if let old = acceptor, listeningOn?.port == address.port {
             // Another address on the same port: the old listener holds the port, so it goes first.
             // Established connections stay; only new ones wait for the new bind.
-            old.close(promise: nil)
-            channel = nil
+            ready = old.close()
+            acceptor = nil
             listeningOn = nil
         }
-        let accept = self.accept
-        ServerBootstrap(group: loop, childGroup: group)
-            .serverChannelOption(.backlog, value: 512)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in channel.eventLoop.makeCompletedFuture { try accept(channel) } }
-            .bind(host: address.host, port: address.port)
-            .hop(to: loop)
-            .whenComplete { result in self.bound(address, result) }
+        ready.whenComplete { _ in
+            guard self.binding == address, !self.stopped else { return }  // moved on meanwhile
+            self.bound(address, makeListeningSocket(host: address.host, port: address.port))
+        }
     }
 
-    private func bound(_ address: Address, _ result: Result<any Channel, any Error>) {
+    private func bound(_ address: Address, _ result: Result<CInt, ResolveError>) {
         guard binding == address, !stopped else {
-            if case .success(let channel) = result { channel.close(promise: nil) }
+            if case .success(let fd) = result { Glibc.close(fd) }
             return
         }
         binding = nil
         switch result {
-        case .success(let new):
-            let old = channel
-            channel = new
+        case .success(let fd):
+            let old = acceptor
+            let new = Acceptor(fd: fd, relays: relays, loop: loop, logger: logger, accepted: accept)
+            acceptor = new
+            new.start()
             listeningOn = address
             failureLogged = nil
             error = nil
-            old?.close(promise: nil)
+            _ = old?.close()
             logger.info("listening", metadata: ["listen": "\(address)"])
         case .failure(let failure):
-            error = "cannot listen on \(address): \(Self.reason(failure))"
+            error = "cannot listen on \(address): \(failure.reason)"
             if failureLogged != address {
-                logger.error("cannot listen; retrying every second", metadata: ["listen": "\(address)", "error": "\(failure)"])
+                logger.error("cannot listen; retrying every second", metadata: ["listen": "\(address)", "error": "\(failure.reason)"])
                 failureLogged = address
             }
             retry = loop.scheduleTask(in: .seconds(1)) {
@@ -108,18 +105,12 @@ final class Listener: @unchecked Sendable {
         }
     }
 
-    /// `address already in use`, rather than NIO's `bind(descriptor:ptr:bytes:): ... (errno: 98)`.
-    private static func reason(_ error: any Error) -> String {
-        if let io = error as? IOError { return String(cString: strerror(io.errnoCode)).lowercased() }
-        return "\(error)"
-    }
-
     /// Stops accepting; the future completes once the socket is closed.
     func close() -> EventLoopFuture<Void> {
         stopped = true
         retry?.cancel()
-        guard let channel else { return loop.makeSucceededVoidFuture() }
-        channel.close(promise: nil)
-        return channel.closeFuture
+        guard let acceptor else { return loop.makeSucceededVoidFuture() }
+        self.acceptor = nil
+        return acceptor.close()
     }
 }
