@@ -12,6 +12,9 @@ public protocol LeaderView: Sendable {
     /// How to tell whether the lead master of `location` takes writes: nil when the source
     /// names a leader only once it does, and never leaves one named that does not (HARP's).
     func writability(of location: String) -> WritabilityCheck?
+    /// The members of `location` a read-only instance may send clients to, and the others with
+    /// why not (`Replicas.swift`).
+    func replicas(of location: String, maxLag: Int?) -> ReplicaSet
 }
 
 /// A named lead master that may not take writes at every moment it is named: Patroni takes its

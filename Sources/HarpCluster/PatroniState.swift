@@ -17,6 +17,9 @@ public struct PatroniState: LeaderView {
     public let members: [String: [String: PatroniMember]]
     public let problems: [RecordProblem]
     public let locations: Set<String>
+    /// Each scope's leader position at Patroni's last loop (`<scope>/status`'s `optime`), for
+    /// replicas' lag.
+    public let optimes: [String: Int]
     /// libpq settings to ask a named leader itself whether it is out of recovery (`dcs.patroni_check_dsn`).
     public let checkDSN: String?
 
@@ -28,6 +31,7 @@ public struct PatroniState: LeaderView {
         var members: [String: [String: PatroniMember]] = [:]
         var problems: [RecordProblem] = []
         var scopes: Set<String> = []
+        var optimes: [String: Int] = [:]
         for kv in snapshot.values.values where kv.key.hasPrefix(prefix) {
             let path = kv.key.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
             guard let scope = path.first, !scope.isEmpty else { continue }
@@ -48,6 +52,9 @@ public struct PatroniState: LeaderView {
                 scopes.insert(scope)
             case 2 where path[1] == "initialize" || path[1] == "config":
                 scopes.insert(scope)
+            case 2 where path[1] == "status":
+                // {"optime": 50331648, ...}; a value not of that form gives no lag, not an error.
+                if case .success(let o) = RecordDecoding.object(kv), let optime = o["optime"] as? Int { optimes[scope] = optime }
             default:
                 continue  // status, failover, history, sync, and keys of later versions
             }
@@ -56,6 +63,7 @@ public struct PatroniState: LeaderView {
         self.members = members
         self.problems = problems.sorted { $0.key < $1.key }
         locations = scopes
+        self.optimes = optimes
     }
 
     /// The leader's record, read on every change, and the ways to ask the node itself. The
@@ -107,6 +115,10 @@ public struct PatroniMember: Sendable, Equatable {
     public var apiURL: String?
     /// The record's `mod_revision`.
     public var modRevision: Int64 = 0
+    /// Where its replay is, in bytes of WAL: `replay_lsn` (Patroni 4) or `xlog_location` (3).
+    public var position: Int?
+    /// `tags: {noloadbalance: true}`: no read clients for it (as Patroni's `/replica` check says).
+    public var noLoadBalance = false
 
     /// Whether the member, as leader, takes writes by its record.
     var says: WritabilityCheck.RecordSays {
@@ -130,8 +142,11 @@ public struct PatroniMember: Sendable, Equatable {
             if let role = o["role"], !(role is String) {
                 return .failure(RecordProblem(key: kv.key, reason: "\"role\" must be a string"))
             }
+            let tags = o["tags"] as? [String: Any]
+            let noLoadBalance = (tags?["noloadbalance"] as? Bool) ?? ((tags?["noloadbalance"] as? String).map { ["true", "on", "yes"].contains($0.lowercased()) } ?? false)
             return .success(PatroniMember(connURL: url, role: o["role"] as? String, state: o["state"] as? String, apiURL: o["api_url"] as? String,
-                                          modRevision: kv.modRevision))
+                                          modRevision: kv.modRevision, position: (o["replay_lsn"] as? Int) ?? (o["xlog_location"] as? Int),
+                                          noLoadBalance: noLoadBalance))
         }
     }
 }

@@ -54,6 +54,9 @@ public enum DirectiveKind: Sendable {
     case duration(DurationUnit)
     case choice([String])
     case boolean
+    /// A size in bytes: a bare number, or a number with PostgreSQL's units (`kB`, `MB`, `GB`, `TB`:
+    /// powers of 1024), as `max_wal_size` takes them.
+    case bytes
 
     /// The expected form, for error messages.
     public var expectation: String {
@@ -63,6 +66,7 @@ public enum DirectiveKind: Sendable {
         case .duration(let u): return "a duration: a number of \(u.name), or a number with ms, s or m (e.g. \(u == .milliseconds ? "250ms" : "5s"))"
         case .choice(let c): return "one of " + c.joined(separator: ", ")
         case .boolean: return "on/off or true/false"
+        case .bytes: return "a size: a number of bytes, or a number with kB, MB, GB or TB (e.g. 16MB)"
         }
     }
 }
@@ -126,6 +130,9 @@ public struct DirectiveSpec: Sendable {
         case .boolean:
             guard let b = parseBoolean(raw) else { return fail }
             return .success(.boolean(b))
+        case .bytes:
+            guard let size = parseBytes(raw) else { return fail }
+            return .success(.integer(size))
         }
     }
 }
@@ -185,6 +192,12 @@ public enum ProxyDirectives {
         .init("session_transfer_mode", .choice(SessionTransferMode.allCases.map(\.rawValue)), .string(SessionTransferMode.wait.rawValue), .pgbouncer,
               "on a switchover, wait (PAUSE, KILL after server_transfer_timeout), fast (KILL at once) or reconnect (RELOAD without PAUSE)"),
         .init("server_transfer_timeout", .duration(.seconds), .duration(.seconds(30)), .pgbouncer, "PAUSE wait before KILL"),
+        .init("route_to", .choice(RouteTo.allCases.map(\.rawValue)), .string(RouteTo.leadMaster.rawValue), .every, harp: false,
+              "where clients go: the location's lead master, or its replicas (builtin only)"),
+        .init("max_replica_lag", .bytes, nil, .builtin, harp: false,
+              "with route_to: replica, the most a replica may be behind the lead master (none set: no bound)"),
+        .init("replica_fallback", .choice(ReplicaFallback.allCases.map(\.rawValue)), .string(ReplicaFallback.none.rawValue), .builtin, harp: false,
+              "with route_to: replica, where clients go when no replica is a candidate: none (held, then refused) or lead_master"),
     ]
 
     /// A directive's default, as the table above says.
@@ -227,6 +240,10 @@ public enum DirectiveKeys {
     public static let authUser = DirectiveKey<String>("auth_user")
     public static let databaseName = DirectiveKey<String>("database_name")
     public static let defaultPoolSize = DirectiveKey<Int>("default_pool_size")
+    // replicas
+    public static let routeTo = DirectiveKey<String>("route_to")
+    public static let maxReplicaLag = DirectiveKey<Int>("max_replica_lag")
+    public static let replicaFallback = DirectiveKey<String>("replica_fallback")
 
     /// Every key above, with its value type's name, for the check against the table.
     public static let all: [(name: String, type: String)] = [
@@ -235,7 +252,7 @@ public enum DirectiveKeys {
         (keepalive.name, "Duration"), (timeout.name, "Duration"), (holdTimeout.name, "Duration"),
         (poolMode.name, "String"), (sessionTransferMode.name, "String"), (serverTransferTimeout.name, "Duration"),
         (authType.name, "String"), (authFile.name, "String"), (authUser.name, "String"), (databaseName.name, "String"),
-        (defaultPoolSize.name, "Int"),
+        (defaultPoolSize.name, "Int"), (routeTo.name, "String"), (maxReplicaLag.name, "Int"), (replicaFallback.name, "String"),
     ]
 }
 
@@ -245,6 +262,22 @@ public enum DCSFailurePolicy: String, Sendable, CaseIterable {
     case fence
     /// Route on to the last known lead master.
     case keep
+}
+
+/// `route_to`: where an instance sends its clients.
+public enum RouteTo: String, Sendable, CaseIterable {
+    /// The location's lead master (HARP's only way).
+    case leadMaster = "lead_master"
+    /// The location's replicas that are running, not tagged out, and within `max_replica_lag`.
+    case replica
+}
+
+/// `replica_fallback`: where a replica instance's clients go when no replica is a candidate.
+public enum ReplicaFallback: String, Sendable, CaseIterable {
+    /// Nowhere: held up to `hold_timeout`, then refused with the reason.
+    case none
+    /// The lead master (reads may then land on the primary; never the default).
+    case leadMaster = "lead_master"
 }
 
 /// `pool_mode` (pgbouncer).
@@ -283,6 +316,24 @@ func parseBoolean(_ raw: RawValue) -> Bool? {
         case "off", "false", "no", "n", "0": return false
         default: return nil
         }
+    }
+}
+
+/// `1048576` (bytes), `512kB`, `16MB`, `1GB`, `1TB`, with or without a space and in any case;
+/// PostgreSQL's units, powers of 1024. Whole numbers of bytes only.
+public func parseBytes(_ raw: RawValue) -> Int? {
+    switch raw {
+    case .boolean: return nil
+    case .number(let n): return n.isFinite && n >= 0 && n == n.rounded() && n < 1e18 ? Int(n) : nil
+    case .text(let text):
+        let t = text.trimmingSpaces
+        let digits = t.prefix { $0.isNumber }
+        guard !digits.isEmpty, let number = Int(digits) else { return nil }
+        let unit = String(t.dropFirst(digits.count)).trimmingSpaces.lowercased()
+        let factors: [String: Int] = ["": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40]
+        guard let factor = factors[unit] else { return nil }
+        let (product, overflow) = number.multipliedReportingOverflow(by: factor)
+        return overflow ? nil : product
     }
 }
 

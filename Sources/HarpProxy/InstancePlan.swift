@@ -56,6 +56,9 @@ public struct InstancePlan: Sendable, Equatable {
     public var dcsRead = true
     /// When the host saw the DCS change behind this plan: the start of reaction-time measurements.
     public var observedAt: ContinuousClock.Instant
+    /// For a replica instance (`route_to: replica`): the members clients may go to, and why
+    /// the others may not; nil for a lead-master instance.
+    public var replicas: ReplicaRoute? = nil
     /// Set when another instance of the process holds the listener this one's directives ask
     /// for: the mode must not bind it, and keeps whatever listener it has.
     public var listenBlocked: String? = nil
@@ -75,6 +78,10 @@ public struct InstancePlan: Sendable, Equatable {
     /// The state name in status records and logs.
     public var stateName: String {
         if !managed { return "unmanaged" }
+        if let replicas, !isFenced {
+            if !replicas.set.candidates.isEmpty { return "routing-replicas" }
+            return replicas.fallback == nil ? "no-replica" : "replica-fallback"
+        }
         switch routing {
         case .leader: return "routing"
         case .waitingForWrites: return "waiting-for-writes"
@@ -84,9 +91,34 @@ public struct InstancePlan: Sendable, Equatable {
         }
     }
 
+    var isFenced: Bool { if case .fenced = routing { return true } else { return false } }
+
     public static func == (a: InstancePlan, b: InstancePlan) -> Bool {
         a.location == b.location && a.directives == b.directives && a.managed == b.managed && a.routing == b.routing && a.maxClientConn == b.maxClientConn && a.dcsRead == b.dcsRead
-            && a.listenBlocked == b.listenBlocked
+            && a.listenBlocked == b.listenBlocked && a.replicas == b.replicas
+    }
+}
+
+/// Where a replica instance sends new clients.
+public struct ReplicaRoute: Sendable, Equatable {
+    public var set: ReplicaSet
+    /// The lead master, when no replica is a candidate and `replica_fallback: lead_master`.
+    public var fallback: LeaderTarget? = nil
+    /// Why new clients wait (no candidate, no fallback); nil while they are sent somewhere.
+    public var reason: String? = nil
+
+    /// Where new clients may go now: the candidates, else the fallback.
+    public var targets: [LeaderTarget] {
+        if !set.candidates.isEmpty { return set.candidates.map(\.target) }
+        return fallback.map { [$0] } ?? []
+    }
+
+    /// Members whose sessions stay: the candidates, those only lagging or tagged out, and the
+    /// fallback in use.
+    public var keepsSessions: Set<String> {
+        var keep = set.keepsSessions
+        if let fallback { keep.insert(fallback.name) }
+        return keep
     }
 }
 
@@ -107,5 +139,7 @@ public struct ClientCounters: Sendable, Equatable {
     public var cut = 0
     /// Clients still connecting when the lead master moved, sent on instead of cut.
     public var startedAgain = 0
+    /// A replica instance's sessions, by member.
+    public var sessionsByMember: [String: Int] = [:]
     public init() {}
 }

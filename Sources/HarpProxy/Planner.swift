@@ -113,6 +113,7 @@ enum Planner {
             }
             var plan = InstancePlan(location: location, directives: d, managed: state.isManaged(instance.name), routing: routing,
                                     maxClientConn: caps[instance.name] ?? d.maxClientConn, dcsRead: input.synced, observedAt: input.observedAt)
+            if d.routeTo == .replica { plan.replicas = replicaRoute(location: location, routing: routing, directives: d, input: input) }
             plan.listenBlocked = refusals[instance.name]
             plan.locationChoice = choice
             plan.dcsUnreachable = dcsUnreachable
@@ -150,6 +151,23 @@ enum Planner {
             return (.fenced(reason: "DCS unreachable for \(seconds(outage)) s, longer than the \(seconds(lease)) s lease"), nil, (outage, lease))
         }
         return (routing, input.now + (lease - outage), (outage, lease))
+    }
+
+    /// A replica instance's candidates (none while fenced or before the DCS is read), the lead
+    /// master as fallback if it is asked for and there is no candidate, and why clients wait if
+    /// neither.
+    static func replicaRoute(location: String?, routing: InstancePlan.Routing, directives: EffectiveDirectives, input: Input) -> ReplicaRoute {
+        guard let location, input.synced else {
+            return ReplicaRoute(set: ReplicaSet(), fallback: nil, reason: routing.reason ?? "no location")
+        }
+        if case .fenced(let reason) = routing { return ReplicaRoute(set: ReplicaSet(), fallback: nil, reason: "fenced, \(reason)") }
+        let set = input.leaders.replicas(of: location, maxLag: directives.maxReplicaLag)
+        guard set.candidates.isEmpty else { return ReplicaRoute(set: set, fallback: nil, reason: nil) }
+        let why = set.noCandidateReason(location: location, maxLag: directives.maxReplicaLag)
+        if directives.replicaFallback == .leadMaster, let leader = routing.serving {
+            return ReplicaRoute(set: set, fallback: leader, reason: nil)
+        }
+        return ReplicaRoute(set: set, fallback: nil, reason: why)
     }
 
     enum Writability: Equatable { case writable, notNow(String), never(String) }

@@ -25,6 +25,8 @@ public struct StatusRecord: Sendable {
     public var reason: String?
     /// The mode's own fields (pgbouncer: its pools and pooling settings).
     public var modeFields: [String: ModeReport.Field]
+    /// A replica instance's candidates and excluded members.
+    public var replicas: ReplicaRoute?
 
     public init(_ status: InstanceStatus) {
         name = status.name
@@ -41,6 +43,8 @@ public struct StatusRecord: Sendable {
         since = status.since
         modeFields = status.report.fields
         reason = status.plan?.routing.reason
+        replicas = status.plan?.replicas
+        if let replicas, !(status.plan?.isFenced ?? false) { reason = replicas.reason }
     }
 
     /// The JSON object, as the DCS record and the control socket show it.
@@ -59,6 +63,19 @@ public struct StatusRecord: Sendable {
             "since": since.formatted(Date.ISO8601FormatStyle()),
         ]
         if let listenError { object["listen_error"] = listenError }
+        if let replicas {
+            let sessions = clients.sessionsByMember
+            object["route_to"] = "replica"
+            object["replicas"] = [
+                "candidates": replicas.set.candidates.map { c -> [String: Any] in
+                    ["name": c.name, "address": "\(c.target.address)", "lag_bytes": c.lag ?? NSNull(), "sessions": sessions[c.name] ?? 0]
+                },
+                "excluded": replicas.set.excluded.map { e -> [String: Any] in
+                    ["name": e.name, "reason": e.reason, "lag_bytes": e.lag ?? NSNull(), "sessions": sessions[e.name] ?? 0, "sessions_cut": e.cutsSessions]
+                },
+                "fallback": replicas.fallback.map { $0.name } ?? NSNull(),
+            ] as [String: Any]
+        }
         // Why new clients are not sent to a lead master now.
         if let plan = reason { object["reason"] = plan }
         object.merge(modeFields.mapValues(\.json)) { shared, _ in shared }

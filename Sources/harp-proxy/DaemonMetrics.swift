@@ -21,7 +21,8 @@ actor DaemonMetrics {
     /// The series of each instance, so that an instance removed by a reload takes them along.
     private var seriesOfInstance: [String: Set<String>] = [:]
 
-    static let states = ["routing", "waiting-for-writes", "standby-leader", "no-leader", "no-location", "fenced", "listen-failed", "unmanaged", "stopped"]
+    static let states = ["routing", "waiting-for-writes", "standby-leader", "no-leader", "no-location", "fenced", "listen-failed", "unmanaged", "stopped",
+                         "routing-replicas", "no-replica", "replica-fallback"]
 
     init(host: ProxyHost, session: DCSSession) {
         self.host = host
@@ -42,7 +43,10 @@ actor DaemonMetrics {
             }
             g("harp_proxy_clients", [], Double(s.clients.current), "Clients connected or waiting now")
             c("harp_proxy_connections_total", [], s.clients.total, "Clients accepted since start")
-            for reason in ["max_client_conn", "no_leader", "leader_unreachable", "read_only_leader"] {
+            for (member, sessions) in s.clients.sessionsByMember.sorted(by: { $0.key < $1.key }) {
+                g("harp_proxy_member_sessions", [("member", member)], Double(sessions), "A replica instance's sessions, by member")
+            }
+            for reason in ["max_client_conn", "no_leader", "leader_unreachable", "read_only_leader", "no_replica", "replica_unreachable"] {
                 c("harp_proxy_refused_total", [("reason", reason)], s.clients.refusedByReason[reason] ?? 0, "Clients turned away, by reason")
             }
             c("harp_proxy_leader_changes_total", [], s.leaderChanges, "Times the lead master changed")
@@ -60,9 +64,10 @@ actor DaemonMetrics {
             for gauge in s.report.gauges { g(gauge.name, gauge.labels, gauge.value, gauge.help) }
             seen[s.name] = keys
         }
-        // Instances gone since the last scrape take their series with them.
-        for (name, keys) in seriesOfInstance where seen[name] == nil {
-            for key in keys {
+        // Instances gone since the last scrape take their series with them, and so do series an
+        // instance no longer has (a replica that left the DCS).
+        for (name, keys) in seriesOfInstance {
+            for key in keys.subtracting(seen[name] ?? []) {
                 if let gauge = gauges.removeValue(forKey: key) { registry.unregisterGauge(gauge) }
                 if let counter = counters.removeValue(forKey: key) { registry.unregisterCounter(counter) }
             }

@@ -13,6 +13,8 @@ public final class PatroniCluster: @unchecked Sendable {
         public let apiPort: Int
         public let directory: String
         public var process: TestProcess?
+        /// Its `tags`, as a YAML flow mapping (`{noloadbalance: true}`); nil for none.
+        public var tags: String?
         public var config: String { directory + "/patroni.yml" }
         public var dataDirectory: String { directory + "/data" }
     }
@@ -107,8 +109,27 @@ public final class PatroniCluster: @unchecked Sendable {
           - checkpoint: fast
         watchdog:
           mode: 'off'
-
+        \(m.tags.map { "tags: \($0)\n" } ?? "")
         """
+    }
+
+    /// Member `index`'s tags set (a YAML flow mapping; nil: none): its configuration rewritten,
+    /// then `patronictl reload`, on which Patroni reads it again and writes the tags into its
+    /// member key.
+    public func setTags(_ index: Int, _ tags: String?) throws {
+        members[index].tags = tags
+        _ = FileManager.default.createFile(atPath: members[index].config, contents: Data(configuration(members[index]).utf8))
+        PostgresServer.giveToPostgres([members[index].config])
+        let result = try runCommand("/usr/bin/patronictl", ["-c", members[index].config, "reload", scope, members[index].name, "--force"],
+                                    environment: ["PATH": "/usr/bin:/bin", "HOME": directory.path])
+        guard result.status == 0 else { throw FixtureError("patronictl reload failed: \(result.output)") }
+    }
+
+    /// Member `index`'s record in the DCS, read with etcdctl ("" if none).
+    public func memberRecord(_ index: Int) -> String {
+        let result = try? runCommand("/usr/bin/etcdctl", ["--endpoints=\(etcdEndpoint)", "get", "--print-value-only", "\(namespace)/\(scope)/members/\(members[index].name)"],
+                                     environment: ["ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"])
+        return result?.output ?? ""
     }
 
     /// Starts (or restarts) member `index`'s Patroni, which starts its PostgreSQL, or finds it

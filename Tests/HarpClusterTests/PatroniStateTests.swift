@@ -86,4 +86,47 @@ final class PatroniStateTests: XCTestCase {
         let check = state(["dc1/leader": "pg1", "dc1/members/pg1": #"{\#(url),"role":"master"}"#]).writability(of: "dc1")
         XCTAssertEqual(check?.recordRevision, 2, "the member record's own revision (the leader key is 1)")
     }
+
+    /// Replica candidates: the members other than the leader that replicate and run, not tagged
+    /// `noloadbalance`, within the lag bound by the leader's `optime` and their own position
+    /// (Patroni 3's `xlog_location`, 4's `replay_lsn`); the others with why, and whether their
+    /// sessions are cut (promoted, stopped) or kept (lagging, tagged out).
+    func testReplicasAreTheRunningReplicasWithinTheLagBound() {
+        func member(_ port: Int, role: String, state: String = "running", position: String = "", tags: String = "") -> String {
+            #"{"conn_url":"postgres://127.0.0.1:\#(port)/postgres","role":"\#(role)","state":"\#(state)""# + position + tags + "}"
+        }
+        let s = state(["dc1/leader": "pg1", "dc1/members/pg1": pg1, "dc1/status": #"{"optime":50331648}"#,
+                       "dc1/members/pg2": member(5433, role: "replica", position: #","xlog_location":50331648"#),
+                       "dc1/members/pg3": member(5434, role: "sync_standby", state: "streaming", position: #","replay_lsn":50000000"#),
+                       "dc1/members/pg4": member(5435, role: "replica", position: #","xlog_location":40000000"#),
+                       "dc1/members/pg5": member(5436, role: "replica", state: "stopped"),
+                       "dc1/members/pg6": member(5437, role: "replica", position: #","xlog_location":50331648"#, tags: #","tags":{"noloadbalance":true}"#),
+                       "dc1/members/pg7": member(5438, role: "master"),
+                       "dc1/members/pg8": member(5439, role: "replica")])
+        let bounded = s.replicas(of: "dc1", maxLag: 1 << 20)
+        XCTAssertEqual(bounded.candidates.map(\.name), ["pg2", "pg3"])
+        XCTAssertEqual(bounded.candidates.map(\.lag), [0, 331648])
+        XCTAssertEqual(bounded.candidates.first?.target.address, .tcp(host: "127.0.0.1", port: 5433))
+        let excluded = Dictionary(uniqueKeysWithValues: bounded.excluded.map { ($0.name, $0) })
+        XCTAssertEqual(excluded["pg4"]?.reason, "lags 10331648 bytes behind the leader (max_replica_lag 1048576)")
+        XCTAssertEqual(excluded["pg4"]?.cutsSessions, false, "a lagging replica keeps its sessions")
+        XCTAssertEqual(excluded["pg5"]?.reason, "is stopped")
+        XCTAssertEqual(excluded["pg5"]?.cutsSessions, true)
+        XCTAssertEqual(excluded["pg6"]?.reason, "is tagged noloadbalance")
+        XCTAssertEqual(excluded["pg6"]?.cutsSessions, false)
+        XCTAssertEqual(excluded["pg7"]?.reason, "has role master")
+        XCTAssertEqual(excluded["pg7"]?.cutsSessions, true, "read-only clients do not stay on a primary")
+        XCTAssertEqual(excluded["pg8"]?.reason, "has no replication position in its record, so its lag is unknown")
+        XCTAssertEqual(excluded["pg1"]?.reason, "is the leader")
+        XCTAssertEqual(excluded["pg1"]?.cutsSessions, true, "a replica promoted: its read-only sessions are cut")
+
+        let unbounded = s.replicas(of: "dc1", maxLag: nil)
+        XCTAssertEqual(unbounded.candidates.map(\.name), ["pg2", "pg3", "pg4", "pg8"], "no bound: lag does not exclude")
+        XCTAssertEqual(s.replicas(of: "dc2", maxLag: nil), ReplicaSet())
+
+        let none = state(["dc1/leader": "pg1", "dc1/members/pg1": pg1, "dc1/members/pg5": member(5436, role: "replica", state: "stopped")])
+        XCTAssertEqual(none.replicas(of: "dc1", maxLag: nil).noCandidateReason(location: "dc1", maxLag: nil),
+                       "no replica of dc1 is a candidate: pg5 is stopped")
+        XCTAssertEqual(s.replicas(of: "dc1", maxLag: 0).noCandidateReason(location: "dc1", maxLag: 0).prefix(26), "no replica of dc1 is a can")
+    }
 }

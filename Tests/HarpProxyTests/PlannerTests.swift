@@ -121,6 +121,7 @@ final class PlannerTests: XCTestCase {
 
     /// A source whose leader may not take writes (Patroni's): its record, and what the host has seen.
     struct Promoting: LeaderView {
+        func replicas(of location: String, maxLag: Int?) -> ReplicaSet { ReplicaSet() }
         var record = WritabilityCheck.RecordSays.writable
         var recordRevision: Int64 = 7
         var probes: [WritabilityProbe] = [.httpJSON(url: "http://10.0.0.2:8008/patroni", expect: ["role": ["master"]], label: "API")]
@@ -207,5 +208,34 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(HTTPProbe.parse("http://127.0.0.1:8008/patroni")?.port, "8008")
         XCTAssertEqual(HTTPProbe.parse("http://[::1]:8008/patroni")?.host, "::1")
         XCTAssertNil(HTTPProbe.parse("https://10.0.0.1:8008/patroni"))
+    }
+
+    /// A replica instance (HARP's layout): the location's other data nodes are its candidates
+    /// (not a witness); with none, it waits with the reason, or goes to the lead master only
+    /// when `replica_fallback` says so; fenced, it has none.
+    func testAReplicaInstanceRoutesToTheOtherDataNodes() {
+        var pairs = dc1
+        pairs["nodes/n2"] = #"{"name":"n2","location":"dc1","dsn":"host=10.0.0.2 port=5432 dbname=app"}"#
+        pairs["nodes/w1"] = #"{"name":"w1","location":"dc1","dsn":"host=10.0.0.3 port=5432","node_type":"witness"}"#
+        pairs["nodes/x1"] = #"{"name":"x1","location":"dc2","dsn":"host=10.0.0.4 port=5432"}"#
+        let replica = instance("r1", "dc1", ["route_to": .string("replica")])
+        let out = Planner.plan(input([replica, instance("p1", "dc1")], state(pairs)))
+        let plan = try! XCTUnwrap(out.plans["r1"])
+        XCTAssertEqual(plan.replicas?.targets.map(\.name), ["n2"])
+        XCTAssertEqual(plan.replicas?.targets.first?.database, "app")
+        XCTAssertEqual(plan.stateName, "routing-replicas")
+        XCTAssertNil(out.plans["p1"]?.replicas, "a lead-master instance has no replica route")
+
+        let alone = Planner.plan(input([replica], state(dc1))).plans["r1"]!
+        XCTAssertEqual(alone.stateName, "no-replica")
+        XCTAssertEqual(alone.replicas?.reason, "no replica of dc1 in the DCS")
+        let fallback = instance("r1", "dc1", ["route_to": .string("replica"), "replica_fallback": .string("lead_master")])
+        let fell = Planner.plan(input([fallback], state(dc1))).plans["r1"]!
+        XCTAssertEqual(fell.stateName, "replica-fallback")
+        XCTAssertEqual(fell.replicas?.targets.map(\.name), ["n1"])
+
+        let fenced = Planner.plan(input([replica], state(pairs), reachable: false, lastContact: .seconds(60))).plans["r1"]!
+        XCTAssertEqual(fenced.stateName, "fenced")
+        XCTAssertEqual(fenced.replicas?.targets, [])
     }
 }

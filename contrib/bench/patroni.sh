@@ -22,56 +22,10 @@ command -v patroni >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $
 python=/usr/bin/python3   # Debian's, beside patroni's own modules
 start_etcd
 
-# member NAME PG_PORT API_PORT: a Patroni member's folder and config, as the test fixture writes it.
-member() {
-  local dir="$work/$1"
-  mkdir -p "$dir/sock"
-  cat >"$dir/patroni.yml" <<YAML
-scope: dc1
-namespace: /service
-name: $1
-restapi: {listen: 127.0.0.1:$3, connect_address: 127.0.0.1:$3}
-etcd3: {hosts: 127.0.0.1:$etcd_port}
-bootstrap:
-  dcs:
-    ttl: 10
-    loop_wait: 1
-    retry_timeout: 3
-    maximum_lag_on_failover: 1048576
-    postgresql:
-      use_pg_rewind: true
-      parameters: {wal_retrieve_retry_interval: 500ms, fsync: 'off'}
-  initdb: [{encoding: UTF8}, no-sync]
-postgresql:
-  listen: 127.0.0.1:$2
-  connect_address: 127.0.0.1:$2
-  data_dir: $dir/data
-  bin_dir: $pgbin
-  pgpass: $dir/pgpass
-  use_pg_rewind: true
-  authentication:
-    superuser: {username: postgres, password: postgres}
-    replication: {username: postgres, password: postgres}
-    rewind: {username: postgres, password: postgres}
-  parameters: {unix_socket_directories: $dir/sock, fsync: 'off', max_connections: 200}
-  pg_hba: [local all all trust, host all all 127.0.0.1/32 trust, host replication all 127.0.0.1/32 trust]
-  basebackup: [{checkpoint: fast}]
-watchdog: {mode: 'off'}
-YAML
-  [ "$(id -u)" -eq 0 ] && chown -R postgres: "$dir"
-  datadirs+=("$dir/data")
-  if [ "$(id -u)" -eq 0 ]; then
-    setpriv --reuid=postgres --regid=postgres --init-groups --reset-env /usr/bin/patroni "$dir/patroni.yml" >"$work/$1.log" 2>&1 &
-  else
-    patroni "$dir/patroni.yml" >"$work/$1.log" 2>&1 &
-  fi
-  pids+=($!)
-}
-
 pg1=$(free_port 25432); pg2=$(free_port $(( pg1 + 1 ))); api1=$(free_port 28008); api2=$(free_port $(( api1 + 1 )))
-member pg1 "$pg1" "$api1"
+patroni_member pg1 "$pg1" "$api1"
 for _ in $(seq 300); do [ "$("$pgbin/psql" -h 127.0.0.1 -p "$pg1" -U postgres -Atc 'select pg_is_in_recovery()' 2>/dev/null)" = f ] && break; sleep 0.2; done
-member pg2 "$pg2" "$api2"
+patroni_member pg2 "$pg2" "$api2"
 for _ in $(seq 300); do [ "$("$pgbin/psql" -h 127.0.0.1 -p "$pg2" -U postgres -Atc 'select status from pg_stat_wal_receiver' 2>/dev/null)" = streaming ] && break; sleep 0.2; done
 echo "== Patroni: pg1 on $pg1 leading, pg2 on $pg2 streaming" >&2
 

@@ -58,6 +58,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         /// Once joined: the session, which ends the entry when it closes.
         var session: (any DataPathSession)?
         var waiter: (promise: EventLoopPromise<Admission>, timeout: Scheduled<Void>)?
+        /// A replica instance's client: the members whose connect failed it, and why.
+        var tried: Set<String> = []
+        var failures: [(name: String, error: String)] = []
 
         init(channel: any Channel) { self.channel = channel }
     }
@@ -84,6 +87,9 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         var generation: UInt64 = 0
         var maxClientConn = 0
         var stopped = false
+        /// A replica instance's candidates (admitted on `loop`, which counts sessions); nil for
+        /// a lead-master instance.
+        var replicas: [LeaderTarget]?
     }
     let route = Mutex(Route())
     var generation: UInt64 = 0
@@ -92,6 +98,14 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
     let admitted = Atomic<Int>(0)
     /// Whether new clients are sent to `target` now (it takes writes), or wait.
     var admitting = false
+    /// `route_to: replica`: the members new clients go to, the route they come from, and whose
+    /// turn a tie is.
+    var servingReplicas = false
+    var replicaTargets: [LeaderTarget] = []
+    var replicaRoute: ReplicaRoute?
+    var replicaTurn = 0
+    /// When a candidate last failed a client's connect: it comes last for a while.
+    var replicaFailedAt: [String: NIODeadline] = [:]
     /// The host's ear for a lead master that refused a connect (`onLeaderRefusedConnection`).
     let refusedConnection = Mutex<(@Sendable (LeaderTarget) -> Void)?>(nil)
 
@@ -136,6 +150,10 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         (try? await loop.submit {
             var counters = self.clientCounters
             counters.current = self.clients.count
+            if self.servingReplicas {
+                counters.sessionsByMember = self.sessionsByMember()
+                for name in self.replicaRoute?.keepsSessions ?? [] { counters.sessionsByMember[name, default: 0] += 0 }
+            }
             counters.bytesToServer = self.traffic.toServer.load(ordering: .relaxed)
             counters.bytesToClient = self.traffic.toClient.load(ordering: .relaxed)
             return counters
@@ -164,6 +182,11 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         listenSocket.reconcile(plan)
         // Unmanaged: keep the current target and every connection, whatever the DCS says.
         guard plan.managed else { return }
+        if (plan.replicas != nil) != servingReplicas { switchRouteTo(replicas: plan.replicas != nil, plan: plan) }
+        if let replicas = plan.replicas {
+            reconcileReplicas(plan, replicas)
+            return
+        }
         // `next` is where sessions belong; new clients go there only once it takes writes.
         let next = plan.routing.target
         let moved = leaderMoved(from: target, to: next)

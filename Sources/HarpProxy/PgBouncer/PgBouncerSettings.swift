@@ -63,6 +63,9 @@ public struct PgBouncerSettings: Sendable, Equatable {
 
     /// Checks what PgBouncer will be given; the message names the directive and what it takes.
     public func validate(runningAsRoot: Bool) -> PgBouncerSettingsError? {
+        if directives[DirectiveKeys.routeTo] == RouteTo.replica.rawValue {
+            return PgBouncerSettingsError(message: "'route_to: replica' is for builtin instances: PgBouncer 1.18 sends a database to one host and cannot spread clients across replicas (set type: builtin for a replica instance)")
+        }
         guard let name = databaseName else {
             return PgBouncerSettingsError(message: "pgbouncer mode needs 'database_name' (the database clients ask for, or * for any)")
         }

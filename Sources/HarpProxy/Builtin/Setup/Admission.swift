@@ -8,10 +8,10 @@ import NIOCore
 /// is counted and logged without flooding the log.
 extension BuiltinMode {
     func publishRoute() {
-        let admission = admitting ? target.flatMap { target in plan.map { self.admission(target, $0) } } : nil
+        let admission = admitting && !servingReplicas ? target.flatMap { target in plan.map { self.admission(target, $0) } } : nil
         // Unmanaged too: the instance keeps routing new clients to the target it had.
         let route = Route(admission: stopped ? nil : admission, generation: generation,
-                          maxClientConn: plan?.maxClientConn ?? 0, stopped: stopped)
+                          maxClientConn: plan?.maxClientConn ?? 0, stopped: stopped, replicas: servingReplicas ? replicaTargets : nil)
         self.route.withLock { $0 = route }
     }
 
@@ -98,6 +98,7 @@ extension BuiltinMode {
     /// A client on `loop`: the lead master if it takes writes, a refusal if it never will (a
     /// standby cluster's leader: waiting would not help), else the hold.
     private func assign(_ entry: ClientEntry, _ plan: InstancePlan) -> EventLoopFuture<Admission> {
+        if servingReplicas { return assignReplica(entry, plan) }
         if let target, admitting {
             entry.target = target
             return loop.makeSucceededFuture(admission(target, plan))
@@ -114,6 +115,7 @@ extension BuiltinMode {
         let promise = loop.makePromise(of: Admission.self)
         let reason: String
         switch plan.routing {
+        case _ where servingReplicas: reason = ""
         case .fenced(let r): reason = ": fenced, \(r)"
         case .waitingForWrites(_, let r): reason = ": \(r)"
         case .noLeader(let r) where plan.location == nil: reason = ": \(r)"
@@ -122,6 +124,12 @@ extension BuiltinMode {
         let timeout = loop.scheduleTask(in: .milliseconds(plan.directives.holdTimeout.milliseconds)) {
             guard let waiter = entry.waiter else { return }
             entry.waiter = nil
+            if self.servingReplicas {
+                let why = self.replicaRoute?.reason ?? "no replica"
+                self.noteRefusal("no replica within hold_timeout", reason: "no_replica", ["location": "\(plan.location ?? "none")", "reason": "\(why)"])
+                waiter.promise.fail(Refusal(sqlstate: "57P03", message: "\(why) (proxy \(self.instance.name))"))
+                return
+            }
             self.noteRefusal("no lead master within hold_timeout", reason: "no_leader", ["location": "\(plan.location ?? "none")"])
             var refusal = Refusal.noLeader(location: plan.location, instance: self.instance.name)
             refusal.message += reason
@@ -145,6 +153,9 @@ extension BuiltinMode {
 
     /// The count of lead-master moves as last published (any thread).
     var routeGeneration: UInt64 { route.withLock { $0.generation } }
+
+    /// Whether the instance sends clients to replicas now (any thread).
+    var routesToReplicas: Bool { route.withLock { $0.replicas != nil } }
 
     /// A client that was admitted but could not be served (the lead master did not answer).
     func connectFailed(_ error: String, target: LeaderTarget) {

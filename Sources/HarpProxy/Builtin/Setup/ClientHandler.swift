@@ -186,12 +186,24 @@ final class ClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                     return
                 }
                 let failure = error as? LeaderConnect.Failure ?? .failed(EIO)
+                if mode.routesToReplicas {
+                    // A replica that does not answer: straight to the next candidate.
+                    handler.nextReplica(context: context, failed: admission.target, error: failure.reason(timeout: admission.connectTimeout))
+                    return
+                }
                 if failure.isRefused, handler.retryLater(context: context, admission) { return }
                 let reason = failure.reason(timeout: admission.connectTimeout)
                 mode.connectFailed(reason, target: admission.target)
                 handler.refuse(context: context, .cannotConnect(leader: "\(admission.target)", error: reason))
             }
         }
+    }
+
+    /// A replica instance's client whose replica did not answer asks for another.
+    private func nextReplica(context: ChannelHandlerContext, failed target: LeaderTarget, error: String) {
+        attempt += 1
+        state = .admitting
+        admitted(context: context, mode.replicaFailed(context.channel, target: target, error: error))
     }
 
     /// A lead master whose postmaster refuses the connect (nothing listens: it is stopping, as

@@ -98,6 +98,16 @@ extension BuiltinMode {
             }
             entry.session = session
             session.closed.whenComplete { _ in self.loop.execute { self.dropClient(id) } }
+            if self.servingReplicas {
+                guard !self.stopped, let route = self.replicaRoute, route.keepsSessions.contains(joinedTarget.name) else {
+                    entry.target = nil
+                    session.cut(with: self.replicaCutMessage(joinedTarget.name, route: self.replicaRoute ?? ReplicaRoute(set: ReplicaSet()),
+                                                             location: self.plan?.location ?? "none"))
+                    return
+                }
+                entry.target = joinedTarget
+                return
+            }
             guard !self.stopped, joinedTarget.sameRoute(as: self.target) else {
                 entry.target = nil
                 session.cut(with: self.cutMessage(from: joinedTarget, to: self.target))
@@ -112,7 +122,9 @@ extension BuiltinMode {
     /// byte. A move after this check is found by `joined`.
     func mayJoin(_ target: LeaderTarget) -> Bool {
         let route = route.withLock { $0 }
-        guard !route.stopped, let current = route.admission, current.target.sameRoute(as: target) else { return false }
+        guard !route.stopped else { return false }
+        if let replicas = route.replicas { return replicas.contains { $0.sameRoute(as: target) } }
+        guard let current = route.admission, current.target.sameRoute(as: target) else { return false }
         return true
     }
 
