@@ -150,3 +150,24 @@ YAML
   fi
   pids+=($!)
 }
+
+# patroni_haproxy CHECK PORT_TEMPLATE PORT_FAST SERVERS: HAProxy in front of Patroni members, as
+# Patroni's template has it (CHECK: "GET /primary" or "OPTIONS /replica", round robin; `inter 3s
+# fall 3 rise 2`, shutdown-sessions) on PORT_TEMPLATE, and with 1 s checks (`fall 1 rise 1`) on
+# PORT_FAST. SERVERS: "NAME PG_PORT API_PORT" lines. Started in the background, stopped on exit.
+patroni_haproxy() {
+  local servers="" name pg api
+  while read -r name pg api; do
+    [ -n "$name" ] && servers+="  server $name 127.0.0.1:$pg maxconn 500 check port $api"$'\n'
+  done <<<"$4"
+  {
+    printf 'global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  timeout server 1h\n'
+    for listen in "template $2 inter 3s fall 3 rise 2" "fast $3 inter 1s fall 1 rise 1"; do
+      set -- "$1" $listen
+      printf 'listen %s\n  bind 127.0.0.1:%s\n  balance roundrobin\n  option httpchk %s\n  http-check expect status 200\n' "$2" "$3" "$1"
+      printf '  default-server %s %s %s %s %s %s on-marked-down shutdown-sessions\n%s' "$4" "$5" "$6" "$7" "$8" "$9" "$servers"
+    done
+  } >"$work/haproxy.cfg"
+  haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+  pids+=($!)
+}

@@ -11,25 +11,7 @@ import Glibc
 /// pg1 leads, pg2 and pg3 replicate.
 final class PatroniReplicaTests: XCTestCase {
     func startProxy(etcd: EtcdCluster, port: Int, extra: String = "  hold_timeout: 20s\n") throws -> (TestProcess, TemporaryDirectory) {
-        let dir = TemporaryDirectory()
-        dir.write("config.yml", """
-            cluster: {name: harp}
-            dcs:
-              driver: etcd
-              endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]
-              leader_source: patroni
-            control: {socket: \(dir.path)/control.sock}
-            proxy:
-              name: r1
-              location: dc1
-              listen_address: 127.0.0.1
-              listen_port: \(port)
-              route_to: replica
-            \(extra)
-            """)
-        let proxy = try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
-                                    logDirectory: dir.path)
-        return (proxy, dir)
+        try startPatroniProxy(etcd: etcd, name: "r1", port: port, proxy: "  route_to: replica\n" + extra)
     }
 
     private func status(_ dir: TemporaryDirectory) -> [String: Any] {
@@ -50,10 +32,11 @@ final class PatroniReplicaTests: XCTestCase {
     }
 
     /// Clients spread across both replicas. pg3's postmaster killed: its sessions fail, and every
-    /// new client is served (by pg2) with no refusal. pg3 tagged `noloadbalance`: it gets no new
-    /// client and keeps its session. A switchover to pg2: its read-only sessions are cut with the
+    /// new client is served (by pg2) with no refusal. pg3 behind by more than `max_replica_lag`
+    /// (set live), then tagged `noloadbalance`: each time it gets no new client and keeps its
+    /// session. A switchover to pg2: its read-only sessions are cut with the
     /// reason, and no new client of the replica port lands on it.
-    func testReplicasOfAPatroniClusterThroughACrashATagAndASwitchover() async throws {
+    func testReplicasOfAPatroniClusterThroughACrashALagATagAndASwitchover() async throws {
         let etcd = try EtcdCluster()
         let patroni = try PatroniCluster(etcd: etcd, members: 3)
         defer { patroni.stop(); etcd.stop() }
@@ -93,6 +76,20 @@ final class PatroniReplicaTests: XCTestCase {
             sessions.append(s)
         }
         let kept = try XCTUnwrap(onPg3, "pg3 gets clients again")
+
+        // pg3 falls behind, as Patroni 3 sees it (its received position, which its WAL receiver
+        // stopped holds back) with max_replica_lag set live: no new client, its session stays.
+        let layout = DCSLayout(cluster: "harp")
+        try await EtcdClient(configuration: etcd.dcsConfiguration()).put(layout.proxyConfig("r1"), #"{"max_replica_lag": "1MB"}"#)
+        let receiver = try XCTUnwrap(pid_t(try PostgresServer.psql(host: "127.0.0.1", port: pg3, "SELECT pid FROM pg_stat_wal_receiver")))
+        kill(receiver, SIGSTOP)
+        defer { kill(receiver, SIGCONT) }
+        _ = try PostgresServer.psql(host: "127.0.0.1", port: pg1, "CREATE TABLE behind AS SELECT repeat('x', 1000) AS x FROM generate_series(1, 5000)")
+        XCTAssertTrue(eventually(timeout: 30) { self.excluded(dir)["pg3"]?.hasPrefix("lags ") ?? false }, "\(patroni.memberRecord(2))\n\(status(dir))")
+        for _ in 0..<4 { XCTAssertEqual(try serverPort(through: port).get(), "\(pg2)", "no new client for a lagging replica") }
+        XCTAssertEqual(try kept.query("SELECT current_setting('port')"), "\(pg3)", "a lagging replica keeps its sessions")
+        kill(receiver, SIGCONT)
+        XCTAssertTrue(eventually(timeout: 30) { self.candidates(dir) == ["pg2", "pg3"] }, "caught up: \(status(dir))")
 
         // Tagged noloadbalance: no new client, its session stays.
         try patroni.setTags(2, "{noloadbalance: true}")

@@ -14,26 +14,8 @@ final class PatroniTests: XCTestCase {
     /// Keep the folder for as long as the process runs: it goes with the last reference to it.
     func startProxy(etcd: EtcdCluster, port: Int, holdTimeout: String = "15s", checkDSN: String? = nil,
                     extra: String = "") throws -> (TestProcess, TemporaryDirectory) {
-        let dir = TemporaryDirectory()
-        dir.write("config.yml", """
-            cluster: {name: harp}
-            dcs:
-              driver: etcd
-              endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]
-              leader_source: patroni
-              patroni_check_dsn: '\(checkDSN ?? "")'
-            control: {socket: \(dir.path)/control.sock}
-            proxy:
-              name: p1
-              location: dc1
-              listen_address: 127.0.0.1
-              listen_port: \(port)
-              hold_timeout: \(holdTimeout)
-            \(extra)
-            """)
-        let proxy = try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
-                                    logDirectory: dir.path)
-        return (proxy, dir)
+        try startPatroniProxy(etcd: etcd, port: port, dcs: "  patroni_check_dsn: '\(checkDSN ?? "")'\n", proxy: "  hold_timeout: \(holdTimeout)\n",
+                              top: extra)
     }
 
     /// Scenarios 1 to 3: clients reach Patroni's leader; a switchover cuts the old sessions and

@@ -517,3 +517,28 @@ func httpGet(_ port: Int, _ path: String) -> (status: Int, body: String) {
     return (status, body.trimmingCharacters(in: .whitespacesAndNewlines))
 }
 
+
+/// harp-proxy following Patroni (`leader_source: patroni`) with one builtin instance `name` on
+/// `scope`: `dcs` and `proxy` are lines added to those stanzas (two spaces in, each ending in a
+/// newline), `top` lines at the top level. Keep the folder for as long as the process runs.
+func startPatroniProxy(etcd: EtcdCluster, name: String = "p1", scope: String = "dc1", port: Int, dcs: String = "", proxy: String = "",
+                       top: String = "") throws -> (TestProcess, TemporaryDirectory) {
+    let dir = TemporaryDirectory()
+    dir.write("config.yml", """
+        cluster: {name: harp}
+        dcs:
+          driver: etcd
+          endpoints: [127.0.0.1:\(etcd.members[0].clientPort)]
+          leader_source: patroni
+        \(dcs)control: {socket: \(dir.path)/control.sock}
+        proxy:
+          name: \(name)
+          location: \(scope)
+          listen_address: 127.0.0.1
+          listen_port: \(port)
+        \(proxy)\(top)
+        """)
+    let process = try TestProcess(name: "harp-proxy", executable: builtExecutable("harp-proxy"), arguments: ["-f", dir.file("config.yml")],
+                                  logDirectory: dir.path)
+    return (process, dir)
+}

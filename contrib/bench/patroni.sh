@@ -52,31 +52,8 @@ if [ "$scenario" != switchover ]; then
 fi
 
 template=$(free_port $(( harp_port + 1 ))); fast=$(free_port $(( template + 1 )))
-cat >"$work/haproxy.cfg" <<CFG
-global
-  maxconn 2000
-defaults
-  mode tcp
-  timeout connect 1s
-  timeout client 1h
-  timeout server 1h
-listen template
-  bind 127.0.0.1:$template
-  option httpchk GET /primary
-  http-check expect status 200
-  default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions
-  server pg1 127.0.0.1:$pg1 maxconn 500 check port $api1
-  server pg2 127.0.0.1:$pg2 maxconn 500 check port $api2
-listen fast
-  bind 127.0.0.1:$fast
-  option httpchk GET /primary
-  http-check expect status 200
-  default-server inter 1s fall 1 rise 1 on-marked-down shutdown-sessions
-  server pg1 127.0.0.1:$pg1 maxconn 500 check port $api1
-  server pg2 127.0.0.1:$pg2 maxconn 500 check port $api2
-CFG
-haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
-pids+=($!)
+patroni_haproxy "GET /primary" "$template" "$fast" "pg1 $pg1 $api1
+pg2 $pg2 $api2"
 for port in $harp_port $template $fast; do
   for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
 done
