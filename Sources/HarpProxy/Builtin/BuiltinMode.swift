@@ -13,11 +13,12 @@ import Synchronization
 /// Where things are: the setup, in `Setup/`: the listener (`Listener.swift`); who gets in, waits
 /// or is refused (`Admission.swift`); what a leader change, fencing or a stop does to sessions
 /// (`Cutover.swift`); one client's way in (`ClientHandler.swift`); the sockets the proxy makes
-/// itself, accepted and connected on the relay's threads (`Sockets.swift`). The bytes of an
-/// established session, in `DataPath/`: the seam (`DataPath.swift`), the relay's threads
-/// (`Relay.swift`), and the message boundaries a cut needs (`SessionFraming.swift`). Calls go
-/// one way: a client asks (admit, join, leave), the mode answers; the mode tells a client only
-/// to start again.
+/// itself, accepted and connected on the relay's threads (`Sockets.swift`); a replica
+/// instance's choice of replica (`Replicas.swift`). The bytes of an established session, in
+/// `DataPath/`: the seam (`DataPath.swift`), the relay's threads (`Relay.swift`), one session on
+/// them (`RelaySession.swift`), and the message boundaries a cut needs (`SessionFraming.swift`).
+/// Calls go one way: a client asks (admit, join, leave), the mode answers; the mode tells a
+/// client only to start again.
 ///
 /// All mutable state lives on one event loop (`loop`); connections run on every loop of the group.
 final class BuiltinMode: ProxyMode, @unchecked Sendable {
