@@ -132,8 +132,10 @@ final class PatroniReplicaTests: XCTestCase {
         try await client.put("/service/dc1/status", #"{"optime":1000000}"#)
         try await client.put("/service/dc1/members/pg2", member(a.port, role: "replica", position: 1_000_000))
         try await client.put("/service/dc1/members/pg3", member(b.port, role: "replica", position: 990_000))
-        let port = freePort()
-        let (proxy, dir) = try startProxy(etcd: etcd, port: port, extra: "  max_replica_lag: 64kB\n  hold_timeout: 1s\n")
+        let (port, http) = (freePort(), freePort())
+        let (proxy, dir) = try startPatroniProxy(etcd: etcd, name: "r1", port: port,
+                                                 proxy: "  route_to: replica\n  max_replica_lag: 64kB\n  hold_timeout: 1s\n",
+                                                 top: "http: {enable: true, host: 127.0.0.1, port: \(http)}\n")
         defer { proxy.stop(); withExtendedLifetime(dir) {} }
         XCTAssertTrue(eventually(timeout: 20) { self.candidates(dir) == ["pg2", "pg3"] }, "\(status(dir))\n\(proxy.log)")
 
@@ -148,6 +150,13 @@ final class PatroniReplicaTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 10) { self.excluded(dir)["pg2"] == "lags 1000000 bytes behind the leader (max_replica_lag 65536)" }, "\(status(dir))")
         for _ in 0..<3 { XCTAssertEqual(try serverPort(through: port).get(), "\(b.port)") }
         XCTAssertEqual(try onPg2.query("SELECT current_setting('port')"), "\(a.port)", "a lagging replica keeps its sessions")
+        // Sessions by member in /metrics: pg2 keeps its one, pg3 has the other; the leader has none.
+        XCTAssertTrue(eventually(timeout: 10) {
+            let body = httpGet(http, "/metrics").body
+            return body.contains(#"harp_proxy_member_sessions{instance="r1",member="pg2"} 1"#)
+                && body.contains(#"harp_proxy_member_sessions{instance="r1",member="pg3"} 1"#)
+                && !body.contains(#"member="pg1""#)
+        }, httpGet(http, "/metrics").body)
 
         // Both behind: held for hold_timeout, then refused with the reason.
         try await client.put("/service/dc1/status", #"{"optime":3000000}"#)

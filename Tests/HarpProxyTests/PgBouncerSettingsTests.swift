@@ -28,6 +28,10 @@ final class PgBouncerSettingsTests: XCTestCase {
         XCTAssertNotNil(settings(["database_name": .string("app"), "auth_type": .string("cert")]).validate(runningAsRoot: true))
         XCTAssertNil(settings(["database_name": .string("app"), "auth_type": .string("cert")]).validate(runningAsRoot: false))
         XCTAssertNil(settings(["database_name": .string("*")]).validate(runningAsRoot: true))
+        let replicas = settings(["database_name": .string("app"), "route_to": .string("replica")]).validate(runningAsRoot: false)
+        XCTAssertEqual(replicas?.message.contains("'route_to: replica' is for builtin instances: PgBouncer 1.18 sends a database to one host"), true,
+                       "\(String(describing: replicas))")
+        XCTAssertNil(settings(["database_name": .string("app"), "route_to": .string("lead_master")]).validate(runningAsRoot: false))
         let long = PgBouncerPaths(configDirectory: "/" + String(repeating: "x", count: 90), instance: "pgb")
         let tooLong = PgBouncerSettings(instance: "pgb", directives: settings(["database_name": .string("app")]).directives, paths: long, runUser: nil)
         XCTAssertEqual(tooLong.validate(runningAsRoot: false)?.message.contains("longer than a Unix socket allows"), true)

@@ -151,10 +151,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         (try? await loop.submit {
             var counters = self.clientCounters
             counters.current = self.clients.count
-            if self.servingReplicas {
-                counters.sessionsByMember = self.sessionsByMember()
-                for name in self.replicaRoute?.keepsSessions ?? [] { counters.sessionsByMember[name, default: 0] += 0 }
-            }
+            if self.servingReplicas { counters.sessionsByMember = self.sessionsByMember() }
             counters.bytesToServer = self.traffic.toServer.load(ordering: .relaxed)
             counters.bytesToClient = self.traffic.toClient.load(ordering: .relaxed)
             return counters
@@ -183,7 +180,7 @@ final class BuiltinMode: ProxyMode, @unchecked Sendable {
         listenSocket.reconcile(plan)
         // Unmanaged: keep the current target and every connection, whatever the DCS says.
         guard plan.managed else { return }
-        if (plan.replicas != nil) != servingReplicas { switchRouteTo(replicas: plan.replicas != nil, plan: plan) }
+        if (plan.replicas != nil) != servingReplicas { switchRouteTo(replicas: plan.replicas != nil) }
         if let replicas = plan.replicas {
             reconcileReplicas(plan, replicas)
             return

@@ -77,6 +77,8 @@ final class RelayLoop: @unchecked Sendable {
     /// The setup's sockets this thread watches, by key (`watchTag` set, then a serial number).
     private var watches: [UInt64: any RelayWatch] = [:]
     private var nextWatch: UInt64 = 0
+    /// The first deadline of a watch as of the last wait: none, and a turn reads no clock.
+    private var earliestDeadline: NIODeadline?
     /// Keys of the epoll set: a session's are its slot and side (far below this), the wake's is
     /// all ones, a watch's has this bit.
     private static let watchTag: UInt64 = 1 << 62
@@ -140,7 +142,8 @@ final class RelayLoop: @unchecked Sendable {
         }
         var failures = 0
         while true {
-            let ready = epoll_wait(epoll, events, CInt(capacity), again.isEmpty ? waitTimeout() : 0)
+            let timeout = waitTimeout()  // also notes the first deadline, for `expireWatches`
+            let ready = epoll_wait(epoll, events, CInt(capacity), again.isEmpty ? timeout : 0)
             if ready < 0 {
                 guard errno != EINTR else { continue }
                 // Not expected (the set and the buffer are the thread's own): said once, and
@@ -188,14 +191,18 @@ final class RelayLoop: @unchecked Sendable {
         for watch in watches.values {
             if let deadline = watch.deadline, first.map({ deadline < $0 }) ?? true { first = deadline }
         }
+        earliestDeadline = first
         guard let first else { return -1 }
         let nanoseconds = (first - .now()).nanoseconds
         return nanoseconds <= 0 ? 0 : CInt(min(Int64(60_000), (nanoseconds + 999_999) / 1_000_000))
     }
 
+    /// Runs `expired` of the watches whose deadline has passed. A deadline set during this turn
+    /// (a connect added, a listener paused) is found by the next wait, whose timeout it bounds.
     private func expireWatches() {
-        guard !watches.isEmpty else { return }
+        guard let earliest = earliestDeadline else { return }
         let now = NIODeadline.now()
+        guard now >= earliest else { return }
         for watch in watches.values {
             if let deadline = watch.deadline, deadline <= now { watch.expired(on: self) }
         }

@@ -75,7 +75,7 @@ final class Listener: @unchecked Sendable {
         }
     }
 
-    private func bound(_ address: Address, _ result: Result<CInt, ResolveError>) {
+    private func bound(_ address: Address, _ result: Result<CInt, SocketSetupError>) {
         guard binding == address, !stopped else {
             if case .success(let fd) = result { Glibc.close(fd) }
             return

@@ -55,7 +55,7 @@ extension BuiltinMode {
 
     /// `route_to` changed: every session is cut (its clients came for the other kind of node),
     /// clients still connecting start again, and the instance routes the new way.
-    func switchRouteTo(replicas: Bool, plan: InstancePlan) {
+    func switchRouteTo(replicas: Bool) {
         let now = replicas ? "replica" : "lead_master"
         let error = PostgresWire.errorResponse(sqlstate: "57P01", message: "terminating connection because route_to changed to \(now) (proxy \(instance.name))",
                                                allocator: ByteBufferAllocator())
@@ -150,8 +150,7 @@ extension BuiltinMode {
     private func logReplicaChanges(from old: ReplicaRoute?, to new: ReplicaRoute, location: String) {
         let before = Set(old?.set.candidates.map(\.name) ?? [])
         let after = Set(new.set.candidates.map(\.name))
-        var sessions: [String: Int] = [:]
-        for entry in clients.values where entry.session != nil { if let name = entry.target?.name { sessions[name, default: 0] += 1 } }
+        let sessions = sessionsByMember()
         for name in after.subtracting(before).sorted() {
             logger.info("replica is a candidate: new clients may go to it", metadata: ["location": "\(location)", "member": "\(name)"])
         }
@@ -170,9 +169,9 @@ extension BuiltinMode {
         }
     }
 
-    /// Sessions by member, for status and metrics.
+    /// Sessions by member, for status and metrics: every member that may have some, 0 included.
     func sessionsByMember() -> [String: Int] {
-        var sessions: [String: Int] = [:]
+        var sessions = Dictionary(uniqueKeysWithValues: (replicaRoute?.keepsSessions ?? []).map { ($0, 0) })
         for entry in clients.values where entry.session != nil { if let name = entry.target?.name { sessions[name, default: 0] += 1 } }
         return sessions
     }

@@ -60,14 +60,14 @@ struct RawSocketAddress: Sendable {
 
     /// `host`'s addresses for TCP: with `numericOnly`, an IP address as written or none (no
     /// resolver, nothing blocks); else through getaddrinfo, which may block.
-    static func resolve(_ host: String, port: Int, numericOnly: Bool) -> Result<[RawSocketAddress], ResolveError> {
+    static func resolve(_ host: String, port: Int, numericOnly: Bool) -> Result<[RawSocketAddress], SocketSetupError> {
         var hints = addrinfo()
         hints.ai_socktype = CInt(SOCK_STREAM.rawValue)
         hints.ai_flags = AI_NUMERICSERV | (numericOnly ? AI_NUMERICHOST : 0)
         var list: UnsafeMutablePointer<addrinfo>?
         let name = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
         let status = getaddrinfo(name, String(port), &hints, &list)
-        guard status == 0, let list else { return .failure(ResolveError(host: host, reason: String(cString: gai_strerror(status)))) }
+        guard status == 0, let list else { return .failure(SocketSetupError(host: host, reason: String(cString: gai_strerror(status)))) }
         defer { freeaddrinfo(list) }
         var addresses: [RawSocketAddress] = []
         var entry: UnsafeMutablePointer<addrinfo>? = list
@@ -80,11 +80,12 @@ struct RawSocketAddress: Sendable {
             }
             entry = current.pointee.ai_next
         }
-        return addresses.isEmpty ? .failure(ResolveError(host: host, reason: "no address")) : .success(addresses)
+        return addresses.isEmpty ? .failure(SocketSetupError(host: host, reason: "no address")) : .success(addresses)
     }
 }
 
-struct ResolveError: Error {
+/// Why a socket could not be made: its host did not resolve, or binding or listening failed.
+struct SocketSetupError: Error {
     var host: String
     var reason: String
 }
@@ -110,7 +111,7 @@ func setKeepalive(_ fd: CInt, seconds: Int) {
 
 /// A listening socket, made and bound by the proxy: close-on-exec, non-blocking,
 /// `SO_REUSEADDR`, a backlog of 512.
-func makeListeningSocket(host: String, port: Int) -> Result<CInt, ResolveError> {
+func makeListeningSocket(host: String, port: Int) -> Result<CInt, SocketSetupError> {
     let resolved = RawSocketAddress.resolve(host, port: port, numericOnly: true).flatMapError { _ in
         RawSocketAddress.resolve(host, port: port, numericOnly: false)
     }
@@ -120,12 +121,12 @@ func makeListeningSocket(host: String, port: Int) -> Result<CInt, ResolveError> 
     case .failure(let error): return .failure(error)
     }
     let fd = socket(address.family, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { return .failure(ResolveError(host: host, reason: String(cString: strerror(errno)).lowercased())) }
+    guard fd >= 0 else { return .failure(SocketSetupError(host: host, reason: String(cString: strerror(errno)).lowercased())) }
     setSocketOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
     guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, 512) == 0 else {
         let reason = String(cString: strerror(errno)).lowercased()
         close(fd)
-        return .failure(ResolveError(host: host, reason: reason))
+        return .failure(SocketSetupError(host: host, reason: reason))
     }
     return .success(fd)
 }
